@@ -1,0 +1,361 @@
+/**
+ * Public options of `createAdapter()` and how they are resolved.
+ *
+ * Glossary (used throughout the code and docs):
+ * - **session**: what a disconnected socket leaves behind so it can come back:
+ *   its `sid`, rooms (with the offset at which it joined each), `socket.data`,
+ *   and the range of offsets it may present.
+ * - **pid**: the private session id Socket.IO hands the client; the key to a
+ *   session. Only its sha256 is stored.
+ * - **sid**: the public `socket.id`, kept across a restore.
+ * - **offset**: the position of a log entry in its namespace's log: dense
+ *   integers in commit order, sent to clients as the string `o<n>`.
+ * - **log entry**: one logged broadcast (an EVENT packet without ack, not
+ *   volatile, not local) with its rooms and except-rooms.
+ * - **cursor**: per node and namespace, the offset of the last entry this node
+ *   delivered to its sockets. Every node delivers strictly in offset order.
+ * - **restore**: turning a pid and an offset back into a socket with its id,
+ *   rooms, data and every entry it missed.
+ * - **retention**: how long log entries are kept: the server's
+ *   `maxDisconnectionDuration` plus `retentionMarginMs`.
+ * - **prune**: deleting expired sessions and entries past retention.
+ */
+
+/** Options shared with `@socket.io/postgres-adapter` (same names, defaults and meaning). */
+export interface UpstreamCompatibleOptions {
+  /**
+   * Prefix of the NOTIFY channels; non-logged cluster traffic of namespace
+   * `nsp` uses the channel `${channelPrefix}#${nsp}` like upstream.
+   * @default "socket.io"
+   */
+  channelPrefix?: string;
+  /**
+   * Table for non-logged cluster messages that are binary or larger than
+   * `payloadThreshold`. A bare name is looked up in `schema` (the migrations
+   * create `socket_io_attachments` there); `other_schema.table` names a table
+   * you created yourself, e.g. the one an upstream deployment already uses.
+   * @default "socket_io_attachments"
+   */
+  tableName?: string;
+  /**
+   * Size in bytes above which a message goes through a table instead of the
+   * NOTIFY payload (Postgres caps payloads just under 8000 bytes).
+   * @default 8000
+   */
+  payloadThreshold?: number;
+  /**
+   * Age in milliseconds after which rows of the attachments table are deleted.
+   * @default 30000
+   */
+  cleanupInterval?: number;
+  /**
+   * Milliseconds between two heartbeats of this node (used for `serverCount()`
+   * and for knowing how many answers `fetchSockets()` waits for).
+   * @default 5000
+   */
+  heartbeatInterval?: number;
+  /**
+   * Milliseconds without a heartbeat after which another node counts as gone.
+   * @default 10000
+   */
+  heartbeatTimeout?: number;
+  /**
+   * Receives every error that happens in the background (a failed write, a
+   * lost listener connection, a refused restore because the database did not
+   * answer). Without it, errors go to the `socket.io-postgres-recovery` debug
+   * channel. It must not throw.
+   * @default undefined
+   */
+  errorHandler?: (err: Error) => void;
+}
+
+/** Recovery options. Durations are in milliseconds, sizes in bytes or entries as named. */
+export interface RecoveryOptions {
+  /**
+   * Postgres schema holding the tables and the migrations journal. Two schemas
+   * in one database are two independent deployments.
+   * @default "socket_io"
+   */
+  schema?: string;
+  /**
+   * Added to the server's `maxDisconnectionDuration` to get the log retention.
+   * It must cover the time a dead connection goes unnoticed, or an entry sent
+   * into a dead connection could be pruned before its session expires.
+   * @default the server's pingInterval + pingTimeout + 5000
+   */
+  retentionMarginMs?: number;
+  /**
+   * Milliseconds between two pruning passes. One node at a time prunes
+   * (advisory lock); the others skip the pass. Not the retention.
+   * @default 60000
+   */
+  pruneIntervalMs?: number;
+  /**
+   * Rows deleted per statement while pruning: smaller keeps writers' waits
+   * shorter, larger prunes a backlog faster.
+   * @default 5000
+   */
+  pruneBatchSize?: number;
+  /**
+   * A restore that would replay more entries than this is refused (the client
+   * gets a fresh session) instead of silently truncated.
+   * @default 50000
+   */
+  maxReplayEntries?: number;
+  /**
+   * A restore whose replay would exceed this many bytes of stored payload is
+   * refused, like `maxReplayEntries`.
+   * @default 67108864 (64 MiB)
+   */
+  maxReplayBytes?: number;
+  /**
+   * Name of the small event sent to every new session at connection, carrying
+   * the node's cursor as its offset, so a client that never received an event
+   * can still recover. Clients see it only through `onAny()`. `false` turns it
+   * off: then clients that received no event cannot recover (Socket.IO only
+   * tries with an offset).
+   * @default "socket.io-postgres-recovery:offset"
+   */
+  primeOffsetEvent?: string | false;
+  /**
+   * How long a restore keeps looking for a session that another node may
+   * still be writing (a client can reconnect faster than the write).
+   * @default 750
+   */
+  sessionWaitMs?: number;
+  /**
+   * Upper bound on one restore (waiting for this node to catch up with the
+   * client's offset, and the queries). Past it the restore is refused.
+   * @default 5000
+   */
+  restoreTimeoutMs?: number;
+  /**
+   * How long delivery waits for a missing offset to arrive by NOTIFY before
+   * reading it from the table.
+   * @default 50
+   */
+  gapFillDelayMs?: number;
+  /**
+   * Milliseconds between two liveness checks of the LISTEN connection; a
+   * check that gets no answer within this time replaces the connection.
+   * @default 5000
+   */
+  listenerCheckIntervalMs?: number;
+  /**
+   * Most log entries written in one transaction (group commit).
+   * @default 1000
+   */
+  maxBatchSize?: number;
+  /**
+   * Most logged broadcasts a node queues while its writes fail; past it new
+   * broadcasts are refused (reported to `errorHandler`) instead of growing
+   * memory without bound.
+   * @default 100000
+   */
+  maxPendingWrites?: number;
+  /**
+   * Recently delivered entries kept in memory per namespace: they serve
+   * restores on this node without reading the table.
+   * @default 10000
+   */
+  recentEntries?: number;
+}
+
+export type PostgresRecoveryAdapterOptions = UpstreamCompatibleOptions & RecoveryOptions;
+
+/** Every option with a value, validated once. */
+export interface ResolvedOptions {
+  readonly channelPrefix: string;
+  /** Schema and table of the attachments table (unquoted). */
+  readonly attachmentsTable: { readonly schema: string; readonly table: string };
+  readonly payloadThreshold: number;
+  readonly cleanupInterval: number;
+  readonly heartbeatInterval: number;
+  readonly heartbeatTimeout: number;
+  readonly errorHandler: (err: Error) => void;
+  readonly schema: string;
+  /** undefined: derived from the server's ping settings at run time. */
+  readonly retentionMarginMs: number | undefined;
+  readonly pruneIntervalMs: number;
+  readonly pruneBatchSize: number;
+  readonly maxReplayEntries: number;
+  readonly maxReplayBytes: number;
+  readonly primeOffsetEvent: string | false;
+  readonly sessionWaitMs: number;
+  readonly restoreTimeoutMs: number;
+  readonly gapFillDelayMs: number;
+  readonly listenerCheckIntervalMs: number;
+  readonly maxBatchSize: number;
+  readonly maxPendingWrites: number;
+  readonly recentEntries: number;
+  /** NOTIFY channel of the message log (one per schema). */
+  readonly logChannel: string;
+}
+
+export class OptionsError extends TypeError {
+  override name = "OptionsError";
+}
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+interface IntegerRule {
+  min: number;
+  max: number;
+  unit: string;
+}
+
+const INTEGER_RULES = {
+  payloadThreshold: { min: 100, max: 7999 + 1, unit: "bytes" },
+  cleanupInterval: { min: 1000, max: DAY_MS, unit: "ms" },
+  heartbeatInterval: { min: 100, max: DAY_MS, unit: "ms" },
+  heartbeatTimeout: { min: 200, max: DAY_MS, unit: "ms" },
+  retentionMarginMs: { min: 0, max: DAY_MS, unit: "ms" },
+  pruneIntervalMs: { min: 100, max: DAY_MS, unit: "ms" },
+  pruneBatchSize: { min: 1, max: 1_000_000, unit: "rows" },
+  maxReplayEntries: { min: 1, max: 10_000_000, unit: "entries" },
+  maxReplayBytes: { min: 1024, max: 2 ** 31, unit: "bytes" },
+  sessionWaitMs: { min: 0, max: 60_000, unit: "ms" },
+  restoreTimeoutMs: { min: 100, max: 120_000, unit: "ms" },
+  gapFillDelayMs: { min: 1, max: 60_000, unit: "ms" },
+  listenerCheckIntervalMs: { min: 100, max: DAY_MS, unit: "ms" },
+  maxBatchSize: { min: 1, max: 100_000, unit: "entries" },
+  maxPendingWrites: { min: 1, max: 100_000_000, unit: "broadcasts" },
+  recentEntries: { min: 0, max: 10_000_000, unit: "entries" },
+} satisfies Record<string, IntegerRule>;
+
+type IntegerOption = keyof typeof INTEGER_RULES;
+
+const KNOWN_OPTIONS = new Set<string>([
+  "channelPrefix",
+  "tableName",
+  "errorHandler",
+  "schema",
+  "primeOffsetEvent",
+  ...Object.keys(INTEGER_RULES),
+]);
+
+function fail(option: string, expected: string, got: unknown): never {
+  let shown: string;
+  try {
+    shown = typeof got === "string" ? JSON.stringify(got) : String(got);
+  } catch {
+    shown = typeof got;
+  }
+  throw new OptionsError(
+    `socket.io-postgres-recovery: option "${option}" must be ${expected}; got ${shown}`,
+  );
+}
+
+function integer(opts: Record<string, unknown>, name: IntegerOption, fallback: number): number;
+function integer(opts: Record<string, unknown>, name: IntegerOption, fallback: undefined): number | undefined;
+function integer(
+  opts: Record<string, unknown>,
+  name: IntegerOption,
+  fallback: number | undefined,
+): number | undefined {
+  const value = opts[name];
+  if (value === undefined) return fallback;
+  const rule: IntegerRule = INTEGER_RULES[name];
+  if (typeof value !== "number" || !Number.isInteger(value) || value < rule.min || value > rule.max) {
+    fail(name, `an integer from ${rule.min} to ${rule.max} (${rule.unit})`, value);
+  }
+  return value;
+}
+
+function identifier(opts: Record<string, unknown>, name: string, fallback: string): string {
+  const value = opts[name];
+  if (value === undefined) return fallback;
+  if (typeof value !== "string" || !/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(value)) {
+    fail(name, "a Postgres identifier: a letter or _ then letters, digits or _, at most 63 characters", value);
+  }
+  return value;
+}
+
+/** Validates the caller's options once and returns them complete and frozen. */
+export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined): ResolvedOptions {
+  if (input !== undefined && (input === null || typeof input !== "object")) {
+    fail("options", "an object or undefined", input);
+  }
+  const opts = (input ?? {}) as Record<string, unknown>;
+  for (const key of Object.keys(opts)) {
+    if (!KNOWN_OPTIONS.has(key) && opts[key] !== undefined) {
+      throw new OptionsError(
+        `socket.io-postgres-recovery: unknown option "${key}"; known options: ${[...KNOWN_OPTIONS].join(", ")}`,
+      );
+    }
+  }
+
+  const schema = identifier(opts, "schema", "socket_io");
+
+  const channelPrefix = opts.channelPrefix ?? "socket.io";
+  // Channel names travel as bound parameters (pg_notify) and quoted identifiers
+  // (LISTEN); the limits below keep them within Postgres' 63-byte names.
+  if (typeof channelPrefix !== "string" || channelPrefix.length === 0 || /["\0]/.test(channelPrefix) || Buffer.byteLength(channelPrefix) > 40) {
+    fail("channelPrefix", "a non-empty string of at most 40 bytes without double quotes or NUL", channelPrefix);
+  }
+
+  const tableName = opts.tableName ?? "socket_io_attachments";
+  if (typeof tableName !== "string") fail("tableName", "a table name or schema.table", tableName);
+  const parts = tableName.split(".");
+  if (parts.length > 2 || !parts.every((p) => /^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(p))) {
+    fail("tableName", "a table name or schema.table made of Postgres identifiers", tableName);
+  }
+  const attachmentsTable =
+    parts.length === 2 ? { schema: parts[0]!, table: parts[1]! } : { schema, table: parts[0]! };
+
+  const errorHandler = opts.errorHandler;
+  if (errorHandler !== undefined && typeof errorHandler !== "function") {
+    fail("errorHandler", "a function (err: Error) => void", errorHandler);
+  }
+
+  const primeOffsetEvent = opts.primeOffsetEvent ?? "socket.io-postgres-recovery:offset";
+  if (primeOffsetEvent !== false && (typeof primeOffsetEvent !== "string" || primeOffsetEvent.length === 0)) {
+    fail("primeOffsetEvent", "a non-empty event name or false", primeOffsetEvent);
+  }
+  const reserved = ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+  if (typeof primeOffsetEvent === "string" && reserved.includes(primeOffsetEvent)) {
+    fail("primeOffsetEvent", "an event name that Socket.IO does not reserve", primeOffsetEvent);
+  }
+
+  const heartbeatInterval = integer(opts, "heartbeatInterval", 5000);
+  const heartbeatTimeout = integer(opts, "heartbeatTimeout", 10000);
+  if (heartbeatTimeout <= heartbeatInterval) {
+    fail("heartbeatTimeout", `greater than heartbeatInterval (${heartbeatInterval} ms)`, heartbeatTimeout);
+  }
+
+  const logChannel = `${channelPrefix}:${schema}:log`;
+  if (Buffer.byteLength(logChannel) > 63) {
+    fail("schema", `short enough that "${logChannel}" fits in 63 bytes (shorten it or channelPrefix)`, schema);
+  }
+
+  return Object.freeze({
+    channelPrefix,
+    attachmentsTable: Object.freeze(attachmentsTable),
+    payloadThreshold: integer(opts, "payloadThreshold", 8000),
+    cleanupInterval: integer(opts, "cleanupInterval", 30000),
+    heartbeatInterval,
+    heartbeatTimeout,
+    errorHandler: (errorHandler as ((err: Error) => void) | undefined) ?? defaultErrorHandler,
+    schema,
+    retentionMarginMs: integer(opts, "retentionMarginMs", undefined),
+    pruneIntervalMs: integer(opts, "pruneIntervalMs", 60_000),
+    pruneBatchSize: integer(opts, "pruneBatchSize", 5000),
+    maxReplayEntries: integer(opts, "maxReplayEntries", 50_000),
+    maxReplayBytes: integer(opts, "maxReplayBytes", 64 * 1024 * 1024),
+    primeOffsetEvent: primeOffsetEvent as string | false,
+    sessionWaitMs: integer(opts, "sessionWaitMs", 750),
+    restoreTimeoutMs: integer(opts, "restoreTimeoutMs", 5000),
+    gapFillDelayMs: integer(opts, "gapFillDelayMs", 50),
+    listenerCheckIntervalMs: integer(opts, "listenerCheckIntervalMs", 5000),
+    maxBatchSize: integer(opts, "maxBatchSize", 1000),
+    maxPendingWrites: integer(opts, "maxPendingWrites", 100_000),
+    recentEntries: integer(opts, "recentEntries", 10_000),
+    logChannel,
+  });
+}
+
+import { debug } from "./debug.js";
+
+function defaultErrorHandler(err: Error): void {
+  debug("background error: %O", err);
+}
