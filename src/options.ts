@@ -20,6 +20,7 @@
  *   `maxDisconnectionDuration` plus `retentionMarginMs`.
  * - **prune**: deleting expired sessions and entries past retention.
  */
+import { debug } from "./debug.js";
 
 /** Options shared with `@socket.io/postgres-adapter` (same names, defaults and meaning). */
 export interface UpstreamCompatibleOptions {
@@ -353,8 +354,6 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     logChannel,
   });
 }
-
-import { debug } from "./debug.js";
 
 function defaultErrorHandler(err: Error): void {
   debug("background error: %O", err);
