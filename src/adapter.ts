@@ -1,0 +1,546 @@
+/**
+ * The Socket.IO adapter of one namespace on one node.
+ *
+ * Non-logged traffic goes through `ClusterAdapterWithHeartbeat` and the
+ * cluster bus exactly as with `@socket.io/postgres-adapter`. Logged broadcasts
+ * (EVENT packets without ack, not volatile, not local, with recovery on) are
+ * not delivered when emitted: they are appended to the log, and every node,
+ * this one included, delivers them when its sequencer reaches their offset.
+ * Sessions record the cursor at which each room was joined, so that a restore
+ * replays exactly what the socket would have received live.
+ */
+import type { Namespace } from "socket.io";
+import {
+  Adapter,
+  ClusterAdapterWithHeartbeat,
+  MessageType,
+  type BroadcastOptions,
+  type ClusterMessage,
+  type ClusterResponse,
+  type Offset,
+  type PrivateSessionId,
+  type Room,
+  type ServerId,
+  type Session,
+  type SocketId,
+} from "socket.io-adapter";
+import { Batcher } from "./batcher.js";
+import {
+  decodeBatchFromNotify,
+  decodePacket,
+  decodeSession,
+  encodeBatchForNotify,
+  encodePacket,
+  encodeSession,
+  formatOffset,
+  parseOffset,
+  type LogEntry,
+  type LoggedPacket,
+} from "./codec.js";
+import { debug } from "./debug.js";
+import { asError, isMissingSchemaError, isTransientDatabaseError } from "./errors.js";
+import type { NamespaceMember, NodeContext } from "./node-context.js";
+import { isAddressedTo, type Membership } from "./replay.js";
+import { Sequencer } from "./sequencer.js";
+import { hashPid } from "./session-store.js";
+
+/** Socket.IO treats a falsy restore result as "not restored"; its type says Session. */
+const NOT_RESTORED = null as unknown as Session;
+
+/** EVENT in socket.io-parser's PacketType. */
+const EVENT = 2;
+
+/** A cursor not known yet (the namespace is still starting): fixed when it starts. */
+const UNSTARTED = -1;
+
+interface Packet {
+  type: number;
+  data: unknown[];
+  id?: number;
+  nsp?: string;
+}
+
+interface QueuedEntry {
+  packet: LoggedPacket;
+  payload: Buffer;
+}
+
+/** A restored socket whose replay is completed when it joins its rooms (see `addAll`). */
+interface Stitch {
+  membership: Membership;
+  floor: number;
+  missedPackets: unknown[][];
+  /** Replay covers entries up to this offset; later ones are added at join time. */
+  upTo: number;
+  /** Whether Socket.IO has joined the restored rooms (and taken missedPackets). */
+  joined: boolean;
+  timer: NodeJS.Timeout;
+}
+
+interface RecoverySettings {
+  maxDisconnectionDuration: number;
+}
+
+export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat implements NamespaceMember {
+  readonly nspName: string;
+  private readonly recovery: RecoverySettings | undefined;
+  private readonly sequencer: Sequencer | undefined;
+  private readonly writer: Batcher<QueuedEntry, number> | undefined;
+  private namespaceId: number | undefined;
+  /** Socket → room → cursor when it joined. */
+  private readonly joins = new Map<SocketId, Map<Room, number>>();
+  /** Socket → lowest offset its client may present (its first cursor). */
+  private readonly floors = new Map<SocketId, number>();
+  private readonly stitches = new Map<SocketId, Stitch>();
+  private readonly ready: Promise<void>;
+  private closing: Promise<void> | undefined;
+
+  constructor(
+    nsp: Namespace,
+    private readonly ctx: NodeContext,
+  ) {
+    super(nsp, { heartbeatInterval: ctx.opts.heartbeatInterval, heartbeatTimeout: ctx.opts.heartbeatTimeout });
+    this.nspName = nsp.name;
+    const csr = serverInternals(nsp).opts.connectionStateRecovery;
+    if (csr) {
+      this.recovery = { maxDisconnectionDuration: csr.maxDisconnectionDuration ?? 2 * 60 * 1000 };
+      this.sequencer = new Sequencer({
+        gapFillDelayMs: ctx.opts.gapFillDelayMs,
+        recentEntries: ctx.opts.recentEntries,
+        readBatchSize: 5000,
+        deliver: (entry) => this.deliver(entry),
+        read: async (after, upTo, limit) => {
+          const id = this.namespaceId;
+          if (id === undefined) return [];
+          return (await this.ctx.log.range(id, after, upTo, limit)).entries;
+        },
+        onError: (err) => this.ctx.reportError(err),
+      });
+      this.writer = new Batcher<QueuedEntry, number>({
+        write: (items) => this.appendToLog(items),
+        maxBatchSize: ctx.opts.maxBatchSize,
+        maxPending: ctx.opts.maxPendingWrites,
+        isRetryable: isTransientDatabaseError,
+        retryDelayMs: (attempt) => Math.min(50 * 2 ** attempt, 2000),
+        maxAttempts: Infinity,
+        onError: (err) =>
+          this.ctx.reportError(new Error(`socket.io-postgres-recovery: appending to the log of "${this.nspName}" failed`, { cause: err })),
+      });
+    }
+    ctx.add(this);
+    this.ready = this.start();
+  }
+
+  /** This node's id in the cluster (protected upstream; the node context drops our own messages with it). */
+  serverUid(): ServerId {
+    return this.uid;
+  }
+
+  private get namespace(): Namespace {
+    return this.nsp as Namespace;
+  }
+
+  retentionMs(): number | undefined {
+    if (!this.recovery) return undefined;
+    const margin = this.ctx.opts.retentionMarginMs ?? this.defaultRetentionMarginMs();
+    return this.recovery.maxDisconnectionDuration + margin;
+  }
+
+  /** Time a dead connection can go unnoticed, plus slack for clocks and batching. */
+  private defaultRetentionMarginMs(): number {
+    const server = serverInternals(this.namespace);
+    const pingInterval = server.engine?.opts?.pingInterval ?? server.opts.pingInterval ?? 25_000;
+    const pingTimeout = server.engine?.opts?.pingTimeout ?? server.opts.pingTimeout ?? 20_000;
+    return pingInterval + pingTimeout + 5_000;
+  }
+
+  // ---- startup -------------------------------------------------------------
+
+  private async start(): Promise<void> {
+    for (let attempt = 1; !this.closing; attempt++) {
+      try {
+        await this.ctx.listener.listen(this.ctx.bus.channelOf(this.nspName));
+        if (this.sequencer) {
+          // The log channel is listened to before the head is read, so nothing committed after it is missed.
+          await this.ctx.listener.listen(this.ctx.opts.logChannel);
+          const { id, head } = await this.ctx.log.namespace(this.nspName);
+          if (this.closing) return;
+          this.namespaceId = id;
+          this.ctx.bindNamespaceId(id, this);
+          this.settleUnstarted(head);
+          this.sequencer.start(head);
+          // A NOTIFY that arrived before the namespace id was known was dropped: read the table once.
+          this.sequencer.catchUp();
+        }
+        debug("namespace %s ready", this.nspName);
+        return;
+      } catch (err) {
+        const hint = isMissingSchemaError(err)
+          ? ` (schema "${this.ctx.opts.schema}" is not migrated: run \`socket.io-postgres-recovery migrate\` or call migrate(pool))`
+          : "";
+        this.ctx.reportError(
+          new Error(`socket.io-postgres-recovery: starting namespace "${this.nspName}" failed${hint}; retrying`, { cause: err }),
+        );
+        await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 5000)).unref());
+      }
+    }
+  }
+
+  /** Sockets that connected or joined rooms before the namespace's cursor was known start at its head. */
+  private settleUnstarted(head: number): void {
+    for (const rooms of this.joins.values()) {
+      for (const [room, at] of rooms) if (at === UNSTARTED) rooms.set(room, head);
+    }
+    for (const [sid, floor] of this.floors) {
+      if (floor === UNSTARTED) {
+        this.floors.set(sid, head);
+        this.prime(sid, head);
+      }
+    }
+  }
+
+  // ---- writing and delivering the log --------------------------------------
+
+  override async broadcast(packet: Packet, opts: BroadcastOptions): Promise<void> {
+    if (!this.writer || !isLogged(packet, opts)) return super.broadcast(packet, opts);
+    let queued: QueuedEntry;
+    try {
+      const logged: LoggedPacket = { data: packet.data, rooms: [...opts.rooms], except: [...(opts.except ?? [])] };
+      queued = { packet: logged, payload: encodePacket(logged) };
+    } catch (err) {
+      this.ctx.reportError(new Error(`socket.io-postgres-recovery: cannot log an event of "${this.nspName}": its arguments do not serialize`, { cause: err }));
+      return;
+    }
+    try {
+      await this.writer.add(queued);
+    } catch (err) {
+      this.ctx.reportError(new Error(`socket.io-postgres-recovery: an event of "${this.nspName}" was not logged nor delivered`, { cause: err }));
+    }
+  }
+
+  private async appendToLog(items: QueuedEntry[]): Promise<number[]> {
+    await this.ready;
+    const id = this.namespaceId;
+    if (id === undefined || !this.sequencer) throw new Error("socket.io-postgres-recovery: the adapter closed before it started");
+    const payloads = items.map((item) => item.payload);
+    const { from } = await this.ctx.log.append(id, payloads, this.ctx.opts.logChannel, this.inlinePayload(payloads));
+    // Offered to the sequencer as a whole, in this same tick: delivered when the cursor reaches them.
+    this.sequencer.offer(items.map((item, i) => ({ offset: from + i, ...item.packet })));
+    return items.map((_, i) => from + i);
+  }
+
+  /** The batch inside the NOTIFY when it fits (receivers then skip a read), else "". */
+  private inlinePayload(payloads: Buffer[]): string {
+    let bytes = 16;
+    for (const p of payloads) bytes += p.length + 5;
+    if (Math.ceil(bytes / 3) * 4 + 40 > this.ctx.opts.payloadThreshold) return "";
+    const inline = encodeBatchForNotify(payloads);
+    return inline.length + 40 > this.ctx.opts.payloadThreshold ? "" : inline;
+  }
+
+  onLogNotification(from: number, count: number, inline: string): void {
+    const sequencer = this.sequencer;
+    if (!sequencer || !Number.isSafeInteger(from) || !Number.isSafeInteger(count) || count < 1) return;
+    const to = from + count - 1;
+    const cursor = sequencer.cursor;
+    if (cursor !== undefined && to <= cursor) return; // e.g. this node's own batch, already delivered
+    if (inline === "") {
+      sequencer.offerRange(from, to);
+      return;
+    }
+    const payloads = decodeBatchFromNotify(inline);
+    sequencer.offer(payloads.map((payload, i) => decodePacket(from + i, payload)));
+  }
+
+  onListenerReconnected(): void {
+    this.sequencer?.catchUp();
+  }
+
+  private deliver(entry: LogEntry): void {
+    const packet = { type: EVENT, data: [...entry.data, formatOffset(entry.offset)], nsp: this.nspName };
+    // The in-memory broadcast: delivery to this node's sockets only (the cluster already has the entry).
+    Adapter.prototype.broadcast.call(this, packet, {
+      rooms: new Set<Room>(entry.rooms),
+      except: new Set<Room>(entry.except),
+      flags: {},
+    });
+  }
+
+  // ---- cluster messages -----------------------------------------------------
+
+  protected override doPublish(message: ClusterMessage): Promise<Offset> {
+    return this.ctx.bus.publish(message).then(
+      () => "",
+      (err: unknown) => {
+        this.ctx.reportError(new Error("socket.io-postgres-recovery: publishing a cluster message failed", { cause: err }));
+        throw err;
+      },
+    );
+  }
+
+  protected override doPublishResponse(_requesterUid: ServerId, response: ClusterResponse): Promise<void> {
+    return this.ctx.bus.publish(response);
+  }
+
+  onClusterMessage(message: ClusterMessage | ClusterResponse): void {
+    if (
+      this.recovery &&
+      message.type === MessageType.BROADCAST &&
+      message.data.requestId === undefined &&
+      message.nsp === this.nspName
+    ) {
+      // A broadcast that did not go through the log (from @socket.io/postgres-emitter or a node
+      // without recovery): delivered live, without an offset, since it has none in our log.
+      const { opts, packet } = message.data;
+      Adapter.prototype.broadcast.call(this, packet, {
+        rooms: new Set(opts.rooms),
+        except: new Set(opts.except),
+        flags: opts.flags,
+      });
+      return;
+    }
+    this.onMessage(message as ClusterMessage);
+  }
+
+  // ---- rooms, priming --------------------------------------------------------
+
+  override addAll(id: SocketId, rooms: Set<Room>): void {
+    if (!this.sequencer) {
+      super.addAll(id, rooms);
+      return;
+    }
+    const cursor = this.sequencer.cursor ?? UNSTARTED;
+    const stitch = this.stitches.get(id);
+    if (stitch) this.advanceStitch(id, stitch, cursor);
+    let joined = this.joins.get(id);
+    if (!joined) this.joins.set(id, (joined = new Map()));
+    for (const room of rooms) if (!joined.has(room)) joined.set(room, cursor);
+    super.addAll(id, rooms);
+    if (!this.floors.has(id)) {
+      const socket = this.namespace.sockets.get(id);
+      if (socket && !socket.recovered) {
+        this.floors.set(id, cursor);
+        if (cursor !== UNSTARTED) this.prime(id, cursor);
+      }
+    }
+  }
+
+  override del(id: SocketId, room: Room): void {
+    this.joins.get(id)?.delete(room);
+    super.del(id, room);
+  }
+
+  override delAll(id: SocketId): void {
+    this.joins.delete(id);
+    this.floors.delete(id);
+    const stitch = this.stitches.get(id);
+    if (stitch) {
+      clearTimeout(stitch.timer);
+      this.stitches.delete(id);
+    }
+    super.delAll(id);
+  }
+
+  /**
+   * Gives a new session an offset at once: the node's cursor, in a small event
+   * written before any entry after it. Without it, a client that received no
+   * event has no offset and Socket.IO never tries to recover it; it also
+   * replaces a stale offset kept from an earlier session.
+   */
+  private prime(id: SocketId, cursor: number): void {
+    const event = this.ctx.opts.primeOffsetEvent;
+    if (event === false) return;
+    Adapter.prototype.broadcast.call(
+      this,
+      { type: EVENT, data: [event, formatOffset(cursor)], nsp: this.nspName },
+      { rooms: new Set([id]), except: new Set<Room>(), flags: {} },
+    );
+  }
+
+  // ---- sessions ------------------------------------------------------------
+
+  override persistSession(session: { sid: SocketId; pid: PrivateSessionId; rooms: Room[]; data: unknown }): void {
+    const cursor = this.sequencer?.cursor;
+    const floor = this.floors.get(session.sid);
+    if (!this.recovery || cursor === undefined || floor === undefined || floor === UNSTARTED || this.namespaceId === undefined) {
+      debug("not persisting session of %s: namespace not started or socket unknown", session.sid);
+      return;
+    }
+    const joined = this.joins.get(session.sid);
+    // An unknown join cursor counts as "now": never replays more than the socket could have had.
+    const rooms = session.rooms.map((room) => [room, joined?.get(room) ?? cursor] as const);
+    // Socket.IO always puts a restored socket back in its own room; it is where `socket.emit()` goes.
+    if (!session.rooms.includes(session.sid)) rooms.push([session.sid, joined?.get(session.sid) ?? floor]);
+    let payload: Buffer;
+    try {
+      payload = encodeSession({ rooms, data: session.data });
+    } catch (err) {
+      this.ctx.reportError(new Error(`socket.io-postgres-recovery: socket.data of ${session.sid} does not serialize; its session is not stored`, { cause: err }));
+      return;
+    }
+    this.ctx.sessions.persist({
+      pidHash: hashPid(session.pid),
+      namespaceId: this.namespaceId,
+      sid: session.sid,
+      floorOffset: floor,
+      lastOffset: cursor,
+      payload,
+      ttlMs: this.recovery.maxDisconnectionDuration,
+    });
+  }
+
+  override async restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
+    if (!this.sequencer || this.closing) return NOT_RESTORED;
+    const parsed = parseOffset(offset);
+    if (parsed === undefined || typeof pid !== "string" || pid.length === 0 || pid.length > 256) {
+      debug("restore refused: malformed pid or offset");
+      return NOT_RESTORED;
+    }
+    const timeoutMs = this.ctx.opts.restoreTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`restore took longer than restoreTimeoutMs (${timeoutMs} ms)`)), timeoutMs);
+    });
+    const restoring = this.restore(pid, parsed, Date.now() + timeoutMs);
+    try {
+      return await Promise.race([restoring, timeout]);
+    } catch (err) {
+      this.ctx.reportError(new Error(`socket.io-postgres-recovery: a restore in "${this.nspName}" failed; the client gets a new session`, { cause: asError(err) }));
+      return NOT_RESTORED;
+    } finally {
+      clearTimeout(timer);
+      restoring.catch(() => undefined);
+    }
+  }
+
+  private async restore(pid: PrivateSessionId, offset: number, deadline: number): Promise<Session> {
+    await this.ready;
+    const sequencer = this.sequencer;
+    const namespaceId = this.namespaceId;
+    if (!sequencer || namespaceId === undefined) return NOT_RESTORED;
+    const stored = await this.ctx.sessions.take(hashPid(pid), namespaceId, this.ctx.opts.sessionWaitMs);
+    if (!stored) return refused("unknown pid (never stored, already restored, pruned, or another namespace's)");
+    if (!stored.live) return refused("session expired");
+    if (offset < stored.floorOffset || offset > stored.lastOffset) {
+      return refused(`offset ${offset} outside the session's range [${stored.floorOffset}, ${stored.lastOffset}]`);
+    }
+    // The client may be ahead of this node: replay starts after its offset, so wait until we are there.
+    await sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
+    const upTo = sequencer.cursor ?? offset;
+    if (upTo - offset > this.ctx.opts.maxReplayEntries) {
+      return refused(`${upTo - offset} entries to replay exceed maxReplayEntries (${this.ctx.opts.maxReplayEntries})`);
+    }
+    let entries = sequencer.recentRange(offset, upTo);
+    if (!entries) {
+      const read = await this.ctx.log.range(namespaceId, offset, upTo, this.ctx.opts.maxReplayEntries);
+      if (read.bytes > this.ctx.opts.maxReplayBytes) {
+        return refused(`${read.bytes} bytes to replay exceed maxReplayBytes (${this.ctx.opts.maxReplayBytes})`);
+      }
+      entries = read.entries;
+    }
+    const { rooms, data } = decodeSession(stored.payload);
+    const joinedAt = new Map<Room, number>(rooms);
+    const membership: Membership = { joinedAt, memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
+    const missedPackets = entries
+      .filter((entry) => isAddressedTo(entry, membership))
+      .map((entry) => [...entry.data, formatOffset(entry.offset)]);
+    // Socket.IO joins the rooms and sends missedPackets right after this resolves; entries this
+    // node delivers in between are added at that moment (addAll), so the replay meets live delivery.
+    const timer = setTimeout(() => this.stitches.delete(stored.sid), 30_000);
+    timer.unref();
+    this.stitches.set(stored.sid, { membership, floor: offset, missedPackets, upTo, joined: false, timer });
+    debug("restoring %s with %d missed packets", stored.sid, missedPackets.length);
+    return {
+      sid: stored.sid,
+      pid,
+      rooms: rooms.map(([room]) => room),
+      data,
+      missedPackets,
+    };
+  }
+
+  /**
+   * Closes the window between the restore's read and live delivery. Socket.IO
+   * joins the restored rooms in the socket's constructor, then sends
+   * `missedPackets`; entries delivered since the read are appended there. The
+   * socket only receives live deliveries once connected (after the
+   * middlewares when they are not skipped): what was delivered meanwhile is
+   * sent at that moment, just before the CONNECT packet.
+   */
+  private advanceStitch(id: SocketId, stitch: Stitch, cursor: number): void {
+    const connected = this.namespace.sockets.has(id);
+    if (stitch.joined && !connected) return; // a middleware joining rooms: wait for the connection
+    const extra = cursor > stitch.upTo ? this.sequencer?.recentRange(stitch.upTo, cursor) : [];
+    if (!extra) {
+      // Cannot happen with a sane ring size; if it does, make the client reconnect and recover again.
+      this.stitches.delete(id);
+      clearTimeout(stitch.timer);
+      this.ctx.reportError(new Error(`socket.io-postgres-recovery: could not complete the replay of ${id}; disconnecting it`));
+      setImmediate(() => this.namespace.sockets.get(id)?.disconnect(true));
+      return;
+    }
+    const missed = extra
+      .filter((entry) => isAddressedTo(entry, stitch.membership))
+      .map((entry) => [...entry.data, formatOffset(entry.offset)]);
+    stitch.upTo = cursor;
+    if (!stitch.joined) {
+      stitch.joined = true;
+      this.floors.set(id, stitch.floor);
+      stitch.missedPackets.push(...missed);
+    } else {
+      for (const data of missed) {
+        Adapter.prototype.broadcast.call(this, { type: EVENT, data, nsp: this.nspName }, {
+          rooms: new Set<Room>([id]),
+          except: new Set<Room>(),
+          flags: {},
+        });
+      }
+    }
+    if (connected) {
+      this.stitches.delete(id);
+      clearTimeout(stitch.timer);
+    }
+  }
+
+  // ---- lifecycle -----------------------------------------------------------
+
+  /** Writes what is queued (log entries of this namespace, sessions), then leaves the cluster. */
+  override close(): Promise<void> {
+    this.closing ??= (async () => {
+      try {
+        await this.writer?.close();
+      } catch (err) {
+        this.ctx.reportError(asError(err));
+      }
+      await this.ctx.sessions.flush();
+      super.close();
+      this.sequencer?.close();
+      await this.ctx.remove(this);
+    })();
+    return this.closing;
+  }
+}
+
+/** The parts of Socket.IO's Server this adapter reads that its types keep private. */
+interface ServerInternals {
+  opts: {
+    connectionStateRecovery?: { maxDisconnectionDuration?: number };
+    pingInterval?: number;
+    pingTimeout?: number;
+  };
+  engine?: { opts?: { pingInterval?: number; pingTimeout?: number } };
+}
+
+function serverInternals(nsp: Namespace): ServerInternals {
+  return nsp.server as unknown as ServerInternals;
+}
+
+function isLogged(packet: Packet, opts: BroadcastOptions): boolean {
+  return packet.type === EVENT && packet.id === undefined && !opts.flags?.volatile && !opts.flags?.local;
+}
+
+function refused(reason: string): Session {
+  debug("restore refused: %s", reason);
+  return NOT_RESTORED;
+}
+

@@ -1,0 +1,165 @@
+/**
+ * Group commit: items queue while a write is in flight and go out together in
+ * the next one. One write at a time per batcher, so batches commit in the
+ * order items were added; a failed batch is retried before anything queued
+ * after it.
+ *
+ * Each item gets a promise for its own result. `close()` refuses new items and
+ * resolves once everything already queued is written (or has failed for good).
+ */
+import { debug } from "./debug.js";
+
+export interface BatcherOptions<T, R> {
+  /** Writes one batch; returns one result per item, in order. */
+  write(items: T[]): Promise<R[]>;
+  /** Most items in one write. */
+  maxBatchSize: number;
+  /** Most items queued (not yet written); `add()` past it rejects. */
+  maxPending: number;
+  /** Whether a failed write may be tried again (e.g. the database is unreachable). */
+  isRetryable(err: unknown): boolean;
+  /** Delay before the attempt after `attempt` failures (1, 2, …). */
+  retryDelayMs(attempt: number): number;
+  /** Attempts after which a retryable failure fails the batch; Infinity retries until close. */
+  maxAttempts: number;
+  /** Told about every failed attempt. */
+  onError(err: Error): void;
+}
+
+interface Queued<T, R> {
+  item: T;
+  resolve(result: R): void;
+  reject(err: Error): void;
+}
+
+export class BatcherClosedError extends Error {
+  override name = "BatcherClosedError";
+}
+
+export class BatcherFullError extends Error {
+  override name = "BatcherFullError";
+}
+
+export class Batcher<T, R> {
+  private queue: Array<Queued<T, R>> = [];
+  private inFlight: Promise<void> | undefined;
+  private scheduled = false;
+  private closed = false;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private wakeRetry: (() => void) | undefined;
+
+  constructor(private readonly opts: BatcherOptions<T, R>) {}
+
+  /** Items queued or being written. */
+  get pending(): number {
+    return this.queue.length;
+  }
+
+  add(item: T): Promise<R> {
+    if (this.closed) {
+      return Promise.reject(new BatcherClosedError("socket.io-postgres-recovery: the adapter is closed"));
+    }
+    if (this.queue.length >= this.opts.maxPending) {
+      return Promise.reject(
+        new BatcherFullError(
+          `socket.io-postgres-recovery: ${this.queue.length} writes are already waiting for the database; refusing more`,
+        ),
+      );
+    }
+    return new Promise<R>((resolve, reject) => {
+      this.queue.push({ item, resolve, reject });
+      this.schedule();
+    });
+  }
+
+  /** Removes queued items that match (not those already being written); returns them. */
+  take(match: (item: T) => boolean): T[] {
+    const taken: T[] = [];
+    const writing = this.writing;
+    this.queue = this.queue.filter((q) => {
+      if (writing.has(q) || !match(q.item)) return true;
+      taken.push(q.item);
+      q.reject(new BatcherClosedError("taken back before it was written"));
+      return false;
+    });
+    return taken;
+  }
+
+  /** Whether an item matching is currently being written (not just queued). */
+  isWriting(match: (item: T) => boolean): boolean {
+    for (const q of this.writing) if (match(q.item)) return true;
+    return false;
+  }
+
+  /** Resolves when everything queued so far has been written or has failed. */
+  async flush(): Promise<void> {
+    while (this.queue.length > 0 || this.inFlight) {
+      this.wakeRetry?.();
+      if (!this.inFlight) this.run();
+      await this.inFlight;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.flush();
+  }
+
+  private writing = new Set<Queued<T, R>>();
+
+  private schedule(): void {
+    if (this.scheduled || this.inFlight) return;
+    this.scheduled = true;
+    // A microtask later, so that a synchronous burst of adds goes out as one batch.
+    queueMicrotask(() => {
+      this.scheduled = false;
+      if (!this.inFlight) this.run();
+    });
+  }
+
+  private run(): void {
+    if (this.inFlight || this.queue.length === 0) return;
+    this.inFlight = this.writeLoop().finally(() => {
+      this.inFlight = undefined;
+      if (this.queue.length > 0) this.schedule();
+    });
+  }
+
+  private async writeLoop(): Promise<void> {
+    while (this.queue.length > 0) {
+      const batch = this.queue.slice(0, this.opts.maxBatchSize);
+      this.writing = new Set(batch);
+      let attempt = 0;
+      for (;;) {
+        attempt++;
+        try {
+          const results = await this.opts.write(batch.map((q) => q.item));
+          this.queue.splice(0, batch.length);
+          this.writing = new Set();
+          batch.forEach((q, i) => q.resolve(results[i] as R));
+          break;
+        } catch (caught) {
+          const err = caught instanceof Error ? caught : new Error(String(caught));
+          this.opts.onError(err);
+          // Once closing, a few more tries only: close() must end even while the database is away.
+          const limit = this.closed ? Math.min(this.opts.maxAttempts, 3) : this.opts.maxAttempts;
+          const retry = this.opts.isRetryable(caught) && attempt < limit;
+          if (!retry) {
+            this.queue.splice(0, batch.length);
+            this.writing = new Set();
+            batch.forEach((q) => q.reject(err));
+            break;
+          }
+          const delay = this.opts.retryDelayMs(attempt);
+          debug("write failed (attempt %d), retrying in %d ms: %s", attempt, delay, err.message);
+          await new Promise<void>((resolve) => {
+            this.wakeRetry = resolve;
+            this.retryTimer = setTimeout(resolve, this.closed ? Math.min(delay, 50) : delay);
+            this.retryTimer.unref();
+          });
+          this.wakeRetry = undefined;
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * How log entries, sessions and offsets look at rest and on the wire.
+ *
+ * Payloads are msgpack so that Buffers and typed arrays anywhere in an event's
+ * arguments or in `socket.data` come back byte-exact (JSON would turn them
+ * into objects). `undefined` object properties are dropped, as JSON drops them
+ * on live delivery, so a replayed packet looks like the live one.
+ */
+import { Decoder, Encoder } from "@msgpack/msgpack";
+
+const encoder = new Encoder({ ignoreUndefined: true });
+const decoder = new Decoder();
+
+/** One logged broadcast as the log stores it (the offset lives in its own column). */
+export interface LoggedPacket {
+  /** `packet.data` without the offset: [eventName, ...args]. */
+  readonly data: unknown[];
+  readonly rooms: readonly string[];
+  readonly except: readonly string[];
+}
+
+/** A log entry with its offset, as delivery and replay handle it. */
+export interface LogEntry extends LoggedPacket {
+  readonly offset: number;
+}
+
+export function encodePacket(packet: LoggedPacket): Buffer {
+  const bytes = encoder.encode([packet.data, packet.rooms, packet.except]);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+export function decodePacket(offset: number, payload: Uint8Array): LogEntry {
+  const decoded = decoder.decode(payload);
+  if (!Array.isArray(decoded) || decoded.length !== 3 || !Array.isArray(decoded[0])) {
+    throw new Error(`socket.io-postgres-recovery: log entry ${offset} is not a packet this version understands`);
+  }
+  return {
+    offset,
+    data: decoded[0] as unknown[],
+    rooms: decoded[1] as string[],
+    except: decoded[2] as string[],
+  };
+}
+
+/** A batch of entries for a NOTIFY payload (text only, hence base64). */
+export function encodeBatchForNotify(packets: readonly Buffer[]): string {
+  const bytes = encoder.encode(packets);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
+}
+
+export function decodeBatchFromNotify(base64: string): Uint8Array[] {
+  const decoded = decoder.decode(Buffer.from(base64, "base64"));
+  if (!Array.isArray(decoded) || !decoded.every((p) => p instanceof Uint8Array)) {
+    throw new Error("socket.io-postgres-recovery: malformed log notification");
+  }
+  return decoded as Uint8Array[];
+}
+
+/** What a session keeps besides its columns. */
+export interface StoredSessionPayload {
+  /** Each room with the offset of this node's cursor when the socket joined it. */
+  readonly rooms: ReadonlyArray<readonly [room: string, joinedAt: number]>;
+  readonly data: unknown;
+}
+
+export function encodeSession(payload: StoredSessionPayload): Buffer {
+  const bytes = encoder.encode({ r: payload.rooms, d: payload.data });
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+export function decodeSession(payload: Uint8Array): StoredSessionPayload {
+  const decoded = decoder.decode(payload) as { r?: unknown; d?: unknown } | null;
+  if (!decoded || !Array.isArray(decoded.r)) {
+    throw new Error("socket.io-postgres-recovery: malformed stored session");
+  }
+  return { rooms: decoded.r as Array<[string, number]>, data: decoded.d };
+}
+
+/**
+ * Offsets travel as `o<n>`. The prefix keeps a stray string argument (the
+ * client takes the last string argument of *any* event as its offset, volatile
+ * or local ones included) from passing for a position in the log.
+ */
+export function formatOffset(offset: number): string {
+  return `o${offset}`;
+}
+
+const OFFSET = /^o(0|[1-9][0-9]{0,15})$/;
+
+/** The offset as an integer, or undefined when it is not one we could have issued. */
+export function parseOffset(value: unknown): number | undefined {
+  if (typeof value !== "string") return undefined;
+  const match = OFFSET.exec(value);
+  if (!match) return undefined;
+  const n = Number(match[1]);
+  return Number.isSafeInteger(n) ? n : undefined;
+}

@@ -1,0 +1,184 @@
+/**
+ * The node's LISTEN connection: a dedicated client (not one borrowed from the
+ * caller's pool) that receives every NOTIFY of this deployment.
+ *
+ * LISTEN is not durable: what is notified while this connection is down is
+ * gone. So the connection is checked periodically (a half-open TCP connection
+ * answers nothing and would otherwise look healthy forever), replaced when it
+ * fails, and after each replacement `onReconnected` runs, once LISTEN is in
+ * place again, so that the log can be read from the table for what was missed.
+ */
+import pg from "pg";
+import { debug } from "./debug.js";
+import { quoteIdentifier } from "./sql/identifiers.js";
+
+/** Postgres' application_name of the listener connection, for operators (and tests) to find it. */
+export const LISTENER_APPLICATION_NAME = "socket.io-postgres-recovery:listener";
+
+export interface ListenerOptions {
+  /** Connection settings (those of the caller's pool). */
+  connection: pg.ClientConfig;
+  checkIntervalMs: number;
+  onNotification(channel: string, payload: string): void;
+  /** After the connection was replaced and LISTEN re-issued (not after the first connection). */
+  onReconnected(): void;
+  onError(err: Error): void;
+}
+
+export class Listener {
+  private client: pg.Client | undefined;
+  private readonly channels = new Set<string>();
+  private connecting: Promise<void> | undefined;
+  private checkTimer: NodeJS.Timeout | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private failures = 0;
+  private connectedOnce = false;
+  private closed = false;
+  private readyWaiters: Array<() => void> = [];
+
+  constructor(private readonly opts: ListenerOptions) {}
+
+  /** Starts connecting (in the background, retrying until `close()`). */
+  start(): void {
+    this.connect();
+    this.checkTimer = setInterval(() => this.check(), this.opts.checkIntervalMs);
+    this.checkTimer.unref();
+  }
+
+  /** Resolves once LISTEN is in place for every channel added so far. */
+  ready(): Promise<void> {
+    if (this.client && !this.connecting) return Promise.resolve();
+    return new Promise((resolve) => this.readyWaiters.push(resolve));
+  }
+
+  /** Adds a channel; resolves once it is listened to on the current connection. */
+  async listen(channel: string): Promise<void> {
+    if (this.channels.has(channel)) return this.ready();
+    this.channels.add(channel);
+    const client = this.client;
+    if (client && !this.connecting) {
+      try {
+        await client.query(`LISTEN ${quoteIdentifier(channel)}`);
+      } catch (err) {
+        // The connection is failing; the replacement will LISTEN to every channel.
+        this.replace(client, err);
+        await this.ready();
+      }
+    } else {
+      await this.ready();
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.checkTimer);
+    clearTimeout(this.retryTimer);
+    await this.connecting;
+    const client = this.client;
+    this.client = undefined;
+    if (client) await endQuietly(client);
+    for (const resolve of this.readyWaiters.splice(0)) resolve();
+  }
+
+  private connect(): void {
+    if (this.closed || this.connecting) return;
+    this.connecting = this.openClient()
+      .then((client) => {
+        this.client = client;
+        this.connecting = undefined;
+        this.failures = 0;
+        const reconnected = this.connectedOnce;
+        this.connectedOnce = true;
+        debug("listener connected (%d channels)", this.channels.size);
+        for (const resolve of this.readyWaiters.splice(0)) resolve();
+        if (reconnected) this.opts.onReconnected();
+      })
+      .catch((err: unknown) => {
+        this.connecting = undefined;
+        if (this.closed) return;
+        this.failures++;
+        const delay = Math.min(100 * 2 ** (this.failures - 1), 2000);
+        this.opts.onError(new Error(`socket.io-postgres-recovery: LISTEN connection failed; retrying in ${delay} ms`, { cause: err }));
+        this.retryTimer = setTimeout(() => this.connect(), delay);
+        this.retryTimer.unref();
+      });
+  }
+
+  private async openClient(): Promise<pg.Client> {
+    const client = new pg.Client({
+      ...this.opts.connection,
+      application_name: LISTENER_APPLICATION_NAME,
+      // A connection attempt to an unreachable host must not hang the retry loop.
+      connectionTimeoutMillis: this.opts.connection.connectionTimeoutMillis || 5000,
+      keepAlive: true,
+    });
+    client.on("error", (err) => this.replace(client, err));
+    client.on("end", () => this.replace(client, new Error("connection ended")));
+    client.on("notification", (msg) => {
+      if (client === this.client && msg.payload !== undefined) this.opts.onNotification(msg.channel, msg.payload);
+    });
+    try {
+      await client.connect();
+      // Notifications sent before LISTEN returns may be missed, which is why a
+      // reconnect is followed by reading the table (onReconnected). Channels
+      // added while this runs are picked up by the loop.
+      const listened = new Set<string>();
+      for (;;) {
+        if (this.closed) throw new Error("closed while connecting");
+        const missing = [...this.channels].filter((c) => !listened.has(c));
+        if (missing.length === 0) break;
+        await client.query(missing.map((c) => `LISTEN ${quoteIdentifier(c)}`).join("; "));
+        missing.forEach((c) => listened.add(c));
+      }
+      return client;
+    } catch (err) {
+      await endQuietly(client);
+      throw err;
+    }
+  }
+
+  /** Drops a failed connection and starts a new one. */
+  private replace(client: pg.Client, cause: unknown): void {
+    if (client !== this.client) return;
+    this.client = undefined;
+    this.opts.onError(new Error("socket.io-postgres-recovery: LISTEN connection lost; reconnecting", { cause }));
+    destroy(client);
+    this.connect();
+  }
+
+  private check(): void {
+    const client = this.client;
+    if (!client || this.connecting || this.closed) return;
+    let answered = false;
+    const timer = setTimeout(() => {
+      if (!answered) this.replace(client, new Error(`liveness check unanswered after ${this.opts.checkIntervalMs} ms`));
+    }, this.opts.checkIntervalMs);
+    timer.unref();
+    client.query("SELECT 1").then(
+      () => {
+        answered = true;
+        clearTimeout(timer);
+      },
+      (err: unknown) => {
+        answered = true;
+        clearTimeout(timer);
+        this.replace(client, err);
+      },
+    );
+  }
+}
+
+/** Tears the socket down at once: `end()` waits for an answer a half-open connection never sends. */
+function destroy(client: pg.Client): void {
+  const stream = (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream;
+  stream?.destroy();
+  client.end().catch(() => undefined);
+}
+
+async function endQuietly(client: pg.Client): Promise<void> {
+  try {
+    await Promise.race([client.end(), new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
+  } catch {
+    destroy(client);
+  }
+}

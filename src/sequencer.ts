@@ -1,0 +1,237 @@
+/**
+ * In-order delivery of one namespace's log on one node.
+ *
+ * Entries reach a node from three places, in any order: its own writes (when
+ * they commit), NOTIFY payloads, and reads of the table. The sequencer holds
+ * what is ahead of its cursor and delivers strictly in offset order, the
+ * node's own entries included, so every client on every node sees one order.
+ * An offset that does not arrive within `gapFillDelayMs` is read from the
+ * table: every offset up to `knownHead` is committed, so a read finds it, or
+ * it was pruned (the node was behind by more than the retention).
+ *
+ * Delivery is synchronous (one loop, no awaits, no promise resolved per
+ * entry), so nothing can interleave between two deliveries.
+ */
+import type { LogEntry } from "./codec.js";
+import { RecentEntries } from "./recent-entries.js";
+
+export interface SequencerOptions {
+  gapFillDelayMs: number;
+  /** Size of the in-memory ring of delivered entries. */
+  recentEntries: number;
+  /** Entries read per table read. */
+  readBatchSize: number;
+  /** Sends one entry to this node's sockets. Must not throw (errors are reported if it does). */
+  deliver(entry: LogEntry): void;
+  /** Committed entries in (after, upTo], oldest first, at most `limit`; upTo undefined: to the newest. */
+  read(after: number, upTo: number | undefined, limit: number): Promise<LogEntry[]>;
+  onError(err: Error): void;
+}
+
+interface Waiter {
+  target: number;
+  resolve(): void;
+  reject(err: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+export class Sequencer {
+  private _cursor: number | undefined;
+  /** Highest offset known to be committed. */
+  private knownHead = 0;
+  private readonly ahead = new Map<number, LogEntry>();
+  private readonly recent: RecentEntries;
+  private waiters: Waiter[] = [];
+  private gapTimer: NodeJS.Timeout | undefined;
+  private reading: Promise<void> | undefined;
+  /** Set while a read to the newest entry is wanted (catch-up, or a waiter beyond knownHead). */
+  private readToEnd = false;
+  private closed = false;
+
+  constructor(private readonly opts: SequencerOptions) {
+    this.recent = new RecentEntries(opts.recentEntries);
+  }
+
+  /** The offset of the last delivered entry; undefined until `start()`. */
+  get cursor(): number | undefined {
+    return this._cursor;
+  }
+
+  /** Begins at the namespace's head: entries up to it were committed before this node listened. */
+  start(head: number): void {
+    if (this._cursor !== undefined) return;
+    this._cursor = head;
+    this.knownHead = Math.max(this.knownHead, head);
+    for (const offset of this.ahead.keys()) if (offset <= head) this.ahead.delete(offset);
+    this.drain();
+  }
+
+  /** Entries whose data is here (own writes, NOTIFY payloads, reads). */
+  offer(entries: readonly LogEntry[]): void {
+    for (const entry of entries) {
+      if (entry.offset > this.knownHead) this.knownHead = entry.offset;
+      if (this._cursor === undefined || entry.offset > this._cursor) this.ahead.set(entry.offset, entry);
+    }
+    this.drain();
+  }
+
+  /** A committed range whose data has to be read (a NOTIFY without payload). */
+  offerRange(from: number, to: number): void {
+    if (to > this.knownHead) this.knownHead = to;
+    if (this._cursor !== undefined && to > this._cursor && !this.ahead.has(this._cursor + 1)) {
+      // Nothing to wait for: the data is only in the table.
+      this.readSoon(0);
+    } else {
+      this.drain();
+    }
+  }
+
+  /** Reads everything committed after the cursor (after the listener reconnected). */
+  catchUp(): void {
+    this.readToEnd = true;
+    this.readSoon(0);
+  }
+
+  /** Resolves once the cursor reaches `offset`; rejects after `timeoutMs`. */
+  waitFor(offset: number, timeoutMs: number): Promise<void> {
+    if (this._cursor !== undefined && this._cursor >= offset) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const waiter: Waiter = {
+        target: offset,
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          this.waiters = this.waiters.filter((w) => w !== waiter);
+          reject(new Error(`socket.io-postgres-recovery: this node did not reach offset ${offset} within ${timeoutMs} ms`));
+        }, timeoutMs),
+      };
+      waiter.timer.unref();
+      this.waiters.push(waiter);
+      if (offset > this.knownHead) {
+        // We have not heard of that offset yet: it may be committed but its NOTIFY still on the way.
+        this.readToEnd = true;
+      }
+      this.readSoon(offset > this.knownHead ? 0 : this.opts.gapFillDelayMs);
+    });
+  }
+
+  /** Delivered entries in (after, upTo], or undefined when the ring no longer holds all of them. */
+  recentRange(after: number, upTo: number): LogEntry[] | undefined {
+    return this.recent.range(after, upTo);
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.gapTimer);
+    for (const w of this.waiters) {
+      clearTimeout(w.timer);
+      w.reject(new Error("socket.io-postgres-recovery: the adapter is closed"));
+    }
+    this.waiters = [];
+  }
+
+  private drain(): void {
+    if (this._cursor === undefined) return;
+    let cursor = this._cursor;
+    for (let next = this.ahead.get(cursor + 1); next; next = this.ahead.get(cursor + 1)) {
+      this.ahead.delete(next.offset);
+      cursor = next.offset;
+      this._cursor = cursor;
+      this.recent.push(next);
+      try {
+        this.opts.deliver(next);
+      } catch (err) {
+        this.opts.onError(err instanceof Error ? err : new Error(String(err)));
+      }
+    }
+    if (this.waiters.length > 0) {
+      const done = this.waiters.filter((w) => w.target <= cursor);
+      if (done.length > 0) {
+        this.waiters = this.waiters.filter((w) => w.target > cursor);
+        for (const w of done) {
+          clearTimeout(w.timer);
+          w.resolve();
+        }
+      }
+    }
+    if (this.knownHead > cursor || this.ahead.size > 0) {
+      this.readSoon(this.opts.gapFillDelayMs);
+    } else {
+      clearTimeout(this.gapTimer);
+      this.gapTimer = undefined;
+    }
+  }
+
+  private readSoon(delayMs: number): void {
+    if (this.closed || this.reading) return;
+    if (this.gapTimer) {
+      if (delayMs > 0) return;
+      clearTimeout(this.gapTimer);
+    }
+    this.gapTimer = setTimeout(() => {
+      this.gapTimer = undefined;
+      this.read();
+    }, delayMs);
+    this.gapTimer.unref();
+  }
+
+  private read(): void {
+    if (this.closed || this.reading || this._cursor === undefined) return;
+    const wantsEnd = this.readToEnd;
+    const behind = this.knownHead > this._cursor;
+    if (!wantsEnd && !behind) return;
+    this.readToEnd = false;
+    this.reading = this.readFromTable(wantsEnd)
+      .catch((err: unknown) => {
+        this.opts.onError(
+          new Error("socket.io-postgres-recovery: reading missed log entries failed; will retry", { cause: err }),
+        );
+        if (wantsEnd) this.readToEnd = true;
+        return new Promise<void>((resolve) => setTimeout(resolve, 500).unref());
+      })
+      .finally(() => {
+        this.reading = undefined;
+        if (this._cursor !== undefined && (this.readToEnd || this.knownHead > this._cursor)) {
+          this.readSoon(this.ahead.has(this._cursor + 1) ? 0 : this.opts.gapFillDelayMs);
+        }
+      });
+  }
+
+  private async readFromTable(toEnd: boolean): Promise<void> {
+    for (;;) {
+      const cursor = this._cursor;
+      if (cursor === undefined || this.closed) return;
+      const upTo = toEnd ? undefined : this.knownHead;
+      if (upTo !== undefined && upTo <= cursor) return;
+      const entries = await this.opts.read(cursor, upTo, this.opts.readBatchSize);
+      if (this._cursor !== cursor) {
+        // Delivery moved on while we read; offer what we have and look again.
+        this.offer(entries);
+        continue;
+      }
+      const first = entries[0];
+      if (first === undefined) {
+        if (upTo !== undefined) this.skipPruned(upTo);
+        return;
+      }
+      if (first.offset !== cursor + 1) this.skipPruned(first.offset - 1);
+      this.offer(entries);
+      if (entries.length < this.opts.readBatchSize) return;
+    }
+  }
+
+  /** Committed offsets that are no longer in the table: this node was behind by more than the retention. */
+  private skipPruned(through: number): void {
+    const cursor = this._cursor;
+    if (cursor === undefined || through <= cursor) return;
+    this.opts.onError(
+      new Error(
+        `socket.io-postgres-recovery: log entries ${cursor + 1}..${through} were pruned before this node delivered them; skipping`,
+      ),
+    );
+    this._cursor = through;
+    this.recent.clear();
+    for (const offset of this.ahead.keys()) if (offset <= through) this.ahead.delete(offset);
+    this.drain();
+  }
+}

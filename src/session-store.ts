@@ -1,0 +1,90 @@
+/**
+ * Sessions are written lazily and read once.
+ *
+ * Nothing is written at connect. A disconnect queues the session; queued
+ * sessions go out in batches (one statement each). A restore takes the session
+ * from this node's queue when it has not been written yet, waits for it when
+ * it is being written, and otherwise deletes it from the table, retrying for a
+ * short while because the client may have reconnected (to another node)
+ * faster than its old node wrote the session.
+ */
+import { createHash } from "node:crypto";
+import { Batcher } from "./batcher.js";
+import { isTransientDatabaseError } from "./errors.js";
+import type { SessionQueries, SessionRecord, TakenSession } from "./sql/session-queries.js";
+
+export function hashPid(pid: string): Buffer {
+  return createHash("sha256").update(pid).digest();
+}
+
+export interface SessionStoreOptions {
+  maxBatchSize: number;
+  maxPending: number;
+  onError(err: Error): void;
+}
+
+export class SessionStore {
+  private readonly writes: Batcher<SessionRecord, void>;
+
+  constructor(
+    private readonly queries: SessionQueries,
+    opts: SessionStoreOptions,
+  ) {
+    this.writes = new Batcher<SessionRecord, void>({
+      write: async (records) => {
+        await this.queries.insert(records);
+        return records.map(() => undefined);
+      },
+      maxBatchSize: opts.maxBatchSize,
+      maxPending: opts.maxPending,
+      isRetryable: isTransientDatabaseError,
+      retryDelayMs: (attempt) => Math.min(50 * 2 ** attempt, 2000),
+      maxAttempts: 10,
+      onError: (err) =>
+        opts.onError(new Error("socket.io-postgres-recovery: writing sessions failed", { cause: err })),
+    });
+  }
+
+  /** Queues a session; a failure is reported to the error handler (the session is then not restorable). */
+  persist(record: SessionRecord): void {
+    this.writes.add(record).catch(() => {
+      // Already reported by the batcher's onError, or refused because closed/full:
+      // the session is simply not restorable, which fails closed.
+    });
+  }
+
+  /**
+   * Takes the session of `pidHash` in `namespaceId`, at most once cluster-wide.
+   * `waitMs`: how long to keep looking for a session another node may still be writing.
+   */
+  async take(pidHash: Buffer, namespaceId: number, waitMs: number): Promise<TakenSession | undefined> {
+    const mine = (r: SessionRecord) => r.namespaceId === namespaceId && r.pidHash.equals(pidHash);
+    const [queued] = this.writes.take(mine);
+    if (queued) {
+      return {
+        sid: queued.sid,
+        floorOffset: queued.floorOffset,
+        lastOffset: queued.lastOffset,
+        payload: queued.payload,
+        live: true,
+      };
+    }
+    if (this.writes.isWriting(mine)) await this.writes.flush();
+    const deadline = Date.now() + waitMs;
+    for (let attempt = 0; ; attempt++) {
+      const taken = await this.queries.take(pidHash, namespaceId);
+      if (taken) return taken;
+      const left = deadline - Date.now();
+      if (left <= 0) return undefined;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(25 * 2 ** attempt, left)));
+    }
+  }
+
+  flush(): Promise<void> {
+    return this.writes.flush();
+  }
+
+  close(): Promise<void> {
+    return this.writes.close();
+  }
+}
