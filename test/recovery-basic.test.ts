@@ -1,0 +1,416 @@
+/**
+ * Connection state recovery across a real Postgres-backed cluster: what a
+ * recovered socket keeps, what it gets replayed, and what it must not get.
+ */
+import { randomBytes } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import {
+  Cluster,
+  comeBack,
+  dropConnection,
+  goOffline,
+  join,
+  logHead,
+  moveTo,
+  offsetNumber,
+  PRIME_EVENT,
+  recordEvents,
+  recoveryFields,
+  serverNoticed,
+  waitFor,
+  waitForHead,
+  whoami,
+  type ClientSocket,
+  type Received,
+} from "./helpers/cluster.js";
+import { History } from "./helpers/history.js";
+import { useClusterSuite } from "./fixtures/suite.js";
+
+const db = useClusterSuite("recovery_basic");
+
+function payloads(received: Received[], event = "ev"): unknown[] {
+  return received.filter((r) => r.event === event).map((r) => r.args[0]);
+}
+
+function expectIncreasingOffsets(received: Received[]): void {
+  const offsets = received.map((r) => offsetNumber(r.offset));
+  for (let i = 1; i < offsets.length; i++) {
+    expect(offsets[i], `offsets ${offsets.join(",")}`).toBeGreaterThan(offsets[i - 1]!);
+  }
+}
+
+/** Takes a client offline and waits until its node noticed (so what follows is missed). */
+async function offline(cluster: Cluster, socket: ClientSocket, nodeIndex: number, nsp = "/"): Promise<string> {
+  const sid = socket.id!;
+  goOffline(socket);
+  await serverNoticed(cluster.node(nodeIndex), sid, nsp);
+  return sid;
+}
+
+describe("recovery: what is kept", () => {
+  it("restores the same socket.id, rooms and socket.data; recovered on both sides", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const client = await cluster.connect(0, { rooms: ["r1", "r2"] });
+    await client.timeout(3000).emitWithAck("set-data", { name: "alice", n: 42, list: [1, "two", null] });
+    const before = await whoami(client);
+    expect(before.recovered).toBe(false);
+    expect(client.recovered).toBe(false);
+
+    const sid = await offline(cluster, client, 0);
+    expect(await comeBack(client, cluster.node(1))).toBe(true);
+
+    expect(client.id).toBe(sid);
+    const after = await whoami(client);
+    expect(after.node).toBe("node1");
+    expect(after.id).toBe(sid);
+    expect(after.recovered).toBe(true);
+    expect(after.rooms.sort()).toEqual([sid, "r1", "r2"].sort());
+    expect(after.data).toEqual({ name: "alice", n: 42, list: [1, "two", null] });
+    // The recovered socket is really in its rooms on its new node.
+    expect(cluster.node(1).io.of("/").adapter.rooms.get("r1")?.has(sid)).toBe(true);
+  });
+});
+
+describe("recovery: missed packets", () => {
+  it("replays packets emitted by another node, filtered by rooms, except and namespace", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, namespaces: ["/other"] });
+    const a = await cluster.connect(0, { rooms: ["a"] });
+    const ax = await cluster.connect(0, { rooms: ["a", "x"] });
+    const b = await cluster.connect(0, { rooms: ["b"] });
+    const other = await cluster.connect(0, { nsp: "/other", rooms: ["a"] });
+    const got = new Map<ClientSocket, Received[]>([a, ax, b, other].map((s) => [s, recordEvents(s)]));
+
+    const headRoot = await logHead(cluster.node(1).pool, "/");
+    const headOther = await logHead(cluster.node(1).pool, "/other");
+    for (const s of [a, ax, b]) await offline(cluster, s, 0);
+    await offline(cluster, other, 0, "/other");
+
+    const io = cluster.node(1).io;
+    io.to("a").emit("ev", { n: 1 });
+    io.to("b").emit("ev", { n: 2 });
+    io.emit("ev", { n: 3 });
+    io.to("a").except("x").emit("ev", { n: 4 });
+    io.of("/other").to("a").emit("ev", { n: 5 });
+    io.except("a").emit("ev", { n: 6 });
+    io.to(["a", "b"]).emit("ev", { n: 7 });
+    await waitForHead(cluster.node(1).pool, headRoot + 6, "/");
+    await waitForHead(cluster.node(1).pool, headOther + 1, "/other");
+
+    expect(await comeBack(a, cluster.node(0))).toBe(true);
+    expect(await comeBack(ax, cluster.node(1))).toBe(true);
+    expect(await comeBack(b, cluster.node(0))).toBe(true);
+    expect(await comeBack(other, cluster.node(1))).toBe(true);
+
+    const expected = new Map<ClientSocket, number[]>([
+      [a, [1, 3, 4, 7]],
+      [ax, [1, 3, 7]],
+      [b, [2, 3, 6, 7]],
+      [other, [5]],
+    ]);
+    for (const [socket, ns] of expected) {
+      await waitFor(() => got.get(socket)!.length >= ns.length, { message: `${ns.length} events on ${socket.id}` });
+    }
+    // A last live event per namespace proves nothing more was coming.
+    io.emit("ev", { n: 8 });
+    io.of("/other").emit("ev", { n: 9 });
+    for (const [socket, ns] of expected) {
+      const last = socket === other ? 9 : 8;
+      await waitFor(() => payloads(got.get(socket)!).some((p) => (p as { n: number }).n === last));
+      expect(payloads(got.get(socket)!)).toEqual([...ns, last].map((n) => ({ n })));
+      expectIncreasingOffsets(got.get(socket)!);
+    }
+  });
+
+  it("replays socket.emit and io.to(sid) addressed to the disconnected socket from another node", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const client = await cluster.connect(0);
+    const got = recordEvents(client);
+    // A server-side socket.emit while connected is logged: it carries an offset.
+    await client.timeout(3000).emitWithAck("self-emit", { event: "ev", args: [{ n: "self-1" }] });
+    await waitFor(() => got.length === 1);
+    expect(got[0]!.offset).toMatch(/^o\d+$/);
+
+    const head = await logHead(cluster.node(1).pool);
+    const sid = await offline(cluster, client, 0);
+    cluster.node(1).io.to(sid).emit("ev", { n: "to-sid-1" });
+    cluster.node(1).io.to(sid).emit("ev", { n: "to-sid-2" });
+    // Another socket's private messages stay private.
+    cluster.node(1).io.to("someone-else").emit("ev", { n: "not-mine" });
+    await waitForHead(cluster.node(1).pool, head + 3);
+
+    expect(await comeBack(client, cluster.node(0))).toBe(true);
+    await waitFor(() => got.length >= 3);
+    await client.timeout(3000).emitWithAck("self-emit", { event: "ev", args: [{ n: "self-2" }] });
+    await waitFor(() => got.length >= 4);
+    expect(payloads(got)).toEqual([{ n: "self-1" }, { n: "to-sid-1" }, { n: "to-sid-2" }, { n: "self-2" }]);
+    expectIncreasingOffsets(got);
+  });
+
+  it("recovers a client that never received an event (zero-event session) and replays what it missed", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const client = cluster.client(0);
+    const all = recordEvents(client, { includePrime: true });
+    await waitFor(() => client.connected && recoveryFields(client)._lastOffset !== undefined, {
+      message: "the prime event",
+    });
+    await join(client, ["z1", "z2"]);
+    // Nothing but the prime event, which carries an offset.
+    expect(all.map((r) => r.event)).toEqual([PRIME_EVENT]);
+    expect(all[0]!.offset).toMatch(/^o\d+$/);
+
+    const head = await logHead(cluster.node(1).pool);
+    await offline(cluster, client, 0);
+    cluster.node(1).io.to("z1").emit("ev", { n: 1 });
+    cluster.node(1).io.to("z2").emit("ev", { n: 2 });
+    cluster.node(1).io.to("z3").emit("ev", { n: "not-mine" });
+    await waitForHead(cluster.node(1).pool, head + 3);
+
+    expect(await comeBack(client, cluster.node(1))).toBe(true);
+    await waitFor(() => payloads(all).length >= 2);
+    cluster.node(0).io.to("z1").emit("ev", { n: 3 });
+    await waitFor(() => payloads(all).length >= 3);
+    expect(payloads(all)).toEqual([{ n: 1 }, { n: 2 }, { n: 3 }]);
+    expectIncreasingOffsets(all.filter((r) => r.event === "ev"));
+  });
+});
+
+describe("recovery: exactness", () => {
+  it("does not replay packets sent before the client connected, nor to a room before it joined it", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const pool = cluster.node(1).pool;
+    // A witness on node0 in room "late": once it has an event, node0 has delivered it.
+    const witness = await cluster.connect(0, { rooms: ["late"] });
+    const seen = recordEvents(witness);
+    const io1 = cluster.node(1).io;
+
+    io1.to("late").emit("ev", { n: "before-connect-room" });
+    io1.emit("ev", { n: "before-connect-all" });
+    await waitFor(() => seen.length === 2, { message: "witness to see the early packets" });
+
+    const x = await cluster.connect(0);
+    const y = await cluster.connect(0);
+    const gotX = recordEvents(x);
+    const gotY = recordEvents(y);
+
+    io1.to("late").emit("ev", { n: "before-join" });
+    await waitFor(() => seen.length === 3, { message: "witness to see before-join" });
+    await join(x, "late");
+    await join(y, "late");
+
+    const head = await logHead(pool);
+    await offline(cluster, x, 0);
+    await offline(cluster, y, 0);
+    io1.to("late").emit("ev", { n: "while-offline" });
+    await waitForHead(pool, head + 1);
+
+    expect(await comeBack(x, cluster.node(0))).toBe(true);
+    expect(await comeBack(y, cluster.node(1))).toBe(true);
+    io1.to("late").emit("ev", { n: "after" });
+    await waitFor(() => gotX.length >= 2 && gotY.length >= 2);
+    await waitFor(() => seen.length === 5);
+    expect(payloads(gotX)).toEqual([{ n: "while-offline" }, { n: "after" }]);
+    expect(payloads(gotY)).toEqual([{ n: "while-offline" }, { n: "after" }]);
+  });
+
+  it("does not replay packets to a room the client left", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const client = await cluster.connect(0, { rooms: ["keep", "drop"] });
+    const got = recordEvents(client);
+    await client.timeout(3000).emitWithAck("leave", "drop");
+    const head = await logHead(cluster.node(1).pool);
+    await offline(cluster, client, 0);
+    cluster.node(1).io.to("drop").emit("ev", { n: "left-room" });
+    cluster.node(1).io.to("keep").emit("ev", { n: "kept-room" });
+    await waitForHead(cluster.node(1).pool, head + 2);
+    expect(await comeBack(client, cluster.node(1))).toBe(true);
+    cluster.node(0).io.to("keep").emit("ev", { n: "end" });
+    await waitFor(() => got.length >= 2);
+    expect(payloads(got)).toEqual([{ n: "kept-room" }, { n: "end" }]);
+    expect((await whoami(client)).rooms.sort()).toEqual([client.id, "keep"].sort());
+  });
+});
+
+describe("recovery: reconnection timing", () => {
+  for (const target of ["the same node", "another node"] as const) {
+    it(`recovers an immediate reconnect (reconnectionDelay: 0) to ${target} during a stream of packets`, async () => {
+      const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+      const history = new History();
+      const client = cluster.client(0, { rooms: ["stream"], reconnectionDelay: 0 });
+      const handle = history.watch(client, "c", ["stream"]);
+      await waitFor(() => client.connected && recoveryFields(client)._lastOffset !== undefined);
+      const io1 = cluster.node(1).io;
+      const drops = [30, 60, 90];
+      for (let i = 1; i <= 120; i++) {
+        history.emit(io1, { rooms: ["stream"] }, "node1");
+        const drop = drops.indexOf(i);
+        if (drop >= 0) {
+          if (target === "another node") moveTo(client, cluster.node(drop % 2 === 0 ? 1 : 0));
+          dropConnection(client);
+        }
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+      await history.settle();
+      history.assertClean();
+      expect(handle.reconnections.length).toBe(3);
+      expect(handle.reconnections.every((r) => r.recovered)).toBe(true);
+      expect(handle.tracks.length).toBe(1);
+    });
+  }
+
+  it("delivers nothing twice over repeated disconnect/recover cycles", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const client = await cluster.connect(0, { rooms: ["cyc"] });
+    const got = recordEvents(client);
+    const offsetsAfterCycle: number[] = [];
+    let n = 0;
+    for (let cycle = 0; cycle < 6; cycle++) {
+      const home = cycle % 2;
+      const other = 1 - home;
+      // Live packets first, then packets while offline, from alternating nodes.
+      cluster.node(other).io.to("cyc").emit("ev", { n: ++n });
+      await waitFor(() => got.length === n, { message: `live packet ${n}` });
+      const head = await logHead(cluster.node(0).pool);
+      await offline(cluster, client, home);
+      for (let k = 0; k < 3; k++) cluster.node(k % 2).io.to("cyc").emit("ev", { n: ++n });
+      await waitForHead(cluster.node(0).pool, head + 3);
+      expect(await comeBack(client, cluster.node(other))).toBe(true);
+      await waitFor(() => got.length >= n, { message: `replay up to ${n} in cycle ${cycle}` });
+      offsetsAfterCycle.push(offsetNumber(recoveryFields(client)._lastOffset));
+    }
+    cluster.node(0).io.to("cyc").emit("ev", { n: ++n });
+    await waitFor(() => got.length >= n);
+    expect(payloads(got)).toEqual(Array.from({ length: n }, (_, i) => ({ n: i + 1 })));
+    expectIncreasingOffsets(got);
+    // The client's offset advanced with every replay.
+    for (let i = 1; i < offsetsAfterCycle.length; i++) expect(offsetsAfterCycle[i]).toBeGreaterThan(offsetsAfterCycle[i - 1]!);
+  });
+});
+
+describe("recovery: payloads", () => {
+  it("replays binary (Buffer, Uint8Array, nested) and > 8000-byte payloads byte-exact, like live delivery", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const live = await cluster.connect(0, { rooms: ["bin"] });
+    const replayed = await cluster.connect(0, { rooms: ["bin"] });
+    const gotLive = recordEvents(live);
+    const gotReplayed = recordEvents(replayed);
+    const bigBinary = randomBytes(20_000);
+    const bigText = "é€x".repeat(4000); // > 8000 bytes in UTF-8
+    const packets: unknown[][] = [
+      [{ buf: Buffer.from([0, 1, 2, 253, 254, 255]) }],
+      [new Uint8Array([9, 8, 7, 0])],
+      [{ nested: { deep: [Buffer.alloc(3, 7), { u8: new Uint8Array([1, 2]) }] }, text: "ok" }],
+      [bigBinary],
+      [{ text: bigText }],
+      [Buffer.alloc(0), { empty: true }],
+    ];
+    const head = await logHead(cluster.node(1).pool);
+    await offline(cluster, replayed, 0);
+    for (const args of packets) cluster.node(1).io.to("bin").emit("bin", ...args);
+    await waitForHead(cluster.node(1).pool, head + packets.length);
+    await waitFor(() => gotLive.length === packets.length, { message: "live copies" });
+    expect(await comeBack(replayed, cluster.node(0))).toBe(true);
+    await waitFor(() => gotReplayed.length >= packets.length, { message: "replayed copies" });
+
+    const strip = (r: Received) => r.args.slice(0, -1);
+    // What the client gets is what was sent (Buffers and Uint8Arrays arrive as Buffers in Node).
+    const asBuffers = (v: unknown): unknown => {
+      if (v instanceof Uint8Array) return Buffer.from(v);
+      if (Array.isArray(v)) return v.map(asBuffers);
+      if (v && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, asBuffers(x)]));
+      return v;
+    };
+    for (let i = 0; i < packets.length; i++) {
+      const sent = asBuffers(packets[i]);
+      expect(asBuffers(strip(gotLive[i]!))).toEqual(sent);
+      expect(asBuffers(strip(gotReplayed[i]!))).toEqual(sent);
+      expect(gotReplayed[i]!.offset).toBe(gotLive[i]!.offset);
+    }
+    expect(Buffer.compare(Buffer.from(gotReplayed[3]!.args[0] as Uint8Array), bigBinary)).toBe(0);
+    expect((gotReplayed[4]!.args[0] as { text: string }).text).toBe(bigText);
+  });
+
+  it("delivers a > 8000-byte packet live to clients on another node", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const client = await cluster.connect(0);
+    const got = recordEvents(client);
+    const big = randomBytes(12_000).toString("base64");
+    cluster.node(1).io.emit("big", { big });
+    cluster.node(1).io.emit("small", { n: 1 });
+    await waitFor(() => got.length === 2);
+    expect(got.map((r) => r.event)).toEqual(["big", "small"]);
+    expect((got[0]!.args[0] as { big: string }).big).toBe(big);
+  });
+
+  it("restores socket.data containing binary byte-exact", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const client = await cluster.connect(0);
+    const data = {
+      bin: Buffer.from([0, 255, 128, 1]),
+      u8: new Uint8Array([5, 6, 7]),
+      nested: { list: [Buffer.from("héllo"), 1.5, "s", true, null] },
+    };
+    await client.timeout(3000).emitWithAck("set-data", data);
+    await offline(cluster, client, 0);
+    expect(await comeBack(client, cluster.node(1))).toBe(true);
+    const server = cluster.node(1).io.of("/").sockets.get(client.id!);
+    expect(server).toBeDefined();
+    const restored = server!.data as {
+      bin: Uint8Array;
+      u8: Uint8Array;
+      nested: { list: [Uint8Array, number, string, boolean, null] };
+    };
+    expect(Buffer.from(restored.bin).equals(data.bin)).toBe(true);
+    expect(Buffer.from(restored.u8).equals(Buffer.from(data.u8))).toBe(true);
+    expect(Buffer.from(restored.nested.list[0]).equals(data.nested.list[0] as Buffer)).toBe(true);
+    expect(restored.nested.list.slice(1)).toEqual([1.5, "s", true, null]);
+  });
+
+  it("restores Buffers in socket.data as Buffers (same type as before the disconnection)", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const client = await cluster.connect(0);
+    const sid = client.id!;
+    const original = cluster.node(0).io.of("/").sockets.get(sid)!;
+    original.data = { key: Buffer.from("secret-key") };
+    await offline(cluster, client, 0);
+    expect(await comeBack(client, cluster.node(1))).toBe(true);
+    const restored = cluster.node(1).io.of("/").sockets.get(sid)!.data as { key: unknown };
+    expect(Buffer.isBuffer(restored.key)).toBe(true);
+    expect((restored.key as Buffer).toString("utf8")).toBe("secret-key");
+  });
+});
+
+describe("recovery: namespaces", () => {
+  it("recovers in several namespaces, including a dynamic one, each getting only its own packets", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, namespaces: ["/a"] });
+    const names = ["/", "/a", "/dyn-abc", "/dyn-xyz"];
+    const clients = new Map<string, ClientSocket>();
+    const got = new Map<string, Received[]>();
+    for (const nsp of names) {
+      const socket = await cluster.connect(0, { nsp, rooms: ["room"] });
+      clients.set(nsp, socket);
+      got.set(nsp, recordEvents(socket));
+    }
+    // The emitting node knows the dynamic namespaces too (io.of creates the children).
+    const heads = new Map<string, number>();
+    for (const nsp of names) heads.set(nsp, await logHead(cluster.node(1).pool, nsp));
+    for (const nsp of names) await offline(cluster, clients.get(nsp)!, 0, nsp);
+    for (const nsp of names) {
+      cluster.node(1).io.of(nsp).to("room").emit("ev", { nsp, n: 1 });
+      cluster.node(1).io.of(nsp).emit("ev", { nsp, n: 2 });
+    }
+    for (const nsp of names) await waitForHead(cluster.node(1).pool, heads.get(nsp)! + 2, nsp);
+    let i = 0;
+    for (const nsp of names) {
+      expect(await comeBack(clients.get(nsp)!, cluster.node(i++ % 2))).toBe(true);
+    }
+    for (const nsp of names) {
+      await waitFor(() => got.get(nsp)!.length >= 2, { message: `replay in ${nsp}` });
+      cluster.node(0).io.of(nsp).emit("ev", { nsp, n: 3 });
+    }
+    for (const nsp of names) {
+      await waitFor(() => got.get(nsp)!.length >= 3, { message: `live in ${nsp}` });
+      expect(payloads(got.get(nsp)!)).toEqual([1, 2, 3].map((n) => ({ nsp, n })));
+      expectIncreasingOffsets(got.get(nsp)!);
+    }
+  });
+});

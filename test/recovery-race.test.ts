@@ -1,0 +1,165 @@
+/**
+ * Concurrency: several nodes emitting at once while many clients drop and
+ * reconnect to random nodes at random moments; and an idle client whose
+ * offset is older than the log's retention.
+ */
+import { describe, expect, it } from "vitest";
+import {
+  Cluster,
+  comeBack,
+  dropConnection,
+  goOffline,
+  logHead,
+  moveTo,
+  recordEvents,
+  recoveryFields,
+  serverNoticed,
+  waitFor,
+  waitForHead,
+} from "./helpers/cluster.js";
+import { History, logOffsets, type ClientHandle } from "./helpers/history.js";
+import { useClusterSuite } from "./fixtures/suite.js";
+
+const db = useClusterSuite("recovery_race");
+
+/** Small seeded PRNG (mulberry32): the same seed gives the same schedule. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe("recovery under concurrency", () => {
+  it("loses, duplicates and reorders nothing while 3 nodes emit and 36 clients drop and move at random", async () => {
+    const seed = Number(process.env.RACE_SEED ?? 20240611);
+    const random = prng(seed);
+    const pick = <T>(list: readonly T[]): T => list[Math.floor(random() * list.length)]!;
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 3, maxDisconnectionDuration: 30_000 });
+    const history = new History();
+    const rooms = ["r0", "r1", "r2", "r3", "r4"];
+
+    const clients: ClientHandle[] = [];
+    for (let i = 0; i < 36; i++) {
+      const mine = rooms.filter(() => random() < 0.35);
+      const node = Math.floor(random() * 3);
+      const delay = pick([0, 0, 20, 60, 150]);
+      const socket = cluster.client(node, { rooms: mine, reconnectionDelay: delay });
+      clients.push(history.watch(socket, `c${i}`, mine));
+    }
+    await waitFor(() => clients.every((c) => c.socket.connected && recoveryFields(c.socket)._lastOffset !== undefined), {
+      timeout: 10_000,
+      message: "all clients connected and primed",
+    });
+
+    // Traffic: each node emits bursts to rooms, to all, with except, and to single sockets.
+    const durationMs = 2500;
+    const deadline = Date.now() + durationMs;
+    const emitter = async (nodeIndex: number) => {
+      const node = cluster.node(nodeIndex);
+      while (Date.now() < deadline && history.emissions.length < 3000) {
+        const burst = 1 + Math.floor(random() * 3);
+        for (let k = 0; k < burst; k++) {
+          const r = random();
+          if (r < 0.55) history.emit(node.io, { rooms: [pick(rooms)] }, node.name);
+          else if (r < 0.7) history.emit(node.io, {}, node.name);
+          else if (r < 0.85) history.emit(node.io, { rooms: [pick(rooms)], except: [pick(rooms)] }, node.name);
+          else history.emit(node.io, { rooms: [pick(clients).track.sid] }, node.name);
+        }
+        await sleep(3 + Math.floor(random() * 6));
+      }
+    };
+    // Chaos: drop a random connected client now and then, sending it to a random node;
+    // some stay offline for a while before coming back.
+    let drops = 0;
+    const chaos = async () => {
+      const offline: Promise<unknown>[] = [];
+      while (Date.now() < deadline - 200) {
+        await sleep(10 + Math.floor(random() * 30));
+        const c = pick(clients);
+        if (!c.socket.connected) continue;
+        const target = cluster.node(Math.floor(random() * 3));
+        drops++;
+        if (random() < 0.3) {
+          const away = 50 + Math.floor(random() * 400);
+          goOffline(c.socket);
+          offline.push(sleep(away).then(() => comeBack(c.socket, target, 10_000)));
+        } else {
+          moveTo(c.socket, target);
+          dropConnection(c.socket);
+        }
+      }
+      await Promise.all(offline);
+    };
+    await Promise.all([emitter(0), emitter(1), emitter(2), chaos()]);
+
+    await waitFor(() => clients.every((c) => c.socket.connected), { timeout: 15_000, message: "every client back" });
+    const lookup = () => logOffsets(cluster.node(0).pool);
+    await history.settle({ timeout: 20_000, lookup });
+    const stats = history.stats();
+    expect(drops, "the schedule dropped clients").toBeGreaterThan(20);
+    expect(stats.emissions).toBeGreaterThan(300);
+    history.assertClean({ lookup: await lookup() });
+    // Every reconnection of a valid session must have been recovered.
+    const refused = clients.flatMap((c) => c.reconnections.filter((r) => !r.recovered).map(() => c.label));
+    expect(refused, `seed ${seed}: ${JSON.stringify(stats)}`).toEqual([]);
+    expect(stats.recoveries).toBeGreaterThan(20);
+  });
+
+  it("recovers an idle client whose offset is older than the retention", async () => {
+    const cluster = await Cluster.start({
+      databaseUrl: db.url,
+      nodes: 2,
+      maxDisconnectionDuration: 1000,
+      adapter: { retentionMarginMs: 200, pruneIntervalMs: 200 },
+    });
+    const pool = cluster.node(0).pool;
+    const busy = await cluster.connect(1, { rooms: ["busy"] });
+    const gotBusy = recordEvents(busy);
+    for (let i = 0; i < 20; i++) cluster.node(1).io.to("busy").emit("ev", { n: i });
+    await waitFor(() => gotBusy.length === 20);
+
+    const idle = await cluster.connect(0, { rooms: ["quiet"] });
+    const gotIdle = recordEvents(idle);
+    const start = Number(recoveryFields(idle)._lastOffset!.slice(1));
+    expect(start).toBeGreaterThanOrEqual(20);
+
+    // Traffic elsewhere until every entry up to the idle client's offset is pruned.
+    let n = 20;
+    let lowest = 0;
+    await waitFor(
+      async () => {
+        for (let k = 0; k < 5; k++) cluster.node(1).io.to("busy").emit("ev", { n: n++ });
+        const { rows } = await pool.query<{ low: string | null }>(
+          `SELECT min(e."offset")::text AS low FROM socket_io.log_entries e
+             JOIN socket_io.namespaces n ON n.id = e.namespace_id WHERE n.name = '/'`,
+        );
+        lowest = Number(rows[0]?.low ?? 0);
+        return lowest > start;
+      },
+      { timeout: 10_000, interval: 100, message: () => `entries up to o${start} to be pruned (lowest o${lowest})` },
+    );
+    expect(gotIdle).toEqual([]);
+    expect(recoveryFields(idle)._lastOffset).toBe(`o${start}`);
+
+    // It drops now, misses one packet, and recovers on the other node.
+    const sid = idle.id!;
+    goOffline(idle);
+    await serverNoticed(cluster.node(0), sid);
+    const head = await logHead(pool);
+    cluster.node(1).io.to("quiet").emit("ev", { n: "missed" });
+    await waitForHead(pool, head + 1);
+    expect(await comeBack(idle, cluster.node(1))).toBe(true);
+    expect(idle.id).toBe(sid);
+    await waitFor(() => gotIdle.length >= 1);
+    cluster.node(0).io.to("quiet").emit("ev", { n: "live" });
+    await waitFor(() => gotIdle.length >= 2);
+    expect(gotIdle.map((r) => r.args[0])).toEqual([{ n: "missed" }, { n: "live" }]);
+  });
+});

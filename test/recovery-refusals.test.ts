@@ -1,0 +1,194 @@
+/**
+ * Fail closed: every reconnection whose session cannot be honoured gets a
+ * fresh session (`recovered === false` on both sides, a new id, no rooms or
+ * data of the old one), the server keeps working, nothing is rejected unhandled
+ * (the suite's afterEach checks `unhandledRejection`).
+ */
+import { describe, expect, it } from "vitest";
+import {
+  Cluster,
+  comeBack,
+  connected,
+  goOffline,
+  logHead,
+  recordEvents,
+  recoveryFields,
+  serverNoticed,
+  waitFor,
+  waitForSession,
+  whoami,
+  type ClientSocket,
+  type WhoAmI,
+} from "./helpers/cluster.js";
+import { useClusterSuite } from "./fixtures/suite.js";
+
+const db = useClusterSuite("recovery_refusals");
+
+interface Prepared {
+  socket: ClientSocket;
+  sid: string;
+  pid: string;
+  offset: string;
+}
+
+/** A client with rooms and data, taken offline; its session is written. */
+async function prepare(cluster: Cluster, nsp = "/"): Promise<Prepared> {
+  const socket = await cluster.connect(0, { nsp, rooms: ["secret-room"] });
+  await socket.timeout(3000).emitWithAck("set-data", { secret: "s3cr3t" });
+  const sid = socket.id!;
+  const { _pid: pid, _lastOffset: offset } = recoveryFields(socket);
+  expect(pid).toBeTypeOf("string");
+  expect(offset).toMatch(/^o\d+$/);
+  goOffline(socket);
+  await serverNoticed(cluster.node(0), sid, nsp);
+  await waitForSession(cluster.node(0).pool, sid);
+  return { socket, sid, pid: pid!, offset: offset! };
+}
+
+/** A raw client presenting `pid` and `offset` (anything, even a number) on its first connection. */
+async function attempt(
+  cluster: Cluster,
+  node: number,
+  pid: string,
+  offset: unknown,
+  nsp = "/",
+): Promise<{ socket: ClientSocket; recovered: boolean; who: WhoAmI }> {
+  const socket = cluster.client(node, { nsp, autoConnect: false });
+  const fields = recoveryFields(socket);
+  fields._pid = pid;
+  fields._lastOffset = offset as string;
+  socket.connect();
+  await connected(socket, 8000);
+  const who = await whoami(socket);
+  return { socket, recovered: socket.recovered, who };
+}
+
+/** A refused attempt got a fresh session: nothing of the old one. */
+function expectFresh(result: { socket: ClientSocket; recovered: boolean; who: WhoAmI }, old: Prepared): void {
+  expect(result.recovered).toBe(false);
+  expect(result.who.recovered).toBe(false);
+  expect(result.socket.id).not.toBe(old.sid);
+  expect(result.who.id).not.toBe(old.sid);
+  expect(result.who.rooms).toEqual([result.who.id]);
+  expect(result.who.data).toEqual({});
+  expect(recoveryFields(result.socket)._pid).not.toBe(old.pid);
+}
+
+/** The cluster still serves: a new client connects, receives, and recovers across nodes. */
+async function expectHealthy(cluster: Cluster): Promise<void> {
+  const socket = await cluster.connect(1, { rooms: ["health"] });
+  const got = recordEvents(socket);
+  const sid = socket.id!;
+  goOffline(socket);
+  await serverNoticed(cluster.node(1), sid);
+  const head = await logHead(cluster.node(0).pool);
+  cluster.node(0).io.to("health").emit("ev", { n: "health" });
+  await waitFor(async () => (await logHead(cluster.node(0).pool)) > head);
+  expect(await comeBack(socket, cluster.node(0))).toBe(true);
+  await waitFor(() => got.length === 1);
+  expect(got[0]!.args[0]).toEqual({ n: "health" });
+}
+
+describe("recovery refusals", () => {
+  it("refuses an unknown pid", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const old = await prepare(cluster);
+    const result = await attempt(cluster, 1, "AAAAAAAAAAAAAAAAAAAAAA", old.offset);
+    expectFresh(result, old);
+    await expectHealthy(cluster);
+  });
+
+  it("restores a pid once: a second use of the same pid is refused", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const old = await prepare(cluster);
+    // Someone else presents the pid first (on another node): it is restored to them.
+    const first = await attempt(cluster, 1, old.pid, old.offset);
+    expect(first.recovered).toBe(true);
+    expect(first.who.id).toBe(old.sid);
+    expect(first.who.data).toEqual({ secret: "s3cr3t" });
+    // The original client comes back with the same pid: refused.
+    expect(await comeBack(old.socket, cluster.node(0))).toBe(false);
+    expect(old.socket.id).not.toBe(old.sid);
+    const who = await whoami(old.socket);
+    expect(who.recovered).toBe(false);
+    expect(who.rooms).toEqual([who.id]);
+    // And a third attempt as well, on either node.
+    expectFresh(await attempt(cluster, 0, old.pid, old.offset), old);
+    await expectHealthy(cluster);
+  });
+
+  it("refuses a pid from another namespace", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, namespaces: ["/a"] });
+    const old = await prepare(cluster, "/a");
+    const result = await attempt(cluster, 1, old.pid, old.offset, "/");
+    expectFresh(result, old);
+    await expectHealthy(cluster);
+  });
+
+  it("refuses an expired session", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, maxDisconnectionDuration: 1000 });
+    const old = await prepare(cluster);
+    const pool = cluster.node(0).pool;
+    // Wait until the session is past its expiry (bounded), whether or not pruning removed it.
+    await waitFor(
+      async () =>
+        (
+          await pool.query(`SELECT 1 FROM socket_io.sessions WHERE sid = $1 AND expires_at > now()`, [old.sid])
+        ).rowCount === 0,
+      { timeout: 5000, interval: 100, message: "the session to expire" },
+    );
+    expect(await comeBack(old.socket, cluster.node(1))).toBe(false);
+    const who = await whoami(old.socket);
+    expect(who.recovered).toBe(false);
+    expect(who.id).not.toBe(old.sid);
+    expect(who.rooms).toEqual([who.id]);
+    await expectHealthy(cluster);
+  });
+
+  const malformed: Array<[string, unknown]> = [
+    ["an empty string", ""],
+    ['"-1"', "-1"],
+    ['"1e3"', "1e3"],
+    ['"9999999999999999999999"', "9999999999999999999999"],
+    ['"1 OR 1=1"', "1 OR 1=1"],
+    ['"o-1"', "o-1"],
+    ['"o1e3"', "o1e3"],
+    ['"o9999999999999999999999"', "o9999999999999999999999"],
+    ["a number instead of a string", 5],
+    ["null", null],
+  ];
+  for (const [label, offset] of malformed) {
+    it(`refuses the offset ${label}`, async () => {
+      const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+      const old = await prepare(cluster);
+      const result = await attempt(cluster, 1, old.pid, offset);
+      expectFresh(result, old);
+      await expectHealthy(cluster);
+    });
+  }
+
+  it("refuses an offset beyond the head of the log", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const old = await prepare(cluster);
+    const head = await logHead(cluster.node(0).pool);
+    const result = await attempt(cluster, 1, old.pid, `o${head + 1000}`);
+    expectFresh(result, old);
+    await expectHealthy(cluster);
+  });
+
+  it("refuses an offset before the session started", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    // Make sure there is history before the session.
+    const early = await cluster.connect(0);
+    for (let i = 0; i < 5; i++) cluster.node(0).io.emit("ev", { n: i });
+    const seen = recordEvents(early);
+    await waitFor(() => seen.length === 5);
+    const old = await prepare(cluster);
+    const start = Number(old.offset.slice(1));
+    expect(start).toBeGreaterThanOrEqual(5);
+    const result = await attempt(cluster, 1, old.pid, "o0");
+    // Replaying from 0 would send packets from before the session: refuse.
+    expectFresh(result, old);
+    await expectHealthy(cluster);
+  });
+});
