@@ -76,8 +76,9 @@ export class LogQueries {
     upTo: number | undefined,
     limit: number,
   ): Promise<{ entries: LogEntry[]; bytes: number }> {
-    const { rows } = await this.pool.query<{ offset: string; payload: Buffer }>(
-      `SELECT "offset"::text AS "offset", payload FROM ${this.log}
+    // The text alias must not be named "offset": ORDER BY would then sort the text, not the number.
+    const { rows } = await this.pool.query<{ offset_text: string; payload: Buffer }>(
+      `SELECT "offset"::text AS offset_text, payload FROM ${this.log}
        WHERE namespace_id = $1 AND "offset" > $2 AND ($3::bigint IS NULL OR "offset" <= $3)
        ORDER BY "offset" LIMIT $4`,
       [namespaceId, after, upTo ?? null, limit],
@@ -85,7 +86,7 @@ export class LogQueries {
     let bytes = 0;
     const entries = rows.map((row) => {
       bytes += row.payload.length;
-      return decodePacket(Number(row.offset), row.payload);
+      return decodePacket(Number(row.offset_text), row.payload);
     });
     return { entries, bytes };
   }
