@@ -103,6 +103,7 @@ describe("recovery under concurrency", () => {
     const lookup = () => logOffsets(cluster.node(0).pool);
     await history.settle({ timeout: 20_000, lookup });
     const stats = history.stats();
+    if (process.env.RACE_VERBOSE) console.log(`seed ${seed}: ${drops} drops`, stats);
     expect(drops, "the schedule dropped clients").toBeGreaterThan(20);
     expect(stats.emissions).toBeGreaterThan(300);
     history.assertClean({ lookup: await lookup() });

@@ -111,7 +111,9 @@ describe("recovery refusals", () => {
     expect(old.socket.id).not.toBe(old.sid);
     const who = await whoami(old.socket);
     expect(who.recovered).toBe(false);
-    expect(who.rooms).toEqual([who.id]);
+    // A fresh session: only what the application does at connection (joining auth.rooms), no old data.
+    expect(who.rooms.sort()).toEqual([who.id, "secret-room"].sort());
+    expect(who.data).toEqual({});
     // And a third attempt as well, on either node.
     expectFresh(await attempt(cluster, 0, old.pid, old.offset), old);
     await expectHealthy(cluster);
@@ -141,7 +143,8 @@ describe("recovery refusals", () => {
     const who = await whoami(old.socket);
     expect(who.recovered).toBe(false);
     expect(who.id).not.toBe(old.sid);
-    expect(who.rooms).toEqual([who.id]);
+    expect(who.rooms.sort()).toEqual([who.id, "secret-room"].sort());
+    expect(who.data).toEqual({});
     await expectHealthy(cluster);
   });
 
