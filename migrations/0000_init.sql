@@ -12,6 +12,14 @@ CREATE TABLE "log_entries" (
 	CONSTRAINT "log_entries_namespace_id_offset_pk" PRIMARY KEY("namespace_id","offset")
 );
 --> statement-breakpoint
+CREATE TABLE "log_writers" (
+	"writer_id" text PRIMARY KEY NOT NULL,
+	"namespace_id" integer NOT NULL,
+	"last_batch" bigint DEFAULT 0 NOT NULL,
+	"last_from" bigint DEFAULT 0 NOT NULL,
+	"updated_at" timestamp with time zone DEFAULT now() NOT NULL
+);
+--> statement-breakpoint
 CREATE TABLE "maintenance" (
 	"task" text PRIMARY KEY NOT NULL,
 	"last_started_at" timestamp with time zone,

@@ -87,6 +87,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly sequencer: Sequencer | undefined;
   private readonly writer: Batcher<QueuedEntry, number> | undefined;
   private namespaceId: number | undefined;
+  /** Batches this adapter appended (see LogQueries.append: retries are idempotent). */
+  private batchNumber = 0;
   /** Socket → room → cursor when it joined. */
   private readonly joins = new Map<SocketId, Map<Room, number>>();
   /** Socket → lowest offset its client may present (its first cursor). */
@@ -117,7 +119,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         onError: (err) => this.ctx.reportError(err),
       });
       this.writer = new Batcher<QueuedEntry, number>({
-        write: (items) => this.appendToLog(items),
+        write: (items, attempt) => this.appendToLog(items, attempt),
         maxBatchSize: ctx.opts.maxBatchSize,
         maxPending: ctx.opts.maxPendingWrites,
         isRetryable: isTransientDatabaseError,
@@ -129,6 +131,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     }
     ctx.add(this);
     this.ready = this.start();
+  }
+
+  /** Identifies this adapter's log writes across retries. */
+  private get writerId(): string {
+    return `${this.uid}:${this.nspName}`;
   }
 
   /** This node's id in the cluster (protected upstream; the node context drops our own messages with it). */
@@ -164,6 +171,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           // The log channel is listened to before the head is read, so nothing committed after it is missed.
           await this.ctx.listener.listen(this.ctx.opts.logChannel);
           const { id, head } = await this.ctx.log.namespace(this.nspName);
+          if (this.closing) return;
+          await this.ctx.log.registerWriter(this.writerId, id);
           if (this.closing) return;
           this.namespaceId = id;
           this.ctx.bindNamespaceId(id, this);
@@ -218,12 +227,26 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     }
   }
 
-  private async appendToLog(items: QueuedEntry[]): Promise<number[]> {
+  private async appendToLog(items: QueuedEntry[], attempt: number): Promise<number[]> {
     await this.ready;
     const id = this.namespaceId;
     if (id === undefined || !this.sequencer) throw new Error("socket.io-postgres-recovery: the adapter closed before it started");
+    if (attempt === 1) {
+      this.batchNumber++;
+    } else {
+      // Waits for an earlier attempt that may still be running on the server, so the append sees its outcome.
+      await this.ctx.log.registerWriter(this.writerId, id);
+    }
     const payloads = items.map((item) => item.payload);
-    const { from } = await this.ctx.log.append(id, payloads, this.ctx.opts.logChannel, this.inlinePayload(payloads));
+    const { from, appliedBefore } = await this.ctx.log.append(
+      id,
+      this.writerId,
+      this.batchNumber,
+      payloads,
+      this.ctx.opts.logChannel,
+      this.inlinePayload(payloads),
+    );
+    if (appliedBefore) debug("batch %d of %s had been committed by an earlier attempt", this.batchNumber, this.writerId);
     // Offered to the sequencer as a whole, in this same tick: delivered when the cursor reaches them.
     this.sequencer.offer(items.map((item, i) => ({ offset: from + i, ...item.packet })));
     return items.map((_, i) => from + i);

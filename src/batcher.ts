@@ -10,8 +10,11 @@
 import { debug } from "./debug.js";
 
 export interface BatcherOptions<T, R> {
-  /** Writes one batch; returns one result per item, in order. */
-  write(items: T[]): Promise<R[]>;
+  /**
+   * Writes one batch; returns one result per item, in order. `attempt` counts
+   * from 1; a retry gets the same items again (and can tell it is one).
+   */
+  write(items: T[], attempt: number): Promise<R[]>;
   /** Most items in one write. */
   maxBatchSize: number;
   /** Most items queued (not yet written); `add()` past it rejects. */
@@ -133,7 +136,7 @@ export class Batcher<T, R> {
       for (;;) {
         attempt++;
         try {
-          const results = await this.opts.write(batch.map((q) => q.item));
+          const results = await this.opts.write(batch.map((q) => q.item), attempt);
           this.queue.splice(0, batch.length);
           this.writing = new Set();
           batch.forEach((q, i) => q.resolve(results[i] as R));

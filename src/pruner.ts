@@ -22,7 +22,11 @@ export interface PruneReport {
   logEntries: number;
   sessions: number;
   attachments: number;
+  writers: number;
 }
+
+/** How long past the retention a writer's row is kept after its last batch. */
+const WRITER_IDLE_MS = 60 * 60 * 1000;
 
 export class Pruner {
   private timer: NodeJS.Timeout | undefined;
@@ -58,7 +62,7 @@ export class Pruner {
   }
 
   private async pass(): Promise<PruneReport> {
-    const report: PruneReport = { ran: false, logEntries: 0, sessions: 0, attachments: 0 };
+    const report: PruneReport = { ran: false, logEntries: 0, sessions: 0, attachments: 0, writers: 0 };
     const client = await this.pool.connect();
     let broken: Error | undefined;
     try {
@@ -83,6 +87,11 @@ export class Pruner {
           do {
             n = await this.queries.pruneSessions(client, batchSize);
             report.sessions += n;
+          } while (n >= batchSize);
+          // A writer idle that long has no retry in flight; its row is recreated by its next batch.
+          do {
+            n = await this.queries.pruneWriters(client, retentionMs + WRITER_IDLE_MS, batchSize);
+            report.writers += n;
           } while (n >= batchSize);
         }
         let n: number;

@@ -50,6 +50,21 @@ export const logEntries = pgTable(
   (t) => [primaryKey({ columns: [t.namespaceId, t.offset] })],
 );
 
+/**
+ * One row per log writer (a namespace's adapter on one node): the last batch
+ * it committed. The append statement locks this row first and skips a batch
+ * it already committed, so a write retried after an ambiguous failure (the
+ * connection died after the commit, before the answer) is not logged twice.
+ */
+export const logWriters = pgTable("log_writers", {
+  writerId: text("writer_id").primaryKey(),
+  namespaceId: integer("namespace_id").notNull(),
+  lastBatch: bigint("last_batch", { mode: "number" }).notNull().default(0),
+  /** First offset of that batch, so a retry learns where it went. */
+  lastFrom: bigint("last_from", { mode: "number" }).notNull().default(0),
+  updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
+});
+
 /** Sessions of disconnected sockets, waiting to be restored once or to expire. */
 export const sessions = pgTable(
   "sessions",

@@ -43,6 +43,7 @@ describe("log ordering", () => {
       return new LogQueries(pool, "socket_io");
     });
     const { id } = await writers[0]!.namespace("/ordering");
+    await Promise.all(writers.map((log, writer) => log.registerWriter(`writer-${writer}`, id)));
 
     const appended: Array<{ writer: number; batch: number; from: number; size: number }> = [];
     await Promise.all(
@@ -54,7 +55,8 @@ describe("log ordering", () => {
           );
           // Every other batch inline, the others by range only, as the adapter does by size.
           const inline = batch % 2 === 0 ? "" : encodeBatchForNotify(payloads);
-          const { from } = await log.append(id, payloads, CHANNEL, inline);
+          const { from, appliedBefore } = await log.append(id, `writer-${writer}`, batch + 1, payloads, CHANNEL, inline);
+          expect(appliedBefore).toBe(false);
           appended.push({ writer, batch, from, size });
         }
       }),
@@ -93,6 +95,71 @@ describe("log ordering", () => {
     }
     expect(expected - 1).toBe(total);
     await listener.end();
+  });
+
+  it("does not log a batch twice when a retry follows an attempt that committed", async () => {
+    const pool = new pg.Pool({ connectionString: db.url, max: 2 });
+    pools.push(pool);
+    const log = new LogQueries(pool, "socket_io");
+    const { id } = await log.namespace("/idempotent");
+    await log.registerWriter("w-retry", id);
+    const payloads = [encodePacket({ data: ["a"], rooms: [], except: [] }), encodePacket({ data: ["b"], rooms: [], except: [] })];
+
+    const first = await log.append(id, "w-retry", 1, payloads, CHANNEL, "");
+    const retry = await log.append(id, "w-retry", 1, payloads, CHANNEL, "");
+    expect(first).toEqual({ from: 1, appliedBefore: false });
+    expect(retry).toEqual({ from: 1, appliedBefore: true });
+    const next = await log.append(id, "w-retry", 2, payloads.slice(0, 1), CHANNEL, "");
+    expect(next).toEqual({ from: 3, appliedBefore: false });
+
+    const { rows } = await pool.query<{ head: string; n: string }>(
+      `SELECT (SELECT head FROM socket_io.namespaces WHERE id = $1)::text AS head,
+              (SELECT count(*) FROM socket_io.log_entries WHERE namespace_id = $1)::text AS n`,
+      [id],
+    );
+    expect(rows[0]).toEqual({ head: "3", n: "3" });
+  });
+
+  it("waits for an earlier attempt still running on the server and then skips the batch", async () => {
+    const pool = new pg.Pool({ connectionString: db.url, max: 3 });
+    pools.push(pool);
+    const log = new LogQueries(pool, "socket_io");
+    const { id } = await log.namespace("/in-flight");
+    await log.registerWriter("w-inflight", id);
+    const payloads = [encodePacket({ data: ["only once"], rooms: [], except: [] })];
+
+    // The first attempt runs inside a transaction that has not committed yet,
+    // as when the client's connection died while the server kept going.
+    const first = await pool.connect();
+    await first.query("BEGIN");
+    const firstResult = await new LogQueries(first, "socket_io").append(id, "w-inflight", 1, payloads, CHANNEL, "");
+    expect(firstResult.appliedBefore).toBe(false);
+
+    let retrySettled = false;
+    const retry = (async () => {
+      await log.registerWriter("w-inflight", id);
+      return log.append(id, "w-inflight", 1, payloads, CHANNEL, "");
+    })().finally(() => (retrySettled = true));
+    // The retry must be blocked on the writer's row (a lock wait), not racing ahead.
+    const deadline = Date.now() + 10_000;
+    let waiting = 0;
+    while (waiting === 0 && Date.now() < deadline) {
+      const { rows } = await pool.query<{ n: number }>(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+      );
+      waiting = rows[0]!.n;
+    }
+    expect(waiting).toBe(1);
+    expect(retrySettled).toBe(false);
+    await first.query("COMMIT");
+    first.release();
+
+    expect(await retry).toEqual({ from: firstResult.from, appliedBefore: true });
+    const { rows } = await pool.query<{ n: string }>(
+      "SELECT count(*)::text AS n FROM socket_io.log_entries WHERE namespace_id = $1",
+      [id],
+    );
+    expect(rows[0]!.n).toBe("1");
   });
 });
 

@@ -1,5 +1,5 @@
 /** SQL of the message log: namespaces' heads, appending batches, reading ranges. */
-import type { Pool } from "pg";
+import type { Pool, PoolClient } from "pg";
 import { decodePacket, type LogEntry } from "../codec.js";
 import { qualifiedName } from "./identifiers.js";
 
@@ -11,19 +11,24 @@ export interface NamespaceRow {
 export interface AppendResult {
   /** Offset of the first entry of the batch; the others follow densely. */
   from: number;
+  /** True when an earlier attempt had already committed this batch. */
+  appliedBefore: boolean;
 }
 
 /** Typed access to the log tables of one schema. */
 export class LogQueries {
   private readonly namespaces: string;
   private readonly log: string;
+  private readonly writers: string;
 
+  /** `db` is normally the pool; a client inside a transaction works too (tests use that). */
   constructor(
-    private readonly pool: Pool,
+    private readonly pool: Pool | PoolClient,
     schema: string,
   ) {
     this.namespaces = qualifiedName(schema, "namespaces");
     this.log = qualifiedName(schema, "log_entries");
+    this.writers = qualifiedName(schema, "log_writers");
   }
 
   /** Creates the namespace's row if needed; returns its id and current head. */
@@ -38,31 +43,69 @@ export class LogQueries {
     return { id: row.id, head: Number(row.head) };
   }
 
+  /** Creates the writer's row (before its first batch, and before each retry: see `append`). */
+  async registerWriter(writerId: string, namespaceId: number): Promise<void> {
+    await this.pool.query(
+      `INSERT INTO ${this.writers} (writer_id, namespace_id) VALUES ($1, $2) ON CONFLICT (writer_id) DO NOTHING`,
+      [writerId, namespaceId],
+    );
+  }
+
   /**
-   * Appends a batch in one statement, hence one round trip and one
-   * transaction: bump the head (its row lock serializes the namespace's
-   * writers until commit, so offsets are dense and in commit order), insert
-   * the rows, and NOTIFY once with `namespaceId|from|count|inline`, where
-   * `inline` is the batch itself when it fits in a NOTIFY payload, else empty
-   * (receivers then read the rows).
+   * Appends batch number `batch` of `writerId` in one statement, hence one
+   * round trip and one transaction:
+   * 1. lock the writer's row; if it already committed this batch (a retry
+   *    after the connection died past the commit), change nothing and return
+   *    where the batch went;
+   * 2. bump the namespace's head: its row lock serializes the namespace's
+   *    writers until commit, so offsets are dense and in commit order;
+   * 3. insert the rows, record the batch on the writer's row;
+   * 4. NOTIFY once with `namespaceId|from|count|inline`, where `inline` is
+   *    the batch itself when it fits in a NOTIFY payload, else empty
+   *    (receivers then read the rows).
+   *
+   * The writer's row must exist beforehand (`registerWriter`): a row inserted
+   * by a still-running earlier attempt would be invisible to the lock in (1).
    */
-  async append(namespaceId: number, payloads: Buffer[], channel: string, inline: string): Promise<AppendResult> {
-    const { rows } = await this.pool.query<{ head: string }>(
-      `WITH bumped AS (
-         UPDATE ${this.namespaces} SET head = head + $2 WHERE id = $1 RETURNING head
+  async append(
+    namespaceId: number,
+    writerId: string,
+    batch: number,
+    payloads: Buffer[],
+    channel: string,
+    inline: string,
+  ): Promise<AppendResult> {
+    const { rows } = await this.pool.query<{ from_offset: string; applied_before: boolean }>(
+      `WITH writer AS (
+         SELECT last_batch, last_from FROM ${this.writers} WHERE writer_id = $6 FOR UPDATE
+       ), bumped AS (
+         UPDATE ${this.namespaces} SET head = head + $2
+         WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM writer WHERE last_batch >= $7)
+         RETURNING head
        ), inserted AS (
          INSERT INTO ${this.log} (namespace_id, "offset", payload)
          SELECT $1, bumped.head - $2 + entry.ord, entry.payload
          FROM bumped, unnest($3::bytea[]) WITH ORDINALITY AS entry(payload, ord)
+       ), recorded AS (
+         INSERT INTO ${this.writers} (writer_id, namespace_id, last_batch, last_from)
+         SELECT $6, $1, $7, bumped.head - $2 + 1 FROM bumped
+         ON CONFLICT (writer_id) DO UPDATE
+           SET last_batch = EXCLUDED.last_batch, last_from = EXCLUDED.last_from, updated_at = now()
        )
-       SELECT bumped.head::text AS head,
+       SELECT (bumped.head - $2 + 1)::text AS from_offset, false AS applied_before,
               pg_notify($4, concat_ws('|', $1::text, (bumped.head - $2 + 1)::text, $2::text, $5::text))
-       FROM bumped`,
-      [namespaceId, payloads.length, payloads, channel, inline],
+       FROM bumped
+       UNION ALL
+       SELECT last_from::text, true, NULL FROM writer WHERE last_batch = $7`,
+      [namespaceId, payloads.length, payloads, channel, inline, writerId, batch],
     );
     const row = rows[0];
-    if (!row) throw new Error(`socket.io-postgres-recovery: namespace ${namespaceId} has no row; was the schema migrated?`);
-    return { from: Number(row.head) - payloads.length + 1 };
+    if (!row) {
+      throw new Error(
+        `socket.io-postgres-recovery: batch ${batch} of writer ${writerId} was neither appended nor found; is the schema migrated and the writer registered?`,
+      );
+    }
+    return { from: Number(row.from_offset), appliedBefore: row.applied_before };
   }
 
   /**

@@ -10,6 +10,7 @@ export class PruneQueries {
   private readonly log: string;
   private readonly sessions: string;
   private readonly maintenance: string;
+  private readonly writers: string;
   private readonly lockKey: string;
 
   constructor(
@@ -20,6 +21,7 @@ export class PruneQueries {
     this.log = qualifiedName(schema, "log_entries");
     this.sessions = qualifiedName(schema, "sessions");
     this.maintenance = qualifiedName(schema, "maintenance");
+    this.writers = qualifiedName(schema, "log_writers");
     this.lockKey = `socket.io-postgres-recovery:prune:${schema}`;
   }
 
@@ -53,6 +55,16 @@ export class PruneQueries {
        WHERE l.namespace_id = $1 AND l."offset" = oldest."offset"
          AND l.created_at < now() - $2 * interval '1 millisecond'`,
       [namespaceId, retentionMs, limit],
+    );
+    return result.rowCount ?? 0;
+  }
+
+  /** Writers (adapters of past processes, mostly) idle for longer than `idleMs`. */
+  async pruneWriters(client: PoolClient, idleMs: number, limit: number): Promise<number> {
+    const result = await client.query(
+      `DELETE FROM ${this.writers} WHERE writer_id IN (
+         SELECT writer_id FROM ${this.writers} WHERE updated_at < now() - $1 * interval '1 millisecond' LIMIT $2)`,
+      [idleMs, limit],
     );
     return result.rowCount ?? 0;
   }
