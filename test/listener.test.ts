@@ -80,6 +80,12 @@ describe("listener connection loss", () => {
         if (i % 10 === 0) await sleep(5);
       }
       expect(killed).toBeGreaterThanOrEqual(2);
+      // Both nodes noticed the loss (so the catch-up path ran, not a lucky NOTIFY).
+      for (const node of cluster.nodes) {
+        await waitFor(() => node.errors.some((e) => /LISTEN connection lost/.test(e.message)), {
+          message: `${node.name} to report its lost listener`,
+        });
+      }
       const lookup = () => logOffsets(cluster.node(0).pool);
       await history.settle({ lookup, timeout: 15_000 });
       history.assertClean({ lookup: await lookup() });

@@ -49,7 +49,7 @@ class FakeSocket extends EventEmitter {
 }
 
 function setup() {
-  const history = new History();
+  const history = new History({ idTag: "" });
   const socket = new FakeSocket();
   const client = history.watch(socket as unknown as ClientSocket, "c", ["a"]);
   return { history, socket, client };

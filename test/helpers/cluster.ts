@@ -162,6 +162,13 @@ export function installAllHandlers(io: Server, nodeName: string, namespaces: rea
 // ---------------------------------------------------------------------------
 
 const liveClusters = new Set<Cluster>();
+/** Adapter errors of every node started since the last `takeNodeErrors()`. */
+const nodeErrors: Array<{ node: string; error: Error }> = [];
+
+/** Returns and forgets what nodes reported to `errorHandler` (for failure diagnostics). */
+export function takeNodeErrors(): Array<{ node: string; error: Error }> {
+  return nodeErrors.splice(0);
+}
 const liveClients = new Set<ClientSocket>();
 const ownPools = new Set<pg.Pool>();
 const ownServers = new Set<http.Server>();
@@ -269,6 +276,7 @@ export async function startNode(name: string, options: NodeOptions): Promise<Tes
   const adapterOptions: PostgresRecoveryAdapterOptions = {
     errorHandler: (err) => {
       errors.push(err);
+      nodeErrors.push({ node: name, error: err });
     },
     ...options.adapter,
   };

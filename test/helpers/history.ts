@@ -22,9 +22,11 @@
  * everything addressed to it.
  *
  * Emitted payloads are `[{ id, ...extra }, offset]`; ids look like
- * `ev:<source>:<n>`. An emission's offset is learned from any client that
+ * `ev:<source>.<tag>:<n>` (the tag is random per History: the log table
+ * outlives a test). An emission's offset is learned from any client that
  * received it, or from the log table (`logOffsets`) for those nobody received.
  */
+import { randomBytes } from "node:crypto";
 import type pg from "pg";
 import type { Server } from "socket.io";
 import type { ClientSocket } from "./cluster.js";
@@ -129,14 +131,21 @@ export class History {
   private readonly seqBySource = new Map<string, number>();
   private counter = 0;
 
+  /** Makes ids unique across histories sharing one database (the log outlives a test). */
+  private readonly tag: string;
+
   constructor(
     readonly options: {
       /** The adapter's prime event name, or false when off. */
       primeEvent?: string | false;
       /** Events the clients may receive that are not checked. */
       ignoreEvents?: readonly string[];
+      /** Appended to the source in ids (`ev:<source>.<tag>:<n>`); default random, "" for none. */
+      idTag?: string;
     } = {},
-  ) {}
+  ) {
+    this.tag = options.idTag ?? randomBytes(3).toString("hex");
+  }
 
   private get primeEvent(): string | false {
     return this.options.primeEvent ?? PRIME_EVENT;
@@ -144,7 +153,7 @@ export class History {
 
   /** A new emission id. */
   newId(source: string): string {
-    return `ev:${source}:${++this.counter}`;
+    return `ev:${this.tag ? `${source}.${this.tag}` : source}:${++this.counter}`;
   }
 
   /** Records an emission that the test performs itself. */
