@@ -6,7 +6,7 @@
 import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { LISTENER_APPLICATION_NAME } from "../src/index.js";
-import { Cluster, recoveryFields, waitFor } from "./helpers/cluster.js";
+import { Cluster, dropConnection, moveTo, recoveryFields, waitFor } from "./helpers/cluster.js";
 import { History, logOffsets, type ClientHandle } from "./helpers/history.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
@@ -110,6 +110,60 @@ describe("listener connection loss", () => {
       for (let i = 0; i < 20; i++) history.emit(cluster.node(i % 2).io, {}, cluster.node(i % 2).name);
       const lookup = () => logOffsets(cluster.node(0).pool);
       await history.settle({ lookup, timeout: 15_000 });
+      history.assertClean({ lookup: await lookup() });
+    } finally {
+      await admin.end();
+    }
+  });
+
+  it("a client recovers on a node that lags behind its offset (that node's listener was just terminated)", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1, adapter: { listenerCheckIntervalMs: 500 } });
+    const admin = new pg.Client({ connectionString: db.url });
+    await admin.connect();
+    try {
+      const pids = async () =>
+        (
+          await admin.query<{ pid: number }>(
+            `SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2`,
+            [db.name, LISTENER_APPLICATION_NAME],
+          )
+        ).rows.map((r) => r.pid);
+      await waitFor(async () => (await pids()).length === 1, { message: "node0's listener" });
+      const [node0Listener] = await pids();
+      await cluster.addNode();
+      await waitFor(async () => (await pids()).length === 2, { message: "node1's listener" });
+      const node1Listener = (await pids()).find((p) => p !== node0Listener)!;
+
+      const history = new History();
+      const socket = cluster.client(0, { rooms: ["g"], reconnectionDelay: 0 });
+      const client = history.watch(socket, "c", ["g"]);
+      await waitFor(() => socket.connected && recoveryFields(socket)._lastOffset !== undefined);
+      for (let round = 0; round < 3; round++) {
+        // Terminate node1's current listener.
+        const victim = (await pids()).find((p) => p !== node0Listener);
+        expect(victim).toBeDefined();
+        await admin.query(`SELECT pg_terminate_backend($1)`, [victim]);
+        // node0 delivers its own packets at once; node1 learns of them only after its listener is back.
+        const emitted = Array.from({ length: 20 }, () => history.emit(cluster.node(0).io, { rooms: ["g"] }, "node0"));
+        const last = emitted.at(-1)!;
+        await waitFor(() => client.track.received.some((r) => r.id === last.id), { message: "node0 delivered" });
+        moveTo(socket, cluster.node(1));
+        dropConnection(socket);
+        await waitFor(() => client.reconnections.length === 2 * round + 1 && socket.connected, {
+          timeout: 8000,
+          message: "reconnected on node1",
+        });
+        expect(client.reconnections.at(-1)!.recovered).toBe(true);
+        // And back to node0 for the next round.
+        moveTo(socket, cluster.node(0));
+        dropConnection(socket);
+        await waitFor(() => client.reconnections.length === 2 * round + 2 && socket.connected, { timeout: 8000 });
+        expect(client.reconnections.at(-1)!.recovered).toBe(true);
+        await waitFor(async () => (await pids()).length === 2, { message: "node1's listener back" });
+      }
+      history.emit(cluster.node(1).io, { rooms: ["g"] }, "node1");
+      const lookup = () => logOffsets(cluster.node(0).pool);
+      await history.settle({ lookup });
       history.assertClean({ lookup: await lookup() });
     } finally {
       await admin.end();

@@ -174,6 +174,80 @@ describe("recovery: missed packets", () => {
   });
 });
 
+describe("recovery: senders and emitters", () => {
+  it("replays packets of a node that has closed since", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 3 });
+    const client = await cluster.connect(0, { rooms: ["x"] });
+    const got = recordEvents(client);
+    const head = await logHead(cluster.node(0).pool);
+    await offline(cluster, client, 0);
+    for (let i = 1; i <= 3; i++) cluster.node(2).io.to("x").emit("ev", { n: i });
+    await waitForHead(cluster.node(0).pool, head + 3);
+    await cluster.node(2).close();
+    expect(await comeBack(client, cluster.node(1))).toBe(true);
+    await waitFor(() => got.length >= 3);
+    cluster.node(0).io.to("x").emit("ev", { n: 4 });
+    await waitFor(() => got.length >= 4);
+    expect(payloads(got)).toEqual([1, 2, 3, 4].map((n) => ({ n })));
+    expectIncreasingOffsets(got);
+  });
+
+  it("replays socket.broadcast and socket.to(room) to the others, never to the sender", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const sender = await cluster.connect(1, { rooms: ["room"] });
+    const receiver = await cluster.connect(0, { rooms: ["room"] });
+    const gotSender = recordEvents(sender);
+    const gotReceiver = recordEvents(receiver);
+    const head = await logHead(cluster.node(0).pool);
+    await offline(cluster, receiver, 0);
+    await sender.timeout(3000).emitWithAck("broadcast-emit", { event: "ev", args: [{ n: "broadcast" }] });
+    await sender.timeout(3000).emitWithAck("broadcast-emit", { rooms: ["room"], event: "ev", args: [{ n: "to-room" }] });
+    await waitForHead(cluster.node(0).pool, head + 2);
+    // The sender drops too and recovers: its own broadcasts are not replayed to it.
+    await offline(cluster, sender, 1);
+    expect(await comeBack(sender, cluster.node(0))).toBe(true);
+    expect(await comeBack(receiver, cluster.node(1))).toBe(true);
+    await waitFor(() => gotReceiver.length >= 2);
+    cluster.node(0).io.to("room").emit("ev", { n: "end" });
+    await waitFor(() => gotReceiver.length >= 3 && gotSender.length >= 1);
+    expect(payloads(gotReceiver)).toEqual([{ n: "broadcast" }, { n: "to-room" }, { n: "end" }]);
+    expect(payloads(gotSender)).toEqual([{ n: "end" }]);
+  });
+
+  it("delivers volatile, local and acknowledged broadcasts live only: no offset, never replayed", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const client = await cluster.connect(0);
+    client.on("asked", (_arg: unknown, ack: (reply: object) => void) => ack({ ok: true }));
+    const got = recordEvents(client);
+    const pool = cluster.node(0).pool;
+    const head = await logHead(pool);
+    cluster.node(1).io.volatile.emit("volatile", { n: 1 });
+    cluster.node(0).io.local.emit("local", { n: 2 });
+    const answers = await cluster.node(1).io.timeout(2000).emitWithAck("asked", { n: 3 });
+    expect(answers).toEqual([{ ok: true }]);
+    cluster.node(1).io.emit("ev", { n: 4 });
+    await waitFor(() => got.some((r) => r.event === "ev"), { message: "the logged packet" });
+    await waitFor(() => got.length >= 4, { message: () => `4 events, got ${got.map((r) => r.event)}` });
+    expect(got.filter((r) => r.event !== "ev").every((r) => r.offset === undefined)).toBe(true);
+    expect(got.find((r) => r.event === "ev")!.offset).toMatch(/^o\d+$/);
+    expect(await logHead(pool)).toBe(head + 1);
+
+    await offline(cluster, client, 0);
+    cluster.node(1).io.volatile.emit("volatile", { n: 5 });
+    cluster.node(1).io.emit("ev", { n: 6 });
+    await waitForHead(pool, head + 2);
+    const before = got.length;
+    expect(await comeBack(client, cluster.node(1))).toBe(true);
+    await waitFor(() => got.length > before);
+    cluster.node(1).io.emit("ev", { n: 7 });
+    await waitFor(() => payloads(got).length >= 3);
+    expect(got.slice(before).map((r) => [r.event, r.args[0]])).toEqual([
+      ["ev", { n: 6 }],
+      ["ev", { n: 7 }],
+    ]);
+  });
+});
+
 describe("recovery: exactness", () => {
   it("does not replay packets sent before the client connected, nor to a room before it joined it", async () => {
     const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
@@ -414,5 +488,23 @@ describe("recovery: namespaces", () => {
       expect(payloads(got.get(nsp)!)).toEqual([1, 2, 3].map((n) => ({ nsp, n })));
       expectIncreasingOffsets(got.get(nsp)!);
     }
+  });
+
+  it("recovers in a dynamic namespace on a node where that namespace does not exist yet", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const nsp = "/dyn-solo";
+    const client = await cluster.connect(0, { nsp, rooms: ["room"] });
+    const got = recordEvents(client);
+    const head = await logHead(cluster.node(0).pool, nsp);
+    await offline(cluster, client, 0, nsp);
+    cluster.node(0).io.of(nsp).to("room").emit("ev", { n: 1 });
+    cluster.node(0).io.of(nsp).emit("ev", { n: 2 });
+    await waitForHead(cluster.node(0).pool, head + 2, nsp);
+    expect(cluster.node(1).io._nsps.has(nsp)).toBe(false);
+    expect(await comeBack(client, cluster.node(1))).toBe(true);
+    await waitFor(() => got.length >= 2);
+    cluster.node(0).io.of(nsp).emit("ev", { n: 3 });
+    await waitFor(() => got.length >= 3);
+    expect(payloads(got)).toEqual([1, 2, 3].map((n) => ({ n })));
   });
 });

@@ -194,4 +194,74 @@ describe("recovery refusals", () => {
     expectFresh(result, old);
     await expectHealthy(cluster);
   });
+
+  it("refuses a replay longer than maxReplayEntries instead of truncating it", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, adapter: { maxReplayEntries: 5 } });
+    const short = await prepare(cluster);
+    const long = await prepare(cluster);
+    const head = await logHead(cluster.node(0).pool);
+    for (let i = 0; i < 3; i++) cluster.node(1).io.to("secret-room").emit("ev", { n: i });
+    await waitFor(async () => (await logHead(cluster.node(0).pool)) === head + 3);
+    // 3 to replay: fine.
+    const gotShort = recordEvents(short.socket);
+    expect(await comeBack(short.socket, cluster.node(1))).toBe(true);
+    await waitFor(() => gotShort.length === 3);
+    for (let i = 3; i < 10; i++) cluster.node(1).io.to("secret-room").emit("ev", { n: i });
+    await waitFor(async () => (await logHead(cluster.node(0).pool)) === head + 10);
+    // 10 to replay: refused, not cut to 5.
+    const gotLong = recordEvents(long.socket);
+    expect(await comeBack(long.socket, cluster.node(1))).toBe(false);
+    expect(long.socket.id).not.toBe(long.sid);
+    expect(gotLong).toEqual([]);
+    await expectHealthy(cluster);
+  });
+
+  for (const where of ["the same node", "another node"] as const) {
+    it(`refuses a replay larger than maxReplayBytes (recovering on ${where})`, async () => {
+      const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, adapter: { maxReplayBytes: 4096 } });
+      const old = await prepare(cluster);
+      const head = await logHead(cluster.node(0).pool);
+      for (let i = 0; i < 4; i++) cluster.node(1).io.to("secret-room").emit("ev", { n: i, pad: "x".repeat(2000) });
+      await waitFor(async () => (await logHead(cluster.node(0).pool)) === head + 4);
+      const got = recordEvents(old.socket);
+      expect(await comeBack(old.socket, cluster.node(where === "the same node" ? 0 : 1))).toBe(false);
+      expect(got).toEqual([]);
+      await expectHealthy(cluster);
+    });
+  }
+
+  it("after a refused recovery, the new session's offset replaces the stale one", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, maxDisconnectionDuration: 1000 });
+    const old = await prepare(cluster);
+    const pool = cluster.node(0).pool;
+    await waitFor(
+      async () =>
+        (await pool.query(`SELECT 1 FROM socket_io.sessions WHERE sid = $1 AND expires_at > now()`, [old.sid])).rowCount === 0,
+      { timeout: 5000, interval: 100, message: "the session to expire" },
+    );
+    // Traffic the new session must never see: delivered on node1 (a witness saw it) before it connects there.
+    const witness = await cluster.connect(1, { rooms: ["secret-room"] });
+    const seen = recordEvents(witness);
+    for (let i = 0; i < 5; i++) cluster.node(1).io.to("secret-room").emit("ev", { n: `old-${i}` });
+    await waitFor(() => seen.length === 5);
+    const got = recordEvents(old.socket);
+    expect(await comeBack(old.socket, cluster.node(1))).toBe(false);
+    const fresh = recoveryFields(old.socket)._lastOffset;
+    expect(fresh).toMatch(/^o\d+$/);
+    expect(Number(fresh!.slice(1))).toBeGreaterThanOrEqual(Number(old.offset.slice(1)));
+    expect(fresh).not.toBe(old.offset);
+    // Drop before any event: the new session recovers from its own offset.
+    const sid = old.socket.id!;
+    goOffline(old.socket);
+    await serverNoticed(cluster.node(1), sid);
+    const before = await logHead(pool);
+    cluster.node(0).io.to("secret-room").emit("ev", { n: "new" });
+    await waitFor(async () => (await logHead(pool)) === before + 1);
+    expect(await comeBack(old.socket, cluster.node(0))).toBe(true);
+    expect(old.socket.id).toBe(sid);
+    await waitFor(() => got.length >= 1);
+    cluster.node(0).io.to("secret-room").emit("ev", { n: "live" });
+    await waitFor(() => got.length >= 2 && seen.length >= 7);
+    expect(got.map((r) => r.args[0])).toEqual([{ n: "new" }, { n: "live" }]);
+  });
 });

@@ -105,7 +105,9 @@ export interface WhoAmI {
  * - `join` (room | rooms, ack?) and `leave` (room, ack?);
  * - `set-data` (data, ack?) sets `socket.data`;
  * - `whoami` (ack) answers a `WhoAmI`;
- * - `self-emit` ({ event, args }, ack?) does `socket.emit(event, ...args)`.
+ * - `self-emit` ({ event, args }, ack?) does `socket.emit(event, ...args)`;
+ * - `broadcast-emit` ({ rooms?, event, args }, ack?) does `socket.to(rooms)` or
+ *   `socket.broadcast` `.emit(event, ...args)`.
  * Acks answer objects, never a bare string: the client takes the last string
  * argument of any event as its offset.
  */
@@ -142,6 +144,15 @@ export function installHandlers(nsp: Namespace, nodeName: string): void {
       socket.emit(spec.event, ...spec.args);
       if (typeof ack === "function") ack({ ok: true });
     });
+    // socket.broadcast / socket.to(rooms): everyone (in rooms) but the sender.
+    socket.on(
+      "broadcast-emit",
+      (spec: { rooms?: string[]; event: string; args: unknown[] }, ack?: (reply: object) => void) => {
+        const op = spec.rooms?.length ? socket.to(spec.rooms) : socket.broadcast;
+        op.emit(spec.event, ...spec.args);
+        if (typeof ack === "function") ack({ ok: true });
+      },
+    );
   });
 }
 
