@@ -37,7 +37,7 @@ function prng(seed: number): () => number {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe("recovery under concurrency", () => {
-  it("loses, duplicates and reorders nothing while 3 nodes emit and 36 clients drop and move at random", async () => {
+  it("loses, duplicates and reorders nothing while 3 nodes emit to 2 namespaces and 36 clients drop and move at random", async () => {
     const seed = Number(process.env.RACE_SEED ?? 20240611);
     const random = prng(seed);
     const pick = <T>(list: readonly T[]): T => list[Math.floor(random() * list.length)]!;
@@ -45,12 +45,15 @@ describe("recovery under concurrency", () => {
     const history = new History();
     const rooms = ["r0", "r1", "r2", "r3", "r4"];
 
+    // Two namespaces (one dynamic): their logs are independent, their writers share the nodes.
+    const namespaces = ["/", "/dyn-race"];
     const clients: ClientHandle[] = [];
     for (let i = 0; i < 36; i++) {
       const mine = rooms.filter(() => random() < 0.35);
       const node = Math.floor(random() * 3);
       const delay = pick([0, 0, 20, 60, 150]);
-      const socket = cluster.client(node, { rooms: mine, reconnectionDelay: delay });
+      const nsp = i % 4 === 3 ? namespaces[1]! : namespaces[0]!;
+      const socket = cluster.client(node, { nsp, rooms: mine, reconnectionDelay: delay });
       clients.push(history.watch(socket, `c${i}`, mine));
     }
     await waitFor(() => clients.every((c) => c.socket.connected && recoveryFields(c.socket)._lastOffset !== undefined), {
@@ -66,11 +69,18 @@ describe("recovery under concurrency", () => {
       while (Date.now() < deadline && history.emissions.length < 3000) {
         const burst = 1 + Math.floor(random() * 3);
         for (let k = 0; k < burst; k++) {
+          const nsp = random() < 0.75 ? namespaces[0]! : namespaces[1]!;
+          // Some packets are binary, some too large for a NOTIFY payload (read from the table).
+          const p = random();
+          const extra = p < 0.05 ? { pad: "x".repeat(9000) } : p < 0.1 ? { bin: Buffer.from([k, 0, 255]) } : {};
           const r = random();
-          if (r < 0.55) history.emit(node.io, { rooms: [pick(rooms)] }, node.name);
-          else if (r < 0.7) history.emit(node.io, {}, node.name);
-          else if (r < 0.85) history.emit(node.io, { rooms: [pick(rooms)], except: [pick(rooms)] }, node.name);
-          else history.emit(node.io, { rooms: [pick(clients).track.sid] }, node.name);
+          if (r < 0.55) history.emit(node.io, { nsp, rooms: [pick(rooms)] }, node.name, extra);
+          else if (r < 0.7) history.emit(node.io, { nsp }, node.name, extra);
+          else if (r < 0.85) history.emit(node.io, { nsp, rooms: [pick(rooms)], except: [pick(rooms)] }, node.name, extra);
+          else {
+            const target = pick(clients);
+            history.emit(node.io, { nsp: target.track.nsp, rooms: [target.track.sid] }, node.name, extra);
+          }
         }
         await sleep(3 + Math.floor(random() * 6));
       }

@@ -250,6 +250,8 @@ export interface NodeOptions {
   recovery?: boolean;
   /** ms, default 60000. */
   maxDisconnectionDuration?: number;
+  /** connectionStateRecovery.skipMiddlewares, default true. */
+  skipMiddlewares?: boolean;
   /** Extra Socket.IO server options (pingInterval, ...). */
   server?: Partial<ServerOptions>;
   /** Static namespaces to create besides "/" (dynamic `/dyn-*` ones always work). */
@@ -300,7 +302,7 @@ export async function startNode(name: string, options: NodeOptions): Promise<Tes
   if (options.recovery !== false) {
     serverOptions.connectionStateRecovery = {
       maxDisconnectionDuration: options.maxDisconnectionDuration ?? 60_000,
-      skipMiddlewares: true,
+      skipMiddlewares: options.skipMiddlewares ?? true,
     };
   }
   const io = new Server(httpServer, serverOptions);
