@@ -88,6 +88,7 @@ try {
       clients: clients.length,
       deliveries: delivered,
       seconds: Number(seconds.toFixed(3)),
+      eventsPerSecond: Math.round(events / seconds),
       deliveriesPerSecond: Math.round(delivered / seconds),
       orderViolations: violations,
       loggedEntries: Number(rows[0]?.n),
