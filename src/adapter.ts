@@ -96,6 +96,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly stitches = new Map<SocketId, Stitch>();
   private readonly ready: Promise<void>;
   private closing: Promise<void> | undefined;
+  /** Resolves when close() starts: whatever waits for `ready` must not wait past it. */
+  private readonly closeStarted: Promise<void>;
+  private signalClose: () => void = () => undefined;
 
   constructor(
     nsp: Namespace,
@@ -130,6 +133,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       });
     }
     ctx.add(this);
+    this.closeStarted = new Promise<void>((resolve) => (this.signalClose = resolve));
     this.ready = this.start();
   }
 
@@ -228,7 +232,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   private async appendToLog(items: QueuedEntry[], attempt: number): Promise<number[]> {
-    await this.ready;
+    await Promise.race([this.ready, this.closeStarted]);
     const id = this.namespaceId;
     if (id === undefined || !this.sequencer) throw new Error("socket.io-postgres-recovery: the adapter closed before it started");
     if (attempt === 1) {
@@ -437,7 +441,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   private async restore(pid: PrivateSessionId, offset: number, deadline: number): Promise<Session> {
-    await this.ready;
+    await Promise.race([this.ready, this.closeStarted]);
     const sequencer = this.sequencer;
     const namespaceId = this.namespaceId;
     if (!sequencer || namespaceId === undefined) return NOT_RESTORED;
@@ -530,6 +534,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   /** Writes what is queued (log entries of this namespace, sessions), then leaves the cluster. */
   override close(): Promise<void> {
     this.closing ??= (async () => {
+      this.signalClose();
       try {
         await this.writer?.close();
       } catch (err) {
