@@ -114,4 +114,50 @@ describe("graceful restart", () => {
     expect(await comeBack(socket, cluster.node(0))).toBe(true);
     expect(socket.id).toBe(sid);
   });
+
+  /** Records `count` packets to room "late" and has the child emit them in one go, then SIGTERMs it. */
+  async function burstThenStop(history: History, child: ChildNode, count: number): Promise<void> {
+    const first = history.record({ rooms: ["late"] }, "child");
+    for (let i = 2; i <= count; i++) history.record({ rooms: ["late"] }, "child");
+    const prefix = first.id.slice(0, first.id.lastIndexOf(":") + 1);
+    await child.command({ cmd: "emit-burst", rooms: ["late"], count, prefix });
+    expect(await child.stop("SIGTERM")).toBe(0);
+  }
+
+  it("packets a running node accepted just before SIGTERM are still logged and delivered", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1 });
+    const child = await spawnNode({ databaseUrl: db.url, name: "child" });
+    // A client of the child got its prime event: the child's namespace has started.
+    await cluster.connect(child);
+    const history = new History();
+    const socket = cluster.client(0, { rooms: ["late"] });
+    const client = history.watch(socket, "c", ["late"]);
+    await waitFor(() => socket.connected && recoveryFields(socket)._lastOffset !== undefined);
+    await burstThenStop(history, child, 300);
+    expect(child.stderr.join("")).toBe("");
+    const lookup = () => logOffsets(cluster.node(0).pool);
+    await history.settle({ lookup, timeout: 10_000 });
+    history.assertClean({ lookup: await lookup() });
+    expect(client.track.received.filter((r) => r.id !== undefined)).toHaveLength(300);
+  });
+
+  it("packets accepted by a node that is still starting are logged and delivered when it is SIGTERMed", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1 });
+    const history = new History();
+    const socket = cluster.client(0, { rooms: ["late"] });
+    const client = history.watch(socket, "c", ["late"]);
+    await waitFor(() => socket.connected && recoveryFields(socket)._lastOffset !== undefined);
+    // Emitting right after "ready": the child's adapter may still be connecting its listener.
+    const child = await spawnNode({ databaseUrl: db.url, name: "child" });
+    await burstThenStop(history, child, 50);
+    const lookup = () => logOffsets(cluster.node(0).pool);
+    try {
+      await history.settle({ lookup, timeout: 5000 });
+    } finally {
+      // The child's own account of what it dropped, if anything.
+      expect(child.stderr.join("").split("\n").filter((l) => l.includes("not logged")).length).toBe(0);
+    }
+    history.assertClean({ lookup: await lookup() });
+    expect(client.track.received.filter((r) => r.id !== undefined)).toHaveLength(50);
+  });
 });
