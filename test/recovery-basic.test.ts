@@ -216,6 +216,8 @@ describe("recovery: senders and emitters", () => {
 
   it("delivers volatile, local and acknowledged broadcasts live only: no offset, never replayed", async () => {
     const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    // Acked broadcasts wait for the nodes a node knows of (heartbeats).
+    await cluster.waitForServerCount();
     const client = await cluster.connect(0);
     client.on("asked", (_arg: unknown, ack: (reply: object) => void) => ack({ ok: true }));
     const got = recordEvents(client);

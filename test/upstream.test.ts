@@ -184,4 +184,16 @@ describe("without connection state recovery", () => {
     const order = got.map((r) => (r.args[0] as { i: number }).i);
     expect(order.join(","), "order of arrival").toBe(Array.from({ length: 50 }, (_, i) => i).join(","));
   });
+
+  it("a node that just started counts the others within a second (default heartbeatInterval)", async () => {
+    // Upstream semantics: a new node publishes an initial heartbeat and the others answer at once.
+    // The answers only arrive if the new node already LISTENs when it publishes.
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1 });
+    const late = await cluster.addNode();
+    await waitFor(async () => (await late.io.of("/").adapter.serverCount()) === 2, {
+      timeout: 1000,
+      message: "the new node to count 2 servers",
+    });
+    await waitFor(async () => (await cluster.node(0).io.of("/").adapter.serverCount()) === 2, { timeout: 1000 });
+  });
 });

@@ -406,6 +406,18 @@ export class Cluster {
     return node;
   }
 
+  /** Waits until every node counts every node (`serverCount()`, learnt from heartbeats). */
+  async waitForServerCount(nsp = "/", timeout = 8000): Promise<void> {
+    let counts: number[] = [];
+    await waitFor(
+      async () => {
+        counts = await Promise.all(this.nodes.map((n) => n.io.of(nsp).adapter.serverCount()));
+        return counts.every((c) => c === this.nodes.length);
+      },
+      { timeout, interval: 20, message: () => `serverCount ${this.nodes.length} on every node (got ${counts.join(",")})` },
+    );
+  }
+
   /** A new client socket on `node` (a new manager each time). Does not wait for the connection. */
   client(node: TestNode | { url: string } | number, options: ConnectOptions = {}): ClientSocket {
     const target = typeof node === "number" ? this.node(node) : node;
