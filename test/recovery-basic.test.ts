@@ -228,8 +228,11 @@ describe("recovery: senders and emitters", () => {
     const answers = await cluster.node(1).io.timeout(2000).emitWithAck("asked", { n: 3 });
     expect(answers).toEqual([{ ok: true }]);
     cluster.node(1).io.emit("ev", { n: 4 });
-    await waitFor(() => got.some((r) => r.event === "ev"), { message: "the logged packet" });
-    await waitFor(() => got.length >= 4, { message: () => `4 events, got ${got.map((r) => r.event)}` });
+    // Volatile packets may be dropped (transport busy): only the others must arrive.
+    const arrived = () => new Set(got.map((r) => r.event));
+    await waitFor(() => ["local", "asked", "ev"].every((e) => arrived().has(e)), {
+      message: () => `local, asked and ev; got ${got.map((r) => r.event)}`,
+    });
     expect(got.filter((r) => r.event !== "ev").every((r) => r.offset === undefined)).toBe(true);
     expect(got.find((r) => r.event === "ev")!.offset).toMatch(/^o\d+$/);
     expect(await logHead(pool)).toBe(head + 1);
