@@ -252,7 +252,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     );
     if (appliedBefore) debug("batch %d of %s had been committed by an earlier attempt", this.batchNumber, this.writerId);
     // Offered to the sequencer as a whole, in this same tick: delivered when the cursor reaches them.
-    this.sequencer.offer(items.map((item, i) => ({ offset: from + i, ...item.packet })));
+    this.sequencer.offer(items.map((item, i) => ({ offset: from + i, bytes: item.payload.length, ...item.packet })));
     return items.map((_, i) => from + i);
   }
 
@@ -457,13 +457,12 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     if (upTo - offset > this.ctx.opts.maxReplayEntries) {
       return refused(`${upTo - offset} entries to replay exceed maxReplayEntries (${this.ctx.opts.maxReplayEntries})`);
     }
-    let entries = sequencer.recentRange(offset, upTo);
-    if (!entries) {
-      const read = await this.ctx.log.range(namespaceId, offset, upTo, this.ctx.opts.maxReplayEntries);
-      if (read.bytes > this.ctx.opts.maxReplayBytes) {
-        return refused(`${read.bytes} bytes to replay exceed maxReplayBytes (${this.ctx.opts.maxReplayBytes})`);
-      }
-      entries = read.entries;
+    const entries =
+      sequencer.recentRange(offset, upTo) ??
+      (await this.ctx.log.range(namespaceId, offset, upTo, this.ctx.opts.maxReplayEntries)).entries;
+    const bytes = entries.reduce((sum, entry) => sum + entry.bytes, 0);
+    if (bytes > this.ctx.opts.maxReplayBytes) {
+      return refused(`${bytes} bytes to replay exceed maxReplayBytes (${this.ctx.opts.maxReplayBytes})`);
     }
     const { rooms, data } = decodeSession(stored.payload);
     const joinedAt = new Map<Room, number>(rooms);

@@ -22,6 +22,8 @@ export interface LoggedPacket {
 /** A log entry with its offset, as delivery and replay handle it. */
 export interface LogEntry extends LoggedPacket {
   readonly offset: number;
+  /** Size of the stored payload, for replay limits. */
+  readonly bytes: number;
 }
 
 export function encodePacket(packet: LoggedPacket): Buffer {
@@ -36,6 +38,7 @@ export function decodePacket(offset: number, payload: Uint8Array): LogEntry {
   }
   return {
     offset,
+    bytes: payload.byteLength,
     data: decoded[0] as unknown[],
     rooms: decoded[1] as string[],
     except: decoded[2] as string[],

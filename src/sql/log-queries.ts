@@ -111,14 +111,13 @@ export class LogQueries {
   /**
    * Committed entries with offsets in (after, upTo], oldest first, at most
    * `limit` of them. `upTo` undefined: up to the newest committed entry.
-   * Also returns the stored bytes, for replay limits.
    */
   async range(
     namespaceId: number,
     after: number,
     upTo: number | undefined,
     limit: number,
-  ): Promise<{ entries: LogEntry[]; bytes: number }> {
+  ): Promise<{ entries: LogEntry[] }> {
     // The text alias must not be named "offset": ORDER BY would then sort the text, not the number.
     const { rows } = await this.pool.query<{ offset_text: string; payload: Buffer }>(
       `SELECT "offset"::text AS offset_text, payload FROM ${this.log}
@@ -126,11 +125,6 @@ export class LogQueries {
        ORDER BY "offset" LIMIT $4`,
       [namespaceId, after, upTo ?? null, limit],
     );
-    let bytes = 0;
-    const entries = rows.map((row) => {
-      bytes += row.payload.length;
-      return decodePacket(Number(row.offset_text), row.payload);
-    });
-    return { entries, bytes };
+    return { entries: rows.map((row) => decodePacket(Number(row.offset_text), row.payload)) };
   }
 }
