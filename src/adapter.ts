@@ -96,9 +96,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly stitches = new Map<SocketId, Stitch>();
   private readonly ready: Promise<void>;
   private closing: Promise<void> | undefined;
-  /** Resolves when close() starts: whatever waits for `ready` must not wait past it. */
-  private readonly closeStarted: Promise<void>;
-  private signalClose: () => void = () => undefined;
+  /** Resolves `closeTimeoutMs` after close() started: nothing waits for `ready` past it. */
+  private readonly closeDeadline: Promise<void>;
+  private startCloseTimer: () => void = () => undefined;
+  private gaveUp = false;
 
   constructor(
     nsp: Namespace,
@@ -133,7 +134,14 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       });
     }
     ctx.add(this);
-    this.closeStarted = new Promise<void>((resolve) => (this.signalClose = resolve));
+    this.closeDeadline = new Promise<void>((resolve) => {
+      this.startCloseTimer = () => {
+        setTimeout(() => {
+          this.gaveUp = true;
+          resolve();
+        }, ctx.opts.closeTimeoutMs).unref();
+      };
+    });
     this.ready = this.start();
   }
 
@@ -168,16 +176,16 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   // ---- startup -------------------------------------------------------------
 
   private async start(): Promise<void> {
-    for (let attempt = 1; !this.closing; attempt++) {
+    // Goes on while closing (what was queued before close() still gets written), until the close deadline.
+    for (let attempt = 1; !this.gaveUp; attempt++) {
       try {
         await this.ctx.listener.listen(this.ctx.bus.channelOf(this.nspName));
         if (this.sequencer) {
           // The log channel is listened to before the head is read, so nothing committed after it is missed.
           await this.ctx.listener.listen(this.ctx.opts.logChannel);
           const { id, head } = await this.ctx.log.namespace(this.nspName);
-          if (this.closing) return;
           await this.ctx.log.registerWriter(this.writerId, id);
-          if (this.closing) return;
+          if (this.gaveUp) return;
           this.namespaceId = id;
           this.ctx.bindNamespaceId(id, this);
           this.settleUnstarted(head);
@@ -232,7 +240,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   private async appendToLog(items: QueuedEntry[], attempt: number): Promise<number[]> {
-    await Promise.race([this.ready, this.closeStarted]);
+    await Promise.race([this.ready, this.closeDeadline]);
     const id = this.namespaceId;
     if (id === undefined || !this.sequencer) throw new Error("socket.io-postgres-recovery: the adapter closed before it started");
     if (attempt === 1) {
@@ -441,7 +449,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   private async restore(pid: PrivateSessionId, offset: number, deadline: number): Promise<Session> {
-    await Promise.race([this.ready, this.closeStarted]);
+    await Promise.race([this.ready, this.closeDeadline]);
     const sequencer = this.sequencer;
     const namespaceId = this.namespaceId;
     if (!sequencer || namespaceId === undefined) return NOT_RESTORED;
@@ -533,13 +541,15 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   /** Writes what is queued (log entries of this namespace, sessions), then leaves the cluster. */
   override close(): Promise<void> {
     this.closing ??= (async () => {
-      this.signalClose();
+      this.startCloseTimer();
+      const { closeTimeoutMs } = this.ctx.opts;
       try {
-        await this.writer?.close();
+        await this.writer?.close(closeTimeoutMs);
       } catch (err) {
         this.ctx.reportError(asError(err));
       }
-      await this.ctx.sessions.flush();
+      await Promise.race([this.ctx.sessions.flush(), this.closeDeadline]);
+      this.gaveUp = true; // nothing left that needs the namespace to start
       super.close();
       this.sequencer?.close();
       await this.ctx.remove(this);

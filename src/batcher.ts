@@ -48,6 +48,7 @@ export class Batcher<T, R> {
   private inFlight: Promise<void> | undefined;
   private scheduled = false;
   private closed = false;
+  private closeDeadline = Infinity;
   private retryTimer: NodeJS.Timeout | undefined;
   private wakeRetry: (() => void) | undefined;
 
@@ -103,7 +104,12 @@ export class Batcher<T, R> {
     }
   }
 
-  async close(): Promise<void> {
+  /**
+   * Refuses new items and writes what is queued. Failed writes are retried
+   * until `timeoutMs` from now at the most; what is still unwritten then fails.
+   */
+  async close(timeoutMs: number): Promise<void> {
+    if (!this.closed) this.closeDeadline = Date.now() + timeoutMs;
     this.closed = true;
     await this.flush();
   }
@@ -144,20 +150,22 @@ export class Batcher<T, R> {
         } catch (caught) {
           const err = caught instanceof Error ? caught : new Error(String(caught));
           this.opts.onError(err);
-          // Once closing, a few more tries only: close() must end even while the database is away.
-          const limit = this.closed ? Math.min(this.opts.maxAttempts, 3) : this.opts.maxAttempts;
-          const retry = this.opts.isRetryable(caught) && attempt < limit;
+          const delay = this.opts.retryDelayMs(attempt);
+          // Once closing, only until the close deadline: close() must end even while the database is away.
+          const retry =
+            this.opts.isRetryable(caught) &&
+            attempt < this.opts.maxAttempts &&
+            (!this.closed || Date.now() + delay < this.closeDeadline);
           if (!retry) {
             this.queue.splice(0, batch.length);
             this.writing = new Set();
             batch.forEach((q) => q.reject(err));
             break;
           }
-          const delay = this.opts.retryDelayMs(attempt);
           debug("write failed (attempt %d), retrying in %d ms: %s", attempt, delay, err.message);
           await new Promise<void>((resolve) => {
             this.wakeRetry = resolve;
-            this.retryTimer = setTimeout(resolve, this.closed ? Math.min(delay, 50) : delay);
+            this.retryTimer = setTimeout(resolve, delay);
             this.retryTimer.unref();
           });
           this.wakeRetry = undefined;

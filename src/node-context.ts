@@ -123,7 +123,7 @@ export class NodeContext {
 
   private close(): Promise<void> {
     this.closing ??= (async () => {
-      await this.sessions.close();
+      await this.sessions.close(this.opts.closeTimeoutMs);
       await this.pruner.stop();
       await this.bus.idle();
       await this.listener.close();

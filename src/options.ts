@@ -155,6 +155,14 @@ export interface RecoveryOptions {
    */
   maxPendingWrites?: number;
   /**
+   * How long `io.close()` keeps trying to write what is queued (log entries,
+   * sessions) while the database is slow or away. Past it, what is left is
+   * reported to `errorHandler` and given up: those sessions are not
+   * restorable, those events are not delivered.
+   * @default 10000
+   */
+  closeTimeoutMs?: number;
+  /**
    * Recently delivered entries kept in memory per namespace: they serve
    * restores on this node without reading the table.
    * @default 10000
@@ -188,6 +196,7 @@ export interface ResolvedOptions {
   readonly listenerCheckIntervalMs: number;
   readonly maxBatchSize: number;
   readonly maxPendingWrites: number;
+  readonly closeTimeoutMs: number;
   readonly recentEntries: number;
   /** NOTIFY channel of the message log (one per schema). */
   readonly logChannel: string;
@@ -221,6 +230,7 @@ const INTEGER_RULES = {
   listenerCheckIntervalMs: { min: 100, max: DAY_MS, unit: "ms" },
   maxBatchSize: { min: 1, max: 100_000, unit: "entries" },
   maxPendingWrites: { min: 1, max: 100_000_000, unit: "broadcasts" },
+  closeTimeoutMs: { min: 0, max: 600_000, unit: "ms" },
   recentEntries: { min: 0, max: 10_000_000, unit: "entries" },
 } satisfies Record<string, IntegerRule>;
 
@@ -350,6 +360,7 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     listenerCheckIntervalMs: integer(opts, "listenerCheckIntervalMs", 5000),
     maxBatchSize: integer(opts, "maxBatchSize", 1000),
     maxPendingWrites: integer(opts, "maxPendingWrites", 100_000),
+    closeTimeoutMs: integer(opts, "closeTimeoutMs", 10_000),
     recentEntries: integer(opts, "recentEntries", 10_000),
     logChannel,
   });

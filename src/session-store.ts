@@ -84,7 +84,7 @@ export class SessionStore {
     return this.writes.flush();
   }
 
-  close(): Promise<void> {
-    return this.writes.close();
+  close(timeoutMs: number): Promise<void> {
+    return this.writes.close(timeoutMs);
   }
 }
