@@ -304,13 +304,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   // ---- cluster messages -----------------------------------------------------
 
   protected override doPublish(message: ClusterMessage): Promise<Offset> {
-    return this.ctx.bus.publish(message).then(
-      () => "",
-      (err: unknown) => {
-        this.ctx.reportError(new Error("socket.io-postgres-recovery: publishing a cluster message failed", { cause: err }));
-        throw err;
-      },
-    );
+    // Failures are reported by the bus; Socket.IO only logs the rejection to its debug output.
+    return this.ctx.bus.publish(message).then(() => "");
   }
 
   protected override doPublishResponse(_requesterUid: ServerId, response: ClusterResponse): Promise<void> {

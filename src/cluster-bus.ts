@@ -16,6 +16,7 @@ import { decode, encode } from "@msgpack/msgpack";
 import type { Pool } from "pg";
 import { MessageType, type ClusterMessage, type ClusterResponse } from "socket.io-adapter";
 import { hasBinary } from "@socket.io/postgres-adapter/dist/util.js";
+import { Batcher } from "./batcher.js";
 import { debug } from "./debug.js";
 import { qualifiedName } from "./sql/identifiers.js";
 
@@ -41,13 +42,22 @@ export interface ClusterBusOptions {
 
 export class ClusterBus {
   private readonly attachments: string;
-  private readonly inFlight = new Set<Promise<void>>();
+  private readonly outbox: Batcher<ClusterMessage | ClusterResponse, void>;
 
   constructor(
     private readonly pool: Pool,
     private readonly opts: ClusterBusOptions,
   ) {
     this.attachments = qualifiedName(opts.attachmentsTable.schema, opts.attachmentsTable.table);
+    this.outbox = new Batcher({
+      write: (messages) => this.sendBatch(messages),
+      maxBatchSize: 200,
+      maxPending: 100_000,
+      isRetryable: () => false,
+      retryDelayMs: () => 0,
+      maxAttempts: 1,
+      onError: (err) => opts.onError(new Error("socket.io-postgres-recovery: publishing cluster messages failed", { cause: err })),
+    });
   }
 
   channelOf(nsp: string): string {
@@ -59,39 +69,49 @@ export class ClusterBus {
     return channel.startsWith(`${this.opts.channelPrefix}#`);
   }
 
-  /** Publishes; the promise settles when Postgres has the message. */
+  /**
+   * Publishes; the promise settles when Postgres has the message. Messages go
+   * out in the order they were published: they queue while a write is in
+   * flight and the queue goes out as one statement (its NOTIFYs are delivered
+   * in that order), so a node's broadcasts reach the other nodes in order.
+   * A failed write is reported and not retried, as upstream does.
+   */
   publish(message: ClusterMessage | ClusterResponse): Promise<void> {
-    const sending = this.send(message);
-    this.inFlight.add(sending);
-    void sending.catch(() => undefined).finally(() => this.inFlight.delete(sending));
-    return sending;
+    return this.outbox.add(message);
   }
 
-  /** Resolves once every publish under way has settled (so close() does not cut them off). */
-  async idle(): Promise<void> {
-    await Promise.allSettled([...this.inFlight]);
+  /** Resolves once every message published so far has been written (or has failed). */
+  idle(): Promise<void> {
+    return this.outbox.flush();
   }
 
-  private async send(message: ClusterMessage | ClusterResponse): Promise<void> {
-    const channel = this.channelOf(message.nsp);
-    if (MAY_CARRY_BINARY.has(message.type) && hasBinary(message)) {
-      return this.publishWithAttachment(channel, message);
+  private async sendBatch(messages: Array<ClusterMessage | ClusterResponse>): Promise<void[]> {
+    const channels: string[] = [];
+    const payloads: string[] = [];
+    for (const message of messages) {
+      channels.push(this.channelOf(message.nsp));
+      payloads.push(await this.encode(message));
     }
-    const payload = JSON.stringify(message);
-    if (Buffer.byteLength(payload) > this.opts.payloadThreshold) {
-      return this.publishWithAttachment(channel, message);
-    }
-    debug("publishing message of type %d to %s", message.type, channel);
-    await this.pool.query("SELECT pg_notify($1, $2)", [channel, payload]);
+    debug("publishing %d cluster message(s)", messages.length);
+    await this.pool.query(
+      `SELECT pg_notify(m.channel, m.payload)
+       FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS m(channel, payload, n) ORDER BY m.n`,
+      [channels, payloads],
+    );
+    return messages.map(() => undefined);
   }
 
-  private async publishWithAttachment(channel: string, message: ClusterMessage | ClusterResponse): Promise<void> {
+  /** The NOTIFY payload: the JSON message, or a header pointing at an attachment row. */
+  private async encode(message: ClusterMessage | ClusterResponse): Promise<string> {
+    if (!(MAY_CARRY_BINARY.has(message.type) && hasBinary(message))) {
+      const json = JSON.stringify(message);
+      if (Buffer.byteLength(json) <= this.opts.payloadThreshold) return json;
+    }
     const { rows } = await this.pool.query<{ id: string }>(
       `INSERT INTO ${this.attachments} (payload) VALUES ($1) RETURNING id::text AS id`,
       [Buffer.from(encode(message))],
     );
-    const header = { uid: message.uid, type: message.type, attachmentId: rows[0]?.id };
-    await this.pool.query("SELECT pg_notify($1, $2)", [channel, JSON.stringify(header)]);
+    return JSON.stringify({ uid: message.uid, type: message.type, attachmentId: rows[0]?.id });
   }
 
   /** Handles one NOTIFY payload of a bus channel. */
