@@ -9,6 +9,7 @@ import {
   comeBack,
   dropConnection,
   goOffline,
+  interruptNextConnection,
   join,
   logHead,
   moveTo,
@@ -399,6 +400,52 @@ describe("recovery: reconnection timing", () => {
     await history.settle({ lookup });
     history.assertClean({ lookup: await lookup() });
     expect(handle.reconnections.map((r) => r.recovered)).toEqual(Array(7).fill(true));
+  });
+
+  for (const second of ["the same node", "another node"] as const) {
+    it(`recovers everything after a restore whose replay never reached the client (again on ${second})`, async () => {
+      const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+      const client = await cluster.connect(0, { rooms: ["r"] });
+      const got = recordEvents(client);
+      const head = await logHead(cluster.node(0).pool);
+      await offline(cluster, client, 0);
+      for (let i = 1; i <= 5; i++) cluster.node(1).io.to("r").emit("ev", { n: i });
+      await waitForHead(cluster.node(0).pool, head + 5);
+      // First attempt on node1: restored server-side, but the connection drops before the
+      // client processes the replay or the CONNECT packet. The manager then retries.
+      const interrupted = interruptNextConnection(client);
+      const reconnected = comeBack(client, cluster.node(1), 10_000);
+      await interrupted;
+      if (second === "another node") moveTo(client, cluster.node(0));
+      expect(await reconnected).toBe(true);
+      await waitFor(() => got.length >= 5, { message: () => `5 replayed packets, got ${got.length}` });
+      cluster.node(0).io.to("r").emit("ev", { n: 6 });
+      await waitFor(() => got.length >= 6);
+      expect(payloads(got)).toEqual([1, 2, 3, 4, 5, 6].map((n) => ({ n })));
+    });
+  }
+
+  it("a restore whose connection drops during the middlewares does not cost the client its session", async () => {
+    const cluster = await Cluster.start({
+      databaseUrl: db.url,
+      nodes: 2,
+      skipMiddlewares: false,
+      setup: (node) => node.io.use((_socket, next) => void setTimeout(next, 200)),
+    });
+    const client = await cluster.connect(0, { rooms: ["r"] });
+    const got = recordEvents(client);
+    const head = await logHead(cluster.node(0).pool);
+    await offline(cluster, client, 0);
+    for (let i = 1; i <= 5; i++) cluster.node(1).io.to("r").emit("ev", { n: i });
+    await waitForHead(cluster.node(0).pool, head + 5);
+    // Restored on node1, replay sent, then the connection drops while the middleware runs:
+    // Socket.IO discards that socket without persisting a session.
+    const interrupted = interruptNextConnection(client);
+    const reconnected = comeBack(client, cluster.node(1), 10_000);
+    await interrupted;
+    expect(await reconnected).toBe(true);
+    await waitFor(() => got.length >= 5, { message: () => `5 replayed packets, got ${got.length}` });
+    expect(payloads(got)).toEqual([1, 2, 3, 4, 5].map((n) => ({ n })));
   });
 
   it("delivers nothing twice over repeated disconnect/recover cycles", async () => {

@@ -535,6 +535,30 @@ export async function comeBack(socket: ClientSocket, node?: TestNode | ChildNode
   return socket.recovered;
 }
 
+/**
+ * On the client's next connection, drops it as soon as the first Socket.IO
+ * packet arrives (for a restore: the first replayed packet, before the CONNECT
+ * packet): the server completed the restore, the client processed nothing of
+ * it. Resolves once it did so (bounded).
+ */
+export function interruptNextConnection(socket: ClientSocket, timeout = 8000): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no connection to interrupt within ${timeout} ms`)), timeout);
+    socket.io.once("open", () => {
+      const engine = socket.io.engine;
+      const onPacket = (packet: { type: string }) => {
+        if (packet.type !== "message") return;
+        engine.off("packet", onPacket);
+        clearTimeout(timer);
+        // Synchronously, before the engine hands the packet to the manager.
+        engine.close();
+        resolve();
+      };
+      engine.on("packet", onPacket);
+    });
+  });
+}
+
 /** Waits until `node` no longer has the socket `sid` in namespace `nsp` (it noticed the disconnection). */
 export async function serverNoticed(node: TestNode, sid: string, nsp = "/", timeout = 5000): Promise<void> {
   await waitFor(() => !node.io.of(nsp).sockets.has(sid), { timeout, message: `${node.name} to notice ${sid} left` });
