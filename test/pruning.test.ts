@@ -15,6 +15,7 @@ import {
   logHead,
   recordEvents,
   serverNoticed,
+  startProxy,
   waitFor,
   waitForHead,
   waitForSession,
@@ -40,6 +41,54 @@ async function pruneRuns(pool: pg.Pool): Promise<Date | undefined> {
     `SELECT last_finished_at FROM socket_io.maintenance WHERE task = 'prune'`,
   );
   return rows[0]?.last_finished_at ?? undefined;
+}
+
+/**
+ * A client's network dies (a frozen proxy), a packet is sent to it into the dead connection,
+ * the server notices after pingInterval + pingTimeout (~1.5 s), pruning runs 2.3 s after the
+ * packet, then the client recovers on a node started now (nothing in memory: the replay comes
+ * from the table). Returns whether it recovered and what it received.
+ */
+async function deadConnectionScenario(retentionMarginMs: number): Promise<{ recovered: boolean; received: unknown[] }> {
+  const cluster = await Cluster.start({
+    databaseUrl: db.url,
+    nodes: 2,
+    maxDisconnectionDuration: 2000,
+    server: { pingInterval: 1000, pingTimeout: 500 },
+    adapter: { retentionMarginMs, pruneIntervalMs: 100 },
+  });
+  const pool = cluster.node(0).pool;
+  const proxy = await startProxy(cluster.node(0).port);
+  const client = await cluster.connect(proxy, { rooms: ["dead"] });
+  const got = recordEvents(client);
+  const sid = client.id!;
+  // The network dies; the client will notice by itself too, and must not reconnect yet.
+  client.io.reconnection(false);
+  proxy.freeze();
+  const head = await logHead(pool);
+  cluster.node(1).io.to("dead").emit("ev", { n: "into-the-void" });
+  await waitForHead(pool, head + 1);
+  const { rows } = await pool.query<{ created: Date }>(
+    `SELECT e.created_at AS created FROM socket_io.log_entries e JOIN socket_io.namespaces n ON n.id = e.namespace_id
+      WHERE n.name = '/' AND e."offset" = $1`,
+    [head + 1],
+  );
+  const createdAt = rows[0]!.created.getTime();
+  await serverNoticed(cluster.node(0), sid, "/", 5000);
+  await waitFor(() => !client.connected, { timeout: 5000, message: "the client to notice the dead network" });
+  await waitFor(
+    async () => {
+      const last = await pruneRuns(pool);
+      return last !== undefined && last.getTime() > createdAt + 2300;
+    },
+    { timeout: 5000, interval: 50, message: "a prune pass 2.3 s after the packet" },
+  );
+  expect(got).toEqual([]);
+  const fresh = await cluster.addNode();
+  const recovered = await comeBack(client, fresh);
+  fresh.io.to("dead").emit("ev", { n: "live" });
+  await waitFor(() => got.some((r) => (r.args[0] as { n: string }).n === "live"));
+  return { recovered, received: got.map((r) => r.args[0]) };
 }
 
 describe("pruning", () => {
@@ -168,10 +217,27 @@ describe("pruning", () => {
       },
       { timeout: 6000, interval: 100, message: "pruning passes 1.5 s after the missed packet" },
     );
-    expect(await comeBack(client, cluster.node(1))).toBe(true);
+    // On a node started now (nothing in memory), the replay is read from the pruned table.
+    const fresh = await cluster.addNode();
+    expect(await comeBack(client, fresh)).toBe(true);
     await waitFor(() => got.length >= 2);
     cluster.node(0).io.to("a").emit("ev", { n: "after" });
     await waitFor(() => got.length >= 3);
     expect(got.map((r) => r.args[0])).toEqual([{ n: "live" }, { n: "missed" }, { n: "after" }]);
+  });
+
+  it("keeps packets sent into a dead connection until its session expires (retention margin)", async () => {
+    // The margin (2 s) covers the time the server takes to notice (~1.5 s): the packet is kept
+    // for the whole session, 3.5 s after it, although maxDisconnectionDuration is only 2 s.
+    const { recovered, received } = await deadConnectionScenario(2000);
+    expect(recovered).toBe(true);
+    expect(received).toEqual([{ n: "into-the-void" }, { n: "live" }]);
+  });
+
+  it("fails closed when entries it would replay were pruned (a margin too short for the ping timeout)", async () => {
+    // Misconfigured on purpose: retention = maxDisconnectionDuration. The packet is pruned while
+    // the session is still valid; the restore must notice the hole and refuse, not replay less.
+    const { recovered, received } = await deadConnectionScenario(0);
+    expect({ recovered, received }).toEqual({ recovered: false, received: [{ n: "live" }] });
   });
 });

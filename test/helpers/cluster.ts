@@ -13,9 +13,9 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import http from "node:http";
+import net from "node:net";
 import readline from "node:readline";
 import { fileURLToPath } from "node:url";
-import type { AddressInfo } from "node:net";
 import pg from "pg";
 import { Server, type Namespace, type ServerOptions, type Socket as ServerSocket } from "socket.io";
 import { io as ioc, type ManagerOptions, type Socket as ClientSocket, type SocketOptions } from "socket.io-client";
@@ -187,6 +187,7 @@ const ownServers = new Set<http.Server>();
 /** Closes every cluster and client created through this module and not closed yet. */
 export async function closeAll(): Promise<void> {
   for (const client of [...liveClients]) closeClient(client);
+  await Promise.all([...liveProxies].map((p) => p.close()));
   const children = killChildren();
   if (children > 0) await waitFor(() => liveChildren.size === 0, { message: "child nodes to exit" });
   await Promise.all([...liveClusters].map((c) => c.close()));
@@ -314,7 +315,7 @@ export async function startNode(name: string, options: NodeOptions): Promise<Tes
       resolve();
     });
   });
-  const port = (httpServer.address() as AddressInfo).port;
+  const port = (httpServer.address() as net.AddressInfo).port;
   let closing: Promise<void> | undefined;
   let closed = false;
   const node: TestNode = {
@@ -764,4 +765,64 @@ export function killChildren(): number {
   const n = liveChildren.size;
   for (const child of liveChildren) child.kill("SIGKILL");
   return n;
+}
+
+// ---------------------------------------------------------------------------
+// A TCP proxy to simulate a dead network between a client and a node
+// ---------------------------------------------------------------------------
+
+export interface Proxy {
+  readonly port: number;
+  /** `http://127.0.0.1:<port>` */
+  readonly url: string;
+  /** Stops forwarding in both directions without closing anything (a dead network). */
+  freeze(): void;
+  /** Destroys every connection at once (a reset). */
+  cut(): void;
+  close(): Promise<void>;
+}
+
+const liveProxies = new Set<Proxy>();
+
+/** Listens on 127.0.0.1 (port 0) and forwards every connection to `targetPort`. */
+export async function startProxy(targetPort: number): Promise<Proxy> {
+  const sockets = new Set<net.Socket>();
+  let frozen = false;
+  const server = net.createServer((downstream) => {
+    const upstream = net.connect(targetPort, "127.0.0.1");
+    sockets.add(downstream);
+    sockets.add(upstream);
+    const forward = (from: net.Socket, to: net.Socket) => {
+      from.on("data", (chunk) => {
+        if (!frozen) to.write(chunk);
+      });
+      from.on("close", () => {
+        sockets.delete(from);
+        if (!frozen) to.destroy();
+      });
+      from.on("error", () => undefined);
+    };
+    forward(downstream, upstream);
+    forward(upstream, downstream);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  const proxy: Proxy = {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    freeze() {
+      frozen = true;
+    },
+    cut() {
+      for (const s of sockets) s.destroy();
+      sockets.clear();
+    },
+    async close() {
+      liveProxies.delete(proxy);
+      proxy.cut();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+  liveProxies.add(proxy);
+  return proxy;
 }
