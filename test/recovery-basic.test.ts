@@ -483,47 +483,51 @@ describe("recovery: reconnection timing", () => {
 });
 
 describe("recovery: payloads", () => {
-  it("replays binary (Buffer, Uint8Array, nested) and > 8000-byte payloads byte-exact, like live delivery", async () => {
-    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
-    const live = await cluster.connect(0, { rooms: ["bin"] });
-    const replayed = await cluster.connect(0, { rooms: ["bin"] });
-    const gotLive = recordEvents(live);
-    const gotReplayed = recordEvents(replayed);
-    const bigBinary = randomBytes(20_000);
-    const bigText = "é€x".repeat(4000); // > 8000 bytes in UTF-8
-    const packets: unknown[][] = [
-      [{ buf: Buffer.from([0, 1, 2, 253, 254, 255]) }],
-      [new Uint8Array([9, 8, 7, 0])],
-      [{ nested: { deep: [Buffer.alloc(3, 7), { u8: new Uint8Array([1, 2]) }] }, text: "ok" }],
-      [bigBinary],
-      [{ text: bigText }],
-      [Buffer.alloc(0), { empty: true }],
-    ];
-    const head = await logHead(cluster.node(1).pool);
-    await offline(cluster, replayed, 0);
-    for (const args of packets) cluster.node(1).io.to("bin").emit("bin", ...args);
-    await waitForHead(cluster.node(1).pool, head + packets.length);
-    await waitFor(() => gotLive.length === packets.length, { message: "live copies" });
-    expect(await comeBack(replayed, cluster.node(0))).toBe(true);
-    await waitFor(() => gotReplayed.length >= packets.length, { message: "replayed copies" });
+  for (const from of ["memory", "the table"] as const) {
+    it(`replays binary (Buffer, Uint8Array, nested) and > 8000-byte payloads byte-exact, like live delivery (from ${from})`, async () => {
+      const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+      const live = await cluster.connect(0, { rooms: ["bin"] });
+      const replayed = await cluster.connect(0, { rooms: ["bin"] });
+      const gotLive = recordEvents(live);
+      const gotReplayed = recordEvents(replayed);
+      const bigBinary = randomBytes(20_000);
+      const bigText = "é€x".repeat(4000); // > 8000 bytes in UTF-8
+      const packets: unknown[][] = [
+        [{ buf: Buffer.from([0, 1, 2, 253, 254, 255]) }],
+        [new Uint8Array([9, 8, 7, 0])],
+        [{ nested: { deep: [Buffer.alloc(3, 7), { u8: new Uint8Array([1, 2]) }] }, text: "ok" }],
+        [bigBinary],
+        [{ text: bigText }],
+        [Buffer.alloc(0), { empty: true }],
+      ];
+      const head = await logHead(cluster.node(1).pool);
+      await offline(cluster, replayed, 0);
+      for (const args of packets) cluster.node(1).io.to("bin").emit("bin", ...args);
+      await waitForHead(cluster.node(1).pool, head + packets.length);
+      await waitFor(() => gotLive.length === packets.length, { message: "live copies" });
+      // A node started after the packets has none of them in memory: it reads the log table.
+      const target = from === "memory" ? cluster.node(0) : await cluster.addNode();
+      expect(await comeBack(replayed, target)).toBe(true);
+      await waitFor(() => gotReplayed.length >= packets.length, { message: "replayed copies" });
 
-    const strip = (r: Received) => r.args.slice(0, -1);
-    // What the client gets is what was sent (Buffers and Uint8Arrays arrive as Buffers in Node).
-    const asBuffers = (v: unknown): unknown => {
-      if (v instanceof Uint8Array) return Buffer.from(v);
-      if (Array.isArray(v)) return v.map(asBuffers);
-      if (v && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, asBuffers(x)]));
-      return v;
-    };
-    for (let i = 0; i < packets.length; i++) {
-      const sent = asBuffers(packets[i]);
-      expect(asBuffers(strip(gotLive[i]!))).toEqual(sent);
-      expect(asBuffers(strip(gotReplayed[i]!))).toEqual(sent);
-      expect(gotReplayed[i]!.offset).toBe(gotLive[i]!.offset);
-    }
-    expect(Buffer.compare(Buffer.from(gotReplayed[3]!.args[0] as Uint8Array), bigBinary)).toBe(0);
-    expect((gotReplayed[4]!.args[0] as { text: string }).text).toBe(bigText);
-  });
+      const strip = (r: Received) => r.args.slice(0, -1);
+      // What the client gets is what was sent (Buffers and Uint8Arrays arrive as Buffers in Node).
+      const asBuffers = (v: unknown): unknown => {
+        if (v instanceof Uint8Array) return Buffer.from(v);
+        if (Array.isArray(v)) return v.map(asBuffers);
+        if (v && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, asBuffers(x)]));
+        return v;
+      };
+      for (let i = 0; i < packets.length; i++) {
+        const sent = asBuffers(packets[i]);
+        expect(asBuffers(strip(gotLive[i]!))).toEqual(sent);
+        expect(asBuffers(strip(gotReplayed[i]!))).toEqual(sent);
+        expect(gotReplayed[i]!.offset).toBe(gotLive[i]!.offset);
+      }
+      expect(Buffer.compare(Buffer.from(gotReplayed[3]!.args[0] as Uint8Array), bigBinary)).toBe(0);
+      expect((gotReplayed[4]!.args[0] as { text: string }).text).toBe(bigText);
+    });
+  }
 
   it("delivers a > 8000-byte packet live to clients on another node", async () => {
     const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
