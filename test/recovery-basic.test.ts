@@ -3,6 +3,7 @@
  * recovered socket keeps, what it gets replayed, and what it must not get.
  */
 import { randomBytes } from "node:crypto";
+import { Manager } from "socket.io-client";
 import { describe, expect, it } from "vitest";
 import {
   Cluster,
@@ -14,6 +15,7 @@ import {
   logHead,
   moveTo,
   offsetNumber,
+  once,
   PRIME_EVENT,
   recordEvents,
   recoveryFields,
@@ -611,6 +613,48 @@ describe("recovery: namespaces", () => {
       await waitFor(() => got.get(nsp)!.length >= 3, { message: `live in ${nsp}` });
       expect(payloads(got.get(nsp)!)).toEqual([1, 2, 3].map((n) => ({ nsp, n })));
       expectIncreasingOffsets(got.get(nsp)!);
+    }
+  });
+
+  it("recovers several namespaces multiplexed on one connection", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, namespaces: ["/a"] });
+    const manager = new Manager(cluster.node(0).url, {
+      transports: ["websocket"],
+      reconnectionDelay: 50,
+      reconnectionDelayMax: 50,
+      randomizationFactor: 0,
+    });
+    const root = manager.socket("/", { auth: { rooms: ["r"] } });
+    const other = manager.socket("/a", { auth: { rooms: ["r"] } });
+    try {
+      const gotRoot = recordEvents(root);
+      const gotOther = recordEvents(other);
+      await waitFor(() => [root, other].every((s) => s.connected && recoveryFields(s)._lastOffset !== undefined));
+      const sids = [root.id!, other.id!];
+      const heads = [await logHead(cluster.node(0).pool, "/"), await logHead(cluster.node(0).pool, "/a")];
+      manager.reconnection(false);
+      manager.engine.close();
+      await serverNoticed(cluster.node(0), sids[0]!, "/");
+      await serverNoticed(cluster.node(0), sids[1]!, "/a");
+      cluster.node(1).io.to("r").emit("ev", { nsp: "/" });
+      cluster.node(1).io.of("/a").to("r").emit("ev", { nsp: "/a" });
+      await waitForHead(cluster.node(0).pool, heads[0]! + 1, "/");
+      await waitForHead(cluster.node(0).pool, heads[1]! + 1, "/a");
+      (manager as unknown as { uri: string }).uri = cluster.node(1).url;
+      manager.reconnection(true);
+      const back = Promise.all([once(root, "connect"), once(other, "connect")]);
+      root.connect();
+      other.connect();
+      await back;
+      expect([root.recovered, other.recovered]).toEqual([true, true]);
+      expect([root.id, other.id]).toEqual(sids);
+      await waitFor(() => gotRoot.length >= 1 && gotOther.length >= 1);
+      expect(payloads(gotRoot)).toEqual([{ nsp: "/" }]);
+      expect(payloads(gotOther)).toEqual([{ nsp: "/a" }]);
+    } finally {
+      root.disconnect();
+      other.disconnect();
+      manager.engine?.close();
     }
   });
 

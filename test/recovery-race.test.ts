@@ -126,6 +126,58 @@ describe("recovery under concurrency", () => {
     expect(stats.recoveries).toBeGreaterThan(20);
   });
 
+  it("keeps room membership exact while clients join, leave, drop and move during traffic", async () => {
+    const random = prng(Number(process.env.RACE_SEED ?? 7));
+    const pick = <T>(list: readonly T[]): T => list[Math.floor(random() * list.length)]!;
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 3 });
+    const history = new History();
+    const rooms = ["j0", "j1", "j2", "j3"];
+    const clients: Array<{ handle: ClientHandle; rooms: Set<string> }> = [];
+    for (let i = 0; i < 12; i++) {
+      const initial = [pick(rooms)];
+      const socket = cluster.client(i % 3, { rooms: initial, reconnectionDelay: pick([0, 30]) });
+      clients.push({ handle: history.watch(socket, `m${i}`, initial), rooms: new Set(initial) });
+    }
+    await waitFor(() => clients.every((c) => c.handle.socket.connected && recoveryFields(c.handle.socket)._lastOffset !== undefined), {
+      timeout: 10_000,
+    });
+    let running = clients.length;
+    const traffic = async () => {
+      while (running > 0) {
+        const node = cluster.node(Math.floor(random() * 3));
+        history.emit(node.io, { rooms: [pick(rooms)] }, node.name);
+        if (random() < 0.2) history.emit(node.io, { rooms: [pick(rooms)], except: [pick(rooms)] }, node.name);
+        await sleep(2 + Math.floor(random() * 4));
+      }
+    };
+    const member = async (c: { handle: ClientHandle; rooms: Set<string> }) => {
+      for (let step = 0; step < 6; step++) {
+        await waitFor(() => c.handle.socket.connected, { timeout: 8000, message: `${c.handle.label} connected` });
+        const room = pick(rooms);
+        if (c.rooms.has(room)) {
+          await history.leave(c.handle, room);
+          c.rooms.delete(room);
+        } else {
+          await history.join(c.handle, room);
+          c.rooms.add(room);
+        }
+        await sleep(Math.floor(random() * 40));
+        if (random() < 0.6) {
+          moveTo(c.handle.socket, cluster.node(Math.floor(random() * 3)));
+          dropConnection(c.handle.socket);
+        }
+      }
+      running--;
+    };
+    await Promise.all([traffic(), ...clients.map(member)]);
+    await waitFor(() => clients.every((c) => c.handle.socket.connected), { timeout: 10_000 });
+    const lookup = () => logOffsets(cluster.node(0).pool);
+    await history.settle({ timeout: 15_000, lookup });
+    history.assertClean({ lookup: await lookup() });
+    expect(history.stats().refusals).toBe(0);
+    expect(history.stats().recoveries).toBeGreaterThan(10);
+  });
+
   it("recovers an idle client whose offset is older than the retention", async () => {
     const cluster = await Cluster.start({
       databaseUrl: db.url,
