@@ -75,6 +75,8 @@ interface Stitch {
   missedPackets: unknown[][];
   /** Replay covers entries up to this offset; later ones are added at join time. */
   upTo: number;
+  /** Offset of the last entry the replay sends to the socket (its offset when none). */
+  lastReplayed: number;
   /** Whether Socket.IO has joined the restored rooms (and taken missedPackets). */
   joined: boolean;
   /** The ring did not hold what was delivered meanwhile: the socket is disconnected once connected. */
@@ -98,6 +100,12 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly joins = new Map<SocketId, Map<Room, number>>();
   /** Socket → lowest offset its client may present (its first cursor). */
   private readonly floors = new Map<SocketId, number>();
+  /**
+   * Socket → offset of the last entry written to it (or of its priming). Its
+   * client processed at most that far; what it had not processed of it when
+   * the connection died must still be in the log at restore time.
+   */
+  private readonly lastDelivered = new Map<SocketId, number>();
   private readonly stitches = new Map<SocketId, Stitch>();
   private readonly ready: Promise<void>;
   private closing: Promise<void> | undefined;
@@ -298,12 +306,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   private deliver(entry: LogEntry): void {
     const packet = { type: EVENT, data: [...entry.data, formatOffset(entry.offset)], nsp: this.nspName };
+    const opts: BroadcastOptions = { rooms: new Set<Room>(entry.rooms), except: new Set<Room>(entry.except), flags: {} };
     // The in-memory broadcast: delivery to this node's sockets only (the cluster already has the entry).
-    Adapter.prototype.broadcast.call(this, packet, {
-      rooms: new Set<Room>(entry.rooms),
-      except: new Set<Room>(entry.except),
-      flags: {},
-    });
+    Adapter.prototype.broadcast.call(this, packet, opts);
+    (this as unknown as InMemoryInternals).apply(opts, (socket) => this.lastDelivered.set(socket.id, entry.offset));
   }
 
   // ---- cluster messages -----------------------------------------------------
@@ -368,6 +374,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   override delAll(id: SocketId): void {
     this.joins.delete(id);
     this.floors.delete(id);
+    this.lastDelivered.delete(id);
     const stitch = this.stitches.get(id);
     if (stitch) {
       clearTimeout(stitch.timer);
@@ -376,7 +383,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         // Restored, then discarded before it connected (the connection dropped during the
         // middlewares): Socket.IO persists nothing for it, so put the taken session back.
         // The client may hold any offset up to the replay's end.
-        this.ctx.sessions.persist({ ...stitch.taken, lastOffset: Math.max(stitch.taken.lastOffset, stitch.upTo) });
+        this.ctx.sessions.persist({ ...stitch.taken, lastOffset: Math.max(stitch.taken.lastOffset, stitch.lastReplayed) });
       }
     }
     super.delAll(id);
@@ -389,6 +396,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
    * replaces a stale offset kept from an earlier session.
    */
   private prime(id: SocketId, cursor: number): void {
+    this.lastDelivered.set(id, cursor);
     const event = this.ctx.opts.primeOffsetEvent;
     if (event === false) return;
     Adapter.prototype.broadcast.call(
@@ -424,7 +432,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       namespaceId: this.namespaceId,
       sid: session.sid,
       floorOffset: floor,
-      lastOffset: cursor,
+      lastOffset: this.lastDelivered.get(session.sid) ?? floor,
       payload,
       ttlMs: this.recovery.maxDisconnectionDuration,
     });
@@ -478,12 +486,21 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     if (bytes > this.ctx.opts.maxReplayBytes) {
       return refused(`${bytes} bytes to replay exceed maxReplayBytes (${this.ctx.opts.maxReplayBytes})`);
     }
+    // Entries written to the socket that its client had not processed, (offset, lastOffset], must
+    // all still be in the log. Offsets are dense, so a missing one means it was pruned: the
+    // retention did not cover the time this dead connection went unnoticed. Older entries may be
+    // gone (an idle client), but never these.
+    const mustHave = Math.min(stored.lastOffset, upTo);
+    const present = entries.filter((entry) => entry.offset <= mustHave).length;
+    if (mustHave > offset && present !== mustHave - offset) {
+      return refused(`entries written to the socket after offset ${offset} were pruned (retentionMarginMs too short?)`);
+    }
     const { rooms, data } = decodeSession(stored.payload);
     const joinedAt = new Map<Room, number>(rooms);
     const membership: Membership = { joinedAt, memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
-    const missedPackets = entries
-      .filter((entry) => isAddressedTo(entry, membership))
-      .map((entry) => [...entry.data, formatOffset(entry.offset)]);
+    const replayed = entries.filter((entry) => isAddressedTo(entry, membership));
+    const missedPackets = replayed.map((entry) => [...entry.data, formatOffset(entry.offset)]);
+    const lastReplayed = replayed.at(-1)?.offset ?? offset;
     // Socket.IO joins the rooms and sends missedPackets right after this resolves; entries this
     // node delivers in between are added at that moment (addAll), so the replay meets live delivery.
     const timer = setTimeout(() => this.stitches.delete(stored.sid), 30_000);
@@ -497,7 +514,17 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       payload: stored.payload,
       ttlMs: this.recovery?.maxDisconnectionDuration ?? 0,
     };
-    this.stitches.set(stored.sid, { taken, membership, floor: offset, missedPackets, upTo, joined: false, broken: false, timer });
+    this.stitches.set(stored.sid, {
+      taken,
+      membership,
+      floor: offset,
+      missedPackets,
+      upTo,
+      lastReplayed,
+      joined: false,
+      broken: false,
+      timer,
+    });
     debug("restoring %s with %d missed packets", stored.sid, missedPackets.length);
     return {
       sid: stored.sid,
@@ -539,10 +566,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       }
       return;
     }
-    const missed = extra
-      .filter((entry) => isAddressedTo(entry, stitch.membership))
-      .map((entry) => [...entry.data, formatOffset(entry.offset)]);
+    const addressed = extra.filter((entry) => isAddressedTo(entry, stitch.membership));
+    const missed = addressed.map((entry) => [...entry.data, formatOffset(entry.offset)]);
     stitch.upTo = cursor;
+    stitch.lastReplayed = addressed.at(-1)?.offset ?? stitch.lastReplayed;
+    this.lastDelivered.set(id, stitch.lastReplayed);
     if (!connected) {
       // Socket.IO is joining the rooms in the socket's constructor and sends missedPackets next.
       stitch.missedPackets.push(...missed);
@@ -579,6 +607,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     })();
     return this.closing;
   }
+}
+
+/** The in-memory adapter's recipient walk (private in its types; stable since socket.io-adapter 2.0). */
+interface InMemoryInternals {
+  apply(opts: BroadcastOptions, callback: (socket: { id: SocketId }) => void): void;
 }
 
 /** The parts of Socket.IO's Server this adapter reads that its types keep private. */
