@@ -113,6 +113,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly closeDeadline: Promise<void>;
   private startCloseTimer: () => void = () => undefined;
   private gaveUp = false;
+  /** Whether the initial heartbeat went out (see init()). */
+  private announced = false;
 
   constructor(
     nsp: Namespace,
@@ -188,11 +190,23 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   // ---- startup -------------------------------------------------------------
 
+  /**
+   * Socket.IO calls this when the namespace is created; upstream sends the
+   * initial heartbeat here, which asks the other nodes to answer. Sent before
+   * this node listens, their answers would be missed and `serverCount()` would
+   * be 1 until the next heartbeats: `start()` sends it once listening.
+   */
+  override init(): void {}
+
   private async start(): Promise<void> {
     // Goes on while closing (what was queued before close() still gets written), until the close deadline.
     for (let attempt = 1; !this.gaveUp; attempt++) {
       try {
         await this.ctx.listener.listen(this.ctx.bus.channelOf(this.nspName));
+        if (!this.announced && !this.closing) {
+          this.announced = true;
+          super.init();
+        }
         if (this.sequencer) {
           // The log channel is listened to before the head is read, so nothing committed after it is missed.
           await this.ctx.listener.listen(this.ctx.opts.logChannel);
