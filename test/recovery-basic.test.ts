@@ -50,6 +50,25 @@ async function offline(cluster: Cluster, socket: ClientSocket, nodeIndex: number
   return sid;
 }
 
+/**
+ * A client on node0 in room "r" misses 5 packets, then comes back to node1 whose restore
+ * completes server-side but whose connection drops at its first packet; the manager retries.
+ */
+async function missFiveThenInterruptRestore(
+  cluster: Cluster,
+): Promise<{ client: ClientSocket; got: Received[]; reconnected: Promise<boolean> }> {
+  const client = await cluster.connect(0, { rooms: ["r"] });
+  const got = recordEvents(client);
+  const head = await logHead(cluster.node(0).pool);
+  await offline(cluster, client, 0);
+  for (let i = 1; i <= 5; i++) cluster.node(1).io.to("r").emit("ev", { n: i });
+  await waitForHead(cluster.node(0).pool, head + 5);
+  const interrupted = interruptNextConnection(client);
+  const reconnected = comeBack(client, cluster.node(1), 10_000);
+  await interrupted;
+  return { client, got, reconnected };
+}
+
 describe("recovery: what is kept", () => {
   it("restores the same socket.id, rooms and socket.data; recovered on both sides", async () => {
     const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
@@ -411,17 +430,9 @@ describe("recovery: reconnection timing", () => {
   for (const second of ["the same node", "another node"] as const) {
     it(`recovers everything after a restore whose replay never reached the client (again on ${second})`, async () => {
       const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
-      const client = await cluster.connect(0, { rooms: ["r"] });
-      const got = recordEvents(client);
-      const head = await logHead(cluster.node(0).pool);
-      await offline(cluster, client, 0);
-      for (let i = 1; i <= 5; i++) cluster.node(1).io.to("r").emit("ev", { n: i });
-      await waitForHead(cluster.node(0).pool, head + 5);
       // First attempt on node1: restored server-side, but the connection drops before the
       // client processes the replay or the CONNECT packet. The manager then retries.
-      const interrupted = interruptNextConnection(client);
-      const reconnected = comeBack(client, cluster.node(1), 10_000);
-      await interrupted;
+      const { client, got, reconnected } = await missFiveThenInterruptRestore(cluster);
       if (second === "another node") moveTo(client, cluster.node(0));
       expect(await reconnected).toBe(true);
       await waitFor(() => got.length >= 5, { message: () => `5 replayed packets, got ${got.length}` });
@@ -438,17 +449,9 @@ describe("recovery: reconnection timing", () => {
       skipMiddlewares: false,
       setup: (node) => node.io.use((_socket, next) => void setTimeout(next, 200)),
     });
-    const client = await cluster.connect(0, { rooms: ["r"] });
-    const got = recordEvents(client);
-    const head = await logHead(cluster.node(0).pool);
-    await offline(cluster, client, 0);
-    for (let i = 1; i <= 5; i++) cluster.node(1).io.to("r").emit("ev", { n: i });
-    await waitForHead(cluster.node(0).pool, head + 5);
     // Restored on node1, replay sent, then the connection drops while the middleware runs:
     // Socket.IO discards that socket without persisting a session.
-    const interrupted = interruptNextConnection(client);
-    const reconnected = comeBack(client, cluster.node(1), 10_000);
-    await interrupted;
+    const { got, reconnected } = await missFiveThenInterruptRestore(cluster);
     expect(await reconnected).toBe(true);
     await waitFor(() => got.length >= 5, { message: () => `5 replayed packets, got ${got.length}` });
     expect(payloads(got)).toEqual([1, 2, 3, 4, 5].map((n) => ({ n })));
