@@ -40,9 +40,10 @@ import {
 import { debug } from "./debug.js";
 import { asError, isMissingSchemaError, isTransientDatabaseError } from "./errors.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
-import { isAddressedTo, type Membership } from "./replay.js";
+import { isAddressedTo, planReplay, refuseRange, type Membership } from "./replay.js";
 import { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
+import { SocketLedger, UNSTARTED } from "./socket-ledger.js";
 import type { SessionRecord } from "./sql/session-queries.js";
 
 /** Socket.IO treats a falsy restore result as "not restored"; its type says Session. */
@@ -50,9 +51,6 @@ const NOT_RESTORED = null as unknown as Session;
 
 /** EVENT in socket.io-parser's PacketType. */
 const EVENT = 2;
-
-/** A cursor not known yet (the namespace is still starting): fixed when it starts. */
-const UNSTARTED = -1;
 
 interface Packet {
   type: number;
@@ -96,16 +94,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private namespaceId: number | undefined;
   /** Batches this adapter appended (see LogQueries.append: retries are idempotent). */
   private batchNumber = 0;
-  /** Socket → room → cursor when it joined. */
-  private readonly joins = new Map<SocketId, Map<Room, number>>();
-  /** Socket → lowest offset its client may present (its first cursor). */
-  private readonly floors = new Map<SocketId, number>();
-  /**
-   * Socket → offset of the last entry written to it (or of its priming). Its
-   * client processed at most that far; what it had not processed of it when
-   * the connection died must still be in the log at restore time.
-   */
-  private readonly lastDelivered = new Map<SocketId, number>();
+  private readonly ledger = new SocketLedger();
   private readonly stitches = new Map<SocketId, Stitch>();
   private readonly ready: Promise<void>;
   private closing: Promise<void> | undefined;
@@ -215,7 +204,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           if (this.gaveUp) return;
           this.namespaceId = id;
           this.ctx.bindNamespaceId(id, this);
-          this.settleUnstarted(head);
+          // Sockets that connected or joined rooms before the cursor was known start at the head.
+          for (const id of this.ledger.settle(head)) this.prime(id, head);
           this.sequencer.start(head);
           // A NOTIFY that arrived before the namespace id was known was dropped: read the table once.
           this.sequencer.catchUp();
@@ -230,19 +220,6 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           new Error(`socket.io-postgres-recovery: starting namespace "${this.nspName}" failed${hint}; retrying`, { cause: err }),
         );
         await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 5000)).unref());
-      }
-    }
-  }
-
-  /** Sockets that connected or joined rooms before the namespace's cursor was known start at its head. */
-  private settleUnstarted(head: number): void {
-    for (const rooms of this.joins.values()) {
-      for (const [room, at] of rooms) if (at === UNSTARTED) rooms.set(room, head);
-    }
-    for (const [sid, floor] of this.floors) {
-      if (floor === UNSTARTED) {
-        this.floors.set(sid, head);
-        this.prime(sid, head);
       }
     }
   }
@@ -323,7 +300,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const opts: BroadcastOptions = { rooms: new Set<Room>(entry.rooms), except: new Set<Room>(entry.except), flags: {} };
     // The in-memory broadcast: delivery to this node's sockets only (the cluster already has the entry).
     Adapter.prototype.broadcast.call(this, packet, opts);
-    (this as unknown as InMemoryInternals).apply(opts, (socket) => this.lastDelivered.set(socket.id, entry.offset));
+    (this as unknown as InMemoryInternals).apply(opts, (socket) => this.ledger.delivered(socket.id, entry.offset));
   }
 
   // ---- cluster messages -----------------------------------------------------
@@ -367,28 +344,24 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const cursor = this.sequencer.cursor ?? UNSTARTED;
     const stitch = this.stitches.get(id);
     if (stitch) this.advanceStitch(id, stitch, cursor);
-    let joined = this.joins.get(id);
-    if (!joined) this.joins.set(id, (joined = new Map()));
-    for (const room of rooms) if (!joined.has(room)) joined.set(room, cursor);
+    this.ledger.join(id, rooms, cursor);
     super.addAll(id, rooms);
-    if (!this.floors.has(id)) {
+    if (!this.ledger.has(id)) {
       const socket = this.namespace.sockets.get(id);
       if (socket && !socket.recovered) {
-        this.floors.set(id, cursor);
+        this.ledger.begin(id, cursor);
         if (cursor !== UNSTARTED) this.prime(id, cursor);
       }
     }
   }
 
   override del(id: SocketId, room: Room): void {
-    this.joins.get(id)?.delete(room);
+    this.ledger.leave(id, room);
     super.del(id, room);
   }
 
   override delAll(id: SocketId): void {
-    this.joins.delete(id);
-    this.floors.delete(id);
-    this.lastDelivered.delete(id);
+    this.ledger.forget(id);
     const stitch = this.stitches.get(id);
     if (stitch) {
       clearTimeout(stitch.timer);
@@ -410,7 +383,6 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
    * replaces a stale offset kept from an earlier session.
    */
   private prime(id: SocketId, cursor: number): void {
-    this.lastDelivered.set(id, cursor);
     const event = this.ctx.opts.primeOffsetEvent;
     if (event === false) return;
     Adapter.prototype.broadcast.call(
@@ -424,19 +396,14 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   override persistSession(session: { sid: SocketId; pid: PrivateSessionId; rooms: Room[]; data: unknown }): void {
     const cursor = this.sequencer?.cursor;
-    const floor = this.floors.get(session.sid);
-    if (!this.recovery || cursor === undefined || floor === undefined || floor === UNSTARTED || this.namespaceId === undefined) {
+    const snapshot = cursor === undefined ? undefined : this.ledger.snapshot(session.sid, session.rooms, cursor);
+    if (!this.recovery || !snapshot || this.namespaceId === undefined) {
       debug("not persisting session of %s: namespace not started or socket unknown", session.sid);
       return;
     }
-    const joined = this.joins.get(session.sid);
-    // An unknown join cursor counts as "now": never replays more than the socket could have had.
-    const rooms = session.rooms.map((room) => [room, joined?.get(room) ?? cursor] as const);
-    // Socket.IO always puts a restored socket back in its own room; it is where `socket.emit()` goes.
-    if (!session.rooms.includes(session.sid)) rooms.push([session.sid, joined?.get(session.sid) ?? floor]);
     let payload: Buffer;
     try {
-      payload = encodeSession({ rooms, data: session.data });
+      payload = encodeSession({ rooms: snapshot.rooms, data: session.data });
     } catch (err) {
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: socket.data of ${session.sid} does not serialize; its session is not stored`, { cause: err }));
       return;
@@ -445,8 +412,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       pidHash: hashPid(session.pid),
       namespaceId: this.namespaceId,
       sid: session.sid,
-      floorOffset: floor,
-      lastOffset: this.lastDelivered.get(session.sid) ?? floor,
+      floorOffset: snapshot.floor,
+      lastOffset: snapshot.lastDelivered,
       payload,
       ttlMs: this.recovery.maxDisconnectionDuration,
     });
@@ -490,31 +457,18 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     // The client may be ahead of this node: replay starts after its offset, so wait until we are there.
     await sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
     const upTo = sequencer.cursor ?? offset;
-    if (upTo - offset > this.ctx.opts.maxReplayEntries) {
-      return refused(`${upTo - offset} entries to replay exceed maxReplayEntries (${this.ctx.opts.maxReplayEntries})`);
-    }
+    const tooLong = refuseRange(offset, upTo, this.ctx.opts);
+    if (tooLong) return refused(tooLong);
     const entries =
       sequencer.recentRange(offset, upTo) ??
       (await this.ctx.log.range(namespaceId, offset, upTo, this.ctx.opts.maxReplayEntries)).entries;
-    const bytes = entries.reduce((sum, entry) => sum + entry.bytes, 0);
-    if (bytes > this.ctx.opts.maxReplayBytes) {
-      return refused(`${bytes} bytes to replay exceed maxReplayBytes (${this.ctx.opts.maxReplayBytes})`);
-    }
-    // Entries written to the socket that its client had not processed, (offset, lastOffset], must
-    // all still be in the log. Offsets are dense, so a missing one means it was pruned: the
-    // retention did not cover the time this dead connection went unnoticed. Older entries may be
-    // gone (an idle client), but never these.
-    const mustHave = Math.min(stored.lastOffset, upTo);
-    const present = entries.filter((entry) => entry.offset <= mustHave).length;
-    if (mustHave > offset && present !== mustHave - offset) {
-      return refused(`entries written to the socket after offset ${offset} were pruned (retentionMarginMs too short?)`);
-    }
     const { rooms, data } = decodeSession(stored.payload);
     const joinedAt = new Map<Room, number>(rooms);
     const membership: Membership = { joinedAt, memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
-    const replayed = entries.filter((entry) => isAddressedTo(entry, membership));
-    const missedPackets = replayed.map((entry) => [...entry.data, formatOffset(entry.offset)]);
-    const lastReplayed = replayed.at(-1)?.offset ?? offset;
+    const plan = planReplay(entries, offset, upTo, stored.lastOffset, membership, this.ctx.opts);
+    if (plan.refused !== undefined) return refused(plan.refused);
+    const missedPackets = plan.entries.map((entry) => [...entry.data, formatOffset(entry.offset)]);
+    const { lastReplayed } = plan;
     // Socket.IO joins the rooms and sends missedPackets right after this resolves; entries this
     // node delivers in between are added at that moment (addAll), so the replay meets live delivery.
     const timer = setTimeout(() => this.stitches.delete(stored.sid), 30_000);
@@ -563,10 +517,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const extra = cursor > stitch.upTo ? this.sequencer?.recentRange(stitch.upTo, cursor) : [];
     if (!stitch.joined) {
       stitch.joined = true;
-      this.floors.set(id, stitch.floor);
-      // The restored socket keeps the join cursors of its session, not "now": if this connection
-      // drops before the client processed the replay, the next restore must replay it again.
-      this.joins.set(id, new Map(stitch.membership.joinedAt));
+      this.ledger.resume(id, stitch.floor, stitch.membership.joinedAt, stitch.lastReplayed);
     }
     if (!extra || stitch.broken) {
       // More was delivered meanwhile than `recentEntries` holds. Make the client reconnect once
@@ -584,7 +535,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const missed = addressed.map((entry) => [...entry.data, formatOffset(entry.offset)]);
     stitch.upTo = cursor;
     stitch.lastReplayed = addressed.at(-1)?.offset ?? stitch.lastReplayed;
-    this.lastDelivered.set(id, stitch.lastReplayed);
+    this.ledger.delivered(id, stitch.lastReplayed);
     if (!connected) {
       // Socket.IO is joining the rooms in the socket's constructor and sends missedPackets next.
       stitch.missedPackets.push(...missed);

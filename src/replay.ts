@@ -27,3 +27,50 @@ export function isAddressedTo(entry: LogEntry, member: Membership): boolean {
   }
   return false;
 }
+
+export interface ReplayLimits {
+  readonly maxReplayEntries: number;
+  readonly maxReplayBytes: number;
+}
+
+/** Why a replay of (offset, upTo] is refused before reading it, or undefined. */
+export function refuseRange(offset: number, upTo: number, limits: ReplayLimits): string | undefined {
+  if (upTo - offset > limits.maxReplayEntries) {
+    return `${upTo - offset} entries to replay exceed maxReplayEntries (${limits.maxReplayEntries})`;
+  }
+  return undefined;
+}
+
+export type ReplayPlan =
+  | { readonly refused: string }
+  | { readonly refused?: undefined; readonly entries: LogEntry[]; readonly lastReplayed: number };
+
+/**
+ * The entries to replay, out of `entries` = the log's (offset, upTo] as still
+ * stored (dense, in order). `lastDelivered` is the last offset written to the
+ * socket before it disconnected.
+ */
+export function planReplay(
+  entries: readonly LogEntry[],
+  offset: number,
+  upTo: number,
+  lastDelivered: number,
+  member: Membership,
+  limits: ReplayLimits,
+): ReplayPlan {
+  const bytes = entries.reduce((sum, entry) => sum + entry.bytes, 0);
+  if (bytes > limits.maxReplayBytes) {
+    return { refused: `${bytes} bytes to replay exceed maxReplayBytes (${limits.maxReplayBytes})` };
+  }
+  // Entries written to the socket that its client had not processed, (offset, lastDelivered], must
+  // all still be in the log. Offsets are dense, so a missing one means it was pruned: the
+  // retention did not cover the time this dead connection went unnoticed. Older entries may be
+  // gone (an idle client), but never these.
+  const mustHave = Math.min(lastDelivered, upTo);
+  const present = entries.filter((entry) => entry.offset <= mustHave).length;
+  if (mustHave > offset && present !== mustHave - offset) {
+    return { refused: `entries written to the socket after offset ${offset} were pruned (retentionMarginMs too short?)` };
+  }
+  const replayed = entries.filter((entry) => isAddressedTo(entry, member));
+  return { entries: replayed, lastReplayed: replayed.at(-1)?.offset ?? offset };
+}
