@@ -76,12 +76,23 @@ try {
   }
   await Promise.all(clients.map((c) => new Promise<void>((resolve) => (c.connected ? resolve() : c.once("connect", () => resolve())))));
 
+  // Committed transactions in this database (pg_stat_database is updated with a little delay).
+  const commits = async () => {
+    await new Promise((resolve) => setTimeout(resolve, 1200));
+    const { rows } = await pools[0]!.query<{ n: string }>(
+      "SELECT xact_commit::text AS n FROM pg_stat_database WHERE datname = current_database()",
+    );
+    return Number(rows[0]?.n);
+  };
+  const commitsBefore = await commits();
   const payload = "x".repeat(100);
   const started = process.hrtime.bigint();
   for (let i = 0; i < events; i++) servers[0]!.emit("tick", payload);
   await done;
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   const { rows } = await pools[0]!.query<{ n: string }>("SELECT count(*)::text AS n FROM socket_io.log_entries");
+  // Includes heartbeats, the listeners' liveness checks and these stat queries: an upper bound.
+  const transactions = (await commits()) - commitsBefore;
   console.log(
     JSON.stringify({
       events,
@@ -92,6 +103,7 @@ try {
       deliveriesPerSecond: Math.round(delivered / seconds),
       orderViolations: violations,
       loggedEntries: Number(rows[0]?.n),
+      eventsPerTransaction: Number((events / transactions).toFixed(1)),
     }),
   );
 } finally {
