@@ -448,7 +448,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const sequencer = this.sequencer;
     const namespaceId = this.namespaceId;
     if (!sequencer || namespaceId === undefined) return NOT_RESTORED;
-    const stored = await this.ctx.sessions.take(hashPid(pid), namespaceId, this.ctx.opts.sessionWaitMs);
+    const pidHash = hashPid(pid);
+    const stored = await this.ctx.sessions.take(pidHash, namespaceId, this.ctx.opts.sessionWaitMs);
     if (!stored) return refused("unknown pid (never stored, already restored, pruned, or another namespace's)");
     if (!stored.live) return refused("session expired");
     if (offset < stored.floorOffset || offset > stored.lastOffset) {
@@ -474,7 +475,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const timer = setTimeout(() => this.stitches.delete(stored.sid), 30_000);
     timer.unref();
     const taken: SessionRecord = {
-      pidHash: hashPid(pid),
+      pidHash,
       namespaceId,
       sid: stored.sid,
       floorOffset: stored.floorOffset,

@@ -19,6 +19,7 @@ import type pg from "pg";
 import { drizzle } from "drizzle-orm/node-postgres";
 import { migrate as drizzleMigrate } from "drizzle-orm/node-postgres/migrator";
 import { debug } from "./debug.js";
+import { asError } from "./errors.js";
 import { isValidIdentifier, qualifiedName, quoteIdentifier } from "./sql/identifiers.js";
 
 /** The journal table, inside the target schema. */
@@ -245,7 +246,7 @@ export async function migrate(pool: pg.Pool, options: MigrateOptions = {}): Prom
       alreadyApplied: before.applied.map((m) => m.tag),
     };
   } catch (err) {
-    failure = err instanceof Error ? err : new Error(String(err));
+    failure = asError(err);
     if (failure.message.startsWith(PREFIX)) throw failure;
     throw new Error(`${PREFIX} migrating schema "${schema}" failed: ${failure.message}`, { cause: failure });
   } finally {
@@ -254,7 +255,7 @@ export async function migrate(pool: pg.Pool, options: MigrateOptions = {}): Prom
         await client.query("RESET search_path; RESET lock_timeout");
         if (locked) await client.query("SELECT pg_advisory_unlock(hashtext($1))", [lockKey]);
       } catch (err) {
-        failure = err instanceof Error ? err : new Error(String(err));
+        failure = asError(err);
       }
     }
     // A client that failed may hold the lock or odd settings: destroy it (the server drops the lock).

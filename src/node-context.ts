@@ -36,6 +36,8 @@ export class NodeContext {
   readonly bus: ClusterBus;
   private readonly pruner: Pruner;
   private readonly members = new Map<string, NamespaceMember>();
+  /** Cluster ids of this node's adapters: messages from them are our own. */
+  private readonly ownUids = new Set<string>();
   private readonly byNamespaceId = new Map<number, NamespaceMember>();
   private closing: Promise<void> | undefined;
 
@@ -54,7 +56,7 @@ export class NodeContext {
       channelPrefix: opts.channelPrefix,
       payloadThreshold: opts.payloadThreshold,
       attachmentsTable: opts.attachmentsTable,
-      isFromSelf: (uid) => uid !== undefined && [...this.members.values()].some((m) => m.serverUid() === uid),
+      isFromSelf: (uid) => uid !== undefined && this.ownUids.has(uid),
       dispatch: (message) => this.members.get(message.nsp)?.onClusterMessage(message),
       onError: report,
     });
@@ -95,6 +97,7 @@ export class NodeContext {
 
   add(member: NamespaceMember): void {
     this.members.set(member.nspName, member);
+    this.ownUids.add(member.serverUid());
   }
 
   bindNamespaceId(id: number, member: NamespaceMember): void {
@@ -104,6 +107,7 @@ export class NodeContext {
   /** Removes a namespace; the last one out closes the shared resources. */
   async remove(member: NamespaceMember): Promise<void> {
     if (this.members.get(member.nspName) === member) this.members.delete(member.nspName);
+    this.ownUids.delete(member.serverUid());
     for (const [id, m] of this.byNamespaceId) if (m === member) this.byNamespaceId.delete(id);
     if (this.members.size === 0) await this.close();
   }

@@ -13,6 +13,7 @@
  * entry), so nothing can interleave between two deliveries.
  */
 import type { LogEntry } from "./codec.js";
+import { asError } from "./errors.js";
 import { RecentEntries } from "./recent-entries.js";
 
 export interface SequencerOptions {
@@ -141,7 +142,7 @@ export class Sequencer {
       try {
         this.opts.deliver(next);
       } catch (err) {
-        this.opts.onError(err instanceof Error ? err : new Error(String(err)));
+        this.opts.onError(asError(err));
       }
     }
     if (this.waiters.length > 0) {
