@@ -49,6 +49,19 @@ import type { SessionRecord } from "./sql/session-queries.js";
 /** Socket.IO treats a falsy restore result as "not restored"; its type says Session. */
 const NOT_RESTORED = null as unknown as Session;
 
+/** Payload of the adapter's "session-restored" event. */
+export interface RestoredEvent {
+  sid: SocketId;
+  /** Packets sent to the client as missed (from the restore's read). */
+  replayed: number;
+}
+
+/** Payload of the adapter's "restore-refused" event. */
+export interface RefusedEvent {
+  /** Why, for humans (never the pid). */
+  reason: string;
+}
+
 /** EVENT in socket.io-parser's PacketType. */
 const EVENT = 2;
 
@@ -419,12 +432,23 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     });
   }
 
+  /**
+   * Every refusal is announced as a "restore-refused" event on this adapter
+   * (`io.of(nsp).adapter.on("restore-refused", ({ reason }) => …)`), for
+   * dashboards and logs; the client just gets a new session.
+   */
+  private refused(reason: string): Session {
+    debug("restore refused: %s", reason);
+    this.emit("restore-refused", { reason } satisfies RefusedEvent);
+    return NOT_RESTORED;
+  }
+
   override async restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
-    if (!this.sequencer || this.closing) return NOT_RESTORED;
+    if (!this.sequencer) return NOT_RESTORED;
+    if (this.closing) return this.refused("this node is closing");
     const parsed = parseOffset(offset);
     if (parsed === undefined || typeof pid !== "string" || pid.length === 0 || pid.length > 256) {
-      debug("restore refused: malformed pid or offset");
-      return NOT_RESTORED;
+      return this.refused("malformed pid or offset");
     }
     const timeoutMs = this.ctx.opts.restoreTimeoutMs;
     let timer: NodeJS.Timeout | undefined;
@@ -436,7 +460,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       return await Promise.race([restoring, timeout]);
     } catch (err) {
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: a restore in "${this.nspName}" failed; the client gets a new session`, { cause: asError(err) }));
-      return NOT_RESTORED;
+      return this.refused(`failed: ${asError(err).message}`);
     } finally {
       clearTimeout(timer);
       restoring.catch(() => undefined);
@@ -447,19 +471,19 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     await Promise.race([this.ready, this.closeDeadline]);
     const sequencer = this.sequencer;
     const namespaceId = this.namespaceId;
-    if (!sequencer || namespaceId === undefined) return NOT_RESTORED;
+    if (!sequencer || namespaceId === undefined) return this.refused("namespace not started");
     const pidHash = hashPid(pid);
     const stored = await this.ctx.sessions.take(pidHash, namespaceId, this.ctx.opts.sessionWaitMs);
-    if (!stored) return refused("unknown pid (never stored, already restored, pruned, or another namespace's)");
-    if (!stored.live) return refused("session expired");
+    if (!stored) return this.refused("unknown pid (never stored, already restored, pruned, or another namespace's)");
+    if (!stored.live) return this.refused("session expired");
     if (offset < stored.floorOffset || offset > stored.lastOffset) {
-      return refused(`offset ${offset} outside the session's range [${stored.floorOffset}, ${stored.lastOffset}]`);
+      return this.refused(`offset ${offset} outside the session's range [${stored.floorOffset}, ${stored.lastOffset}]`);
     }
     // The client may be ahead of this node: replay starts after its offset, so wait until we are there.
     await sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
     const upTo = sequencer.cursor ?? offset;
     const tooLong = refuseRange(offset, upTo, this.ctx.opts);
-    if (tooLong) return refused(tooLong);
+    if (tooLong) return this.refused(tooLong);
     const entries =
       sequencer.recentRange(offset, upTo) ??
       (await this.ctx.log.range(namespaceId, offset, upTo, this.ctx.opts.maxReplayEntries)).entries;
@@ -467,7 +491,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const joinedAt = new Map<Room, number>(rooms);
     const membership: Membership = { joinedAt, memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
     const plan = planReplay(entries, offset, upTo, stored.lastOffset, membership, this.ctx.opts);
-    if (plan.refused !== undefined) return refused(plan.refused);
+    if (plan.refused !== undefined) return this.refused(plan.refused);
     const missedPackets = plan.entries.map((entry) => [...entry.data, formatOffset(entry.offset)]);
     const { lastReplayed } = plan;
     // Socket.IO joins the rooms and sends missedPackets right after this resolves; entries this
@@ -495,6 +519,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       timer,
     });
     debug("restoring %s with %d missed packets", stored.sid, missedPackets.length);
+    this.emit("session-restored", { sid: stored.sid, replayed: missedPackets.length } satisfies RestoredEvent);
     return {
       sid: stored.sid,
       pid,
@@ -598,8 +623,5 @@ function isLogged(packet: Packet, opts: BroadcastOptions): boolean {
   return packet.type === EVENT && packet.id === undefined && !opts.flags?.volatile && !opts.flags?.local;
 }
 
-function refused(reason: string): Session {
-  debug("restore refused: %s", reason);
-  return NOT_RESTORED;
-}
+
 

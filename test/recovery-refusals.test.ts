@@ -98,6 +98,25 @@ describe("recovery refusals", () => {
     await expectHealthy(cluster);
   });
 
+  it("announces each outcome on the adapter: session-restored with the replay size, restore-refused with a reason", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const refusals: string[] = [];
+    const restored: Array<{ sid: string; replayed: number }> = [];
+    cluster.node(1).io.of("/").adapter.on("restore-refused", ({ reason }: { reason: string }) => refusals.push(reason));
+    cluster.node(1).io.of("/").adapter.on("session-restored", (event: { sid: string; replayed: number }) => restored.push(event));
+    const old = await prepare(cluster);
+    const head = await logHead(cluster.node(0).pool);
+    cluster.node(0).io.to("secret-room").emit("ev", { n: 1 });
+    await waitFor(async () => (await logHead(cluster.node(0).pool)) > head);
+    expectFresh(await attempt(cluster, 1, "AAAAAAAAAAAAAAAAAAAAAA", old.offset), old);
+    expect(refusals).toHaveLength(1);
+    expect(refusals[0]).toMatch(/unknown pid/);
+    expect(refusals[0]).not.toContain(old.pid);
+    expect(await comeBack(old.socket, cluster.node(1))).toBe(true);
+    expect(restored).toEqual([{ sid: old.sid, replayed: 1 }]);
+    await expectHealthy(cluster);
+  });
+
   it("restores a pid once: a second use of the same pid is refused", async () => {
     const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
     const old = await prepare(cluster);
