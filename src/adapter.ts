@@ -551,7 +551,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     if (tooLong) return this.refused(tooLong);
     const entries =
       sequencer.recentRange(offset, upTo) ??
-      (await this.ctx.log.range(namespaceId, offset, upTo, this.ctx.opts.maxReplayEntries)).entries;
+      // Bounded in count and bytes: a replay over either limit is refused below, so no more is read.
+      (await this.ctx.log.range(namespaceId, offset, upTo, this.ctx.opts.maxReplayEntries, this.ctx.opts.maxReplayBytes)).entries;
     const { rooms, data } = decodeSession(stored.payload);
     const joinedAt = new Map<Room, number>(rooms);
     const membership: Membership = { joinedAt, memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };

@@ -111,20 +111,42 @@ export class LogQueries {
   /**
    * Committed entries with offsets in (after, upTo], oldest first, at most
    * `limit` of them. `upTo` undefined: up to the newest committed entry.
+   *
+   * `maxBytes` bounds what is read by stored size too: rows stop after the
+   * first one that brings the total over it (that row is included, so the
+   * caller sees the total exceed `maxBytes` and knows the range was cut).
+   * Sizes come from `octet_length`, which reads a payload's length without
+   * fetching the payload, so rows past the bound cost no transfer.
    */
   async range(
     namespaceId: number,
     after: number,
     upTo: number | undefined,
     limit: number,
+    maxBytes?: number,
   ): Promise<{ entries: LogEntry[] }> {
     // The text alias must not be named "offset": ORDER BY would then sort the text, not the number.
-    const { rows } = await this.pool.query<{ offset_text: string; payload: Buffer }>(
-      `SELECT "offset"::text AS offset_text, payload FROM ${this.log}
-       WHERE namespace_id = $1 AND "offset" > $2 AND ($3::bigint IS NULL OR "offset" <= $3)
-       ORDER BY "offset" LIMIT $4`,
-      [namespaceId, after, upTo ?? null, limit],
-    );
+    const { rows } =
+      maxBytes === undefined
+        ? await this.pool.query<{ offset_text: string; payload: Buffer }>(
+            `SELECT "offset"::text AS offset_text, payload FROM ${this.log}
+             WHERE namespace_id = $1 AND "offset" > $2 AND ($3::bigint IS NULL OR "offset" <= $3)
+             ORDER BY "offset" LIMIT $4`,
+            [namespaceId, after, upTo ?? null, limit],
+          )
+        : await this.pool.query<{ offset_text: string; payload: Buffer }>(
+            `SELECT r."offset"::text AS offset_text, l.payload
+             FROM (
+               SELECT "offset", sum(octet_length(payload)) OVER (ORDER BY "offset") - octet_length(payload) AS bytes_before
+               FROM ${this.log}
+               WHERE namespace_id = $1 AND "offset" > $2 AND ($3::bigint IS NULL OR "offset" <= $3)
+               ORDER BY "offset" LIMIT $4
+             ) AS r
+             JOIN ${this.log} AS l ON l.namespace_id = $1 AND l."offset" = r."offset"
+             WHERE r.bytes_before <= $5
+             ORDER BY r."offset"`,
+            [namespaceId, after, upTo ?? null, limit, maxBytes],
+          );
     return { entries: rows.map((row) => decodePacket(Number(row.offset_text), row.payload)) };
   }
 }
