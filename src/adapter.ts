@@ -147,6 +147,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.writer = new Batcher<QueuedEntry, number>({
         write: (items, attempt) => this.appendToLog(items, attempt),
         maxBatchSize: ctx.opts.maxBatchSize,
+        // Keeps one append statement far below Postgres' 1 GB per value (the payloads travel as one bytea[]).
+        maxBatchBytes: 64 * 1024 * 1024,
+        sizeOf: (item) => item.payload.length,
         maxPending: ctx.opts.maxPendingWrites,
         isRetryable: isTransientDatabaseError,
         retryDelayMs: (attempt) => Math.min(50 * 2 ** attempt, 2000),
@@ -257,6 +260,15 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       queued = { packet: logged, payload: encodePacket(logged) };
     } catch (err) {
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: cannot log an event of "${this.nspName}": its arguments do not serialize`, { cause: err }));
+      return;
+    }
+    if (queued.payload.length > this.ctx.opts.maxEntryBytes) {
+      // Refused, not delivered unlogged: a client recovering past it would miss it without knowing.
+      this.ctx.reportError(
+        new Error(
+          `socket.io-postgres-recovery: an event of "${this.nspName}" was not logged nor delivered: ${queued.payload.length} bytes exceed maxEntryBytes (${this.ctx.opts.maxEntryBytes})`,
+        ),
+      );
       return;
     }
     if (this.outage?.inOutage) {

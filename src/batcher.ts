@@ -17,6 +17,12 @@ export interface BatcherOptions<T, R> {
   write(items: T[], attempt: number): Promise<R[]>;
   /** Most items in one write. */
   maxBatchSize: number;
+  /**
+   * Most total `sizeOf` in one write; a write always takes at least one item,
+   * whatever its size. Unset: batches are bounded by `maxBatchSize` only.
+   */
+  maxBatchBytes?: number;
+  sizeOf?(item: T): number;
   /** Most items queued (not yet written); `add()` past it rejects. */
   maxPending: number;
   /** Whether a failed write may be tried again (e.g. the database is unreachable). */
@@ -139,9 +145,24 @@ export class Batcher<T, R> {
     });
   }
 
+  /** How many queued items the next write takes. */
+  private batchLength(): number {
+    const { maxBatchSize, maxBatchBytes, sizeOf } = this.opts;
+    const n = Math.min(this.queue.length, maxBatchSize);
+    if (maxBatchBytes === undefined || sizeOf === undefined) return n;
+    let bytes = sizeOf(this.queue[0]!.item);
+    let taken = 1;
+    while (taken < n) {
+      bytes += sizeOf(this.queue[taken]!.item);
+      if (bytes > maxBatchBytes) break;
+      taken++;
+    }
+    return taken;
+  }
+
   private async writeLoop(): Promise<void> {
     while (this.queue.length > 0) {
-      const batch = this.queue.slice(0, this.opts.maxBatchSize);
+      const batch = this.queue.slice(0, this.batchLength());
       this.writing = new Set(batch);
       let attempt = 0;
       for (;;) {

@@ -110,6 +110,15 @@ export interface RecoveryOptions {
    */
   maxReplayBytes?: number;
   /**
+   * Largest logged event, in bytes of its stored (msgpack) form. A broadcast
+   * over it is refused: not logged and not delivered, and reported to
+   * `errorHandler`. Delivering it unlogged would let a recovering client miss
+   * it without knowing. Bounds the size of one row and of one write (writes
+   * also stop adding entries past 64 MiB per transaction).
+   * @default 16 MiB, or maxReplayBytes when that is smaller
+   */
+  maxEntryBytes?: number;
+  /**
    * Name of the small event sent to every new session at connection, carrying
    * the node's cursor as its offset, so a client that never received an event
    * can still recover. Clients see it only through `onAny()`. `false` turns it
@@ -201,6 +210,7 @@ export interface ResolvedOptions {
   readonly pruneBatchSize: number;
   readonly maxReplayEntries: number;
   readonly maxReplayBytes: number;
+  readonly maxEntryBytes: number;
   readonly primeOffsetEvent: string | false;
   readonly sessionWaitMs: number;
   readonly restoreTimeoutMs: number;
@@ -237,6 +247,8 @@ const INTEGER_RULES = {
   pruneBatchSize: { min: 1, max: 1_000_000, unit: "rows" },
   maxReplayEntries: { min: 1, max: 10_000_000, unit: "entries" },
   maxReplayBytes: { min: 1024, max: 2 ** 31, unit: "bytes" },
+  // Above 64 MiB, one entry's hex form in the append statement nears V8's string limit.
+  maxEntryBytes: { min: 1024, max: 64 * 1024 * 1024, unit: "bytes" },
   sessionWaitMs: { min: 0, max: 60_000, unit: "ms" },
   restoreTimeoutMs: { min: 100, max: 120_000, unit: "ms" },
   gapFillDelayMs: { min: 1, max: 60_000, unit: "ms" },
@@ -357,6 +369,13 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     fail("heartbeatTimeout", `greater than heartbeatInterval (${heartbeatInterval} ms)`, heartbeatTimeout);
   }
 
+  const maxReplayBytes = integer(opts, "maxReplayBytes", 64 * 1024 * 1024);
+  const maxEntryBytes = integer(opts, "maxEntryBytes", Math.min(16 * 1024 * 1024, maxReplayBytes));
+  if (maxEntryBytes > maxReplayBytes) {
+    // Such an entry could be logged but never replayed: every restore needing it would be refused.
+    fail("maxEntryBytes", `at most maxReplayBytes (${maxReplayBytes})`, maxEntryBytes);
+  }
+
   const logChannel = `${channelPrefix}:${schema}:log`;
   if (Buffer.byteLength(logChannel) > 63) {
     fail("schema", `short enough that "${logChannel}" fits in 63 bytes (shorten it or channelPrefix)`, schema);
@@ -375,7 +394,8 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     pruneIntervalMs: integer(opts, "pruneIntervalMs", 60_000),
     pruneBatchSize: integer(opts, "pruneBatchSize", 5000),
     maxReplayEntries: integer(opts, "maxReplayEntries", 50_000),
-    maxReplayBytes: integer(opts, "maxReplayBytes", 64 * 1024 * 1024),
+    maxReplayBytes,
+    maxEntryBytes,
     primeOffsetEvent: primeOffsetEvent as string | false,
     sessionWaitMs: integer(opts, "sessionWaitMs", 750),
     restoreTimeoutMs: integer(opts, "restoreTimeoutMs", 5000),

@@ -42,9 +42,16 @@ describe("options", () => {
     [{ unloggedDeliveryAfterMs: true }, /option "unloggedDeliveryAfterMs"/],
     [{ retentionMarginMs: Number.NaN }, /option "retentionMarginMs"/],
     [{ pruneIntervalMS: 1000 }, /unknown option "pruneIntervalMS"/],
+    [{ maxEntryBytes: 100 }, /option "maxEntryBytes" must be an integer from 1024 to 67108864 \(bytes\)/],
+    [{ maxEntryBytes: 8192, maxReplayBytes: 4096 }, /option "maxEntryBytes" must be at most maxReplayBytes \(4096\); got 8192/],
   ])("refuses %j", (input, message) => {
     expect(() => resolveOptions(input as never)).toThrow(OptionsError);
     expect(() => resolveOptions(input as never)).toThrow(message);
+  });
+
+  it("maxEntryBytes defaults to 16 MiB, or to maxReplayBytes when that is smaller", () => {
+    expect(resolveOptions(undefined).maxEntryBytes).toBe(16 * 1024 * 1024);
+    expect(resolveOptions({ maxReplayBytes: 4096 }).maxEntryBytes).toBe(4096);
   });
 
   it("accepts a schema-qualified attachments table and turning the priming event off", () => {
