@@ -214,6 +214,12 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   override init(): void {}
 
   private async start(): Promise<void> {
+    if (this.nspName.includes("\0")) {
+      // A dynamic namespace's name is client input; Postgres text cannot hold NUL, so this
+      // namespace can never be stored nor listened to. Say so once instead of retrying forever.
+      this.ctx.reportError(new Error(`socket.io-postgres-recovery: namespace ${JSON.stringify(this.nspName.slice(0, 100))} contains a NUL byte; it gets no cluster traffic, no log and no recovery`));
+      return;
+    }
     // Goes on while closing (what was queued before close() still gets written), until the close deadline.
     for (let attempt = 1; !this.gaveUp; attempt++) {
       try {

@@ -8,7 +8,7 @@
 import pg from "pg";
 import { Manager } from "socket.io-client";
 import { describe, expect, it } from "vitest";
-import { createAdapter, migrate, OptionsError } from "../src/index.js";
+import { createAdapter, LISTENER_APPLICATION_NAME, migrate, OptionsError } from "../src/index.js";
 import {
   Cluster,
   comeBack,
@@ -186,5 +186,39 @@ describe("identifier injection", () => {
     await waitForHead(cluster.node(0).pool, head + 1, long);
     expect(await comeBack(socket, cluster.node(1))).toBe(true);
     await waitFor(() => got.length === 1);
+  });
+
+  it("a NUL in a client's dynamic namespace name is reported once and takes nothing else down, even the LISTEN connection", async () => {
+    // `.` matches NUL: a common pattern for dynamic namespaces lets clients create such a name.
+    // Postgres cannot hold NUL in text nor in a channel name; the LISTEN connection used to add
+    // the channel, then fail every reconnection on it: the node stopped hearing anything.
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, setup: (node) => void node.io.of(/^\/chat-.+$/) });
+    const live = await cluster.connect(1, { rooms: ["r"] });
+    const got = recordEvents(live);
+    const evil = rawNamespaceClient(cluster.node(1).url, "/chat-\u0000x");
+    try {
+      await connected(evil); // Socket.IO accepts it; the adapter just never starts the namespace
+      const pool = cluster.node(0).pool;
+      await waitFor(() => cluster.node(1).errors.some((e) => e.message.includes("contains a NUL byte")));
+      cluster.node(0).io.to("r").emit("ev", 1);
+      await waitFor(() => got.length === 1);
+      // The LISTEN connections are cut: they come back (the NUL channel is not in their set).
+      await pool.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()`, [
+        LISTENER_APPLICATION_NAME,
+      ]);
+      await waitFor(async () => (await pool.query(`SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()`, [LISTENER_APPLICATION_NAME])).rowCount === 2);
+      cluster.node(0).io.to("r").emit("ev", 2);
+      await waitFor(() => got.length === 2);
+      expect(got.map((r) => r.args[0])).toEqual([1, 2]);
+      const unexpected = cluster.nodes
+        .flatMap((n) => n.errors.map((e) => e.message))
+        .filter((m) => !/LISTEN connection (lost|failed)|contains a NUL byte/.test(m));
+      expect(unexpected).toEqual([]);
+      expect(cluster.node(1).errors.filter((e) => e.message.includes("contains a NUL byte"))).toHaveLength(1);
+    } finally {
+      evil.disconnect();
+      evil.io.engine?.close();
+    }
+    await expectHealthy(cluster);
   });
 });
