@@ -6,10 +6,10 @@
  * sizes in bytes, durations in ms).
  */
 import type pg from "pg";
-import { migrationStatus, type MigrationStatus } from "./migrate.js";
+import { requireMigratedSchema } from "./schema-ready.js";
 import { StatusQueries } from "./sql/status-queries.js";
 
-const PREFIX = "socket.io-postgres-recovery:";
+export { SchemaNotReadyError, type SchemaNotReadyReason } from "./schema-ready.js";
 
 export interface StatusOptions {
   /** @default "socket_io" */
@@ -95,48 +95,9 @@ export interface RecoveryStatus {
   readonly lastPrune: LastPruneStatus | null;
 }
 
-export type SchemaNotReadyReason = "missing-schema" | "pending-migrations" | "newer-schema";
-
-/** The schema is absent, behind or ahead of this package: there is no status to read. */
-export class SchemaNotReadyError extends Error {
-  override name = "SchemaNotReadyError";
-  constructor(
-    message: string,
-    readonly reason: SchemaNotReadyReason,
-    readonly migrations: MigrationStatus,
-  ) {
-    super(message);
-  }
-}
-
 const num = (text: string): number => Number(text);
 const numOrNull = (text: string | null): number | null => (text === null ? null : Number(text));
 const iso = (date: Date | null): string | null => (date === null ? null : date.toISOString());
-
-function checkMigrations(migrations: MigrationStatus, schemaExists: boolean): void {
-  const { schema } = migrations;
-  if (!schemaExists) {
-    throw new SchemaNotReadyError(
-      `${PREFIX} schema "${schema}" does not exist (wrong --schema, or never migrated: run \`socket.io-postgres-recovery migrate\`)`,
-      "missing-schema",
-      migrations,
-    );
-  }
-  if (migrations.unknown.length > 0) {
-    throw new SchemaNotReadyError(
-      `${PREFIX} schema "${schema}" has ${migrations.unknown.length} migration(s) this version does not know; it was migrated by a newer socket.io-postgres-recovery — upgrade this package`,
-      "newer-schema",
-      migrations,
-    );
-  }
-  if (migrations.pending.length > 0) {
-    throw new SchemaNotReadyError(
-      `${PREFIX} schema "${schema}" lacks ${migrations.pending.length} migration(s) (${migrations.pending.map((m) => m.tag).join(", ")}): run \`socket.io-postgres-recovery migrate\``,
-      "pending-migrations",
-      migrations,
-    );
-  }
-}
 
 /**
  * Reads the status of one deployment. Throws `SchemaNotReadyError` when the
@@ -144,13 +105,12 @@ function checkMigrations(migrations: MigrationStatus, schemaExists: boolean): vo
  * `pool` for the duration (a read-only snapshot) and never ends the pool.
  */
 export async function collectStatus(pool: pg.Pool, options: StatusOptions = {}): Promise<RecoveryStatus> {
-  const migrations = await migrationStatus(pool, { schema: options.schema });
+  const migrations = await requireMigratedSchema(pool, options.schema);
   const schema = migrations.schema;
   const queries = new StatusQueries(schema);
   const client = await pool.connect();
   let broken: Error | undefined;
   try {
-    checkMigrations(migrations, await queries.schemaExists(client));
     // One snapshot: the counts, sizes and ages agree with each other.
     await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
     try {
@@ -204,7 +164,7 @@ export async function collectStatus(pool: pg.Pool, options: StatusOptions = {}):
       await client.query("ROLLBACK");
     }
   } catch (err) {
-    if (!(err instanceof SchemaNotReadyError)) broken = err instanceof Error ? err : new Error(String(err));
+    broken = err instanceof Error ? err : new Error(String(err));
     throw err;
   } finally {
     client.release(broken);

@@ -67,14 +67,6 @@ export class StatusQueries {
     this.maintenance = qualifiedName(schema, "maintenance");
   }
 
-  async schemaExists(client: PoolClient): Promise<boolean> {
-    const { rows } = await client.query<{ exists: boolean }>(
-      "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) AS exists",
-      [this.schema],
-    );
-    return rows[0]?.exists === true;
-  }
-
   async databaseNow(client: PoolClient): Promise<Date> {
     const { rows } = await client.query<{ now: Date }>("SELECT now() AS now");
     return rows[0]!.now;
