@@ -5,8 +5,17 @@
  */
 import pg from "pg";
 import { describe, expect, it } from "vitest";
-import { migrate, type RecoveryStatus } from "../src/index.js";
-import { closedPort, expectOneLineFailure, expectSuccess, migratePartially, runCli, runCliInProcess, urlWithPort } from "./helpers/cli.js";
+import type { RecoveryStatus } from "../src/index.js";
+import {
+  closedPort,
+  expectOneLineFailure,
+  expectSuccess,
+  freshSchema,
+  migratePartially,
+  runCli,
+  runCliInProcess,
+  urlWithPort,
+} from "./helpers/cli.js";
 import { Cluster, goOffline, join, waitForHead, waitForSession } from "./helpers/cluster.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
@@ -25,19 +34,7 @@ async function withClient<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> 
   }
 }
 
-let schemas = 0;
-
-/** A freshly migrated schema of the file's database, so that tests do not see each other's rows. */
-async function newSchema(): Promise<string> {
-  const schema = `status_${++schemas}`;
-  const pool = new pg.Pool({ connectionString: db.url, max: 1 });
-  try {
-    await migrate(pool, { schema });
-  } finally {
-    await pool.end();
-  }
-  return schema;
-}
+const newSchema = () => freshSchema(db.url, "status");
 
 interface NamespaceFacts {
   name: string;
