@@ -64,7 +64,7 @@ export interface SessionsStatus {
 export interface TableStatus {
   /** Unqualified table name, in the status' schema. */
   readonly name: string;
-  /** Planner estimate (pg_class.reltuples; 0 before the first ANALYZE). */
+  /** Planner estimate (pg_class.reltuples): 0 until the table is first analyzed (autovacuum), so only a rough guide. */
   readonly rowsEstimate: number;
   /** pg_total_relation_size: heap, TOAST and indexes. */
   readonly totalBytes: number;

@@ -179,7 +179,7 @@ describe("status", () => {
     expect(new Set(tableLines.map((l) => l.length)).size).toBe(1);
     expect(run.stdout).toMatch(/\n  1 stored session: 1 live, 0 expired \(awaiting prune\); payloads [\d.]+ (B|KiB)\n/);
     expect(run.stdout).toMatch(/\n  expiry: earliest \S+ \(in \d+\.\d s\), latest \S+ \(in \d+\.\d s\)\n/);
-    expect(run.stdout).toMatch(/\n\s+TABLE\s+TOTAL\s+INDEXES\s+ROWS \(EST\.\)\n\s+namespaces\s+[\d.]+ KiB/);
+    expect(run.stdout).toMatch(/\n\s+TABLE\s+TOTAL\s+INDEXES\n\s+namespaces\s+[\d.]+ KiB\s+[\d.]+ KiB\n/);
     expect(run.stdout).toMatch(
       /\nLast prune\n  finished \S+ \([\d.]+ s ago\): removed 7 log entries, 1 session, 0 attachments, 2 writers \(by adapter\)\n$/,
     );
