@@ -103,6 +103,10 @@ const iso = (date: Date | null): string | null => (date === null ? null : date.t
  * Reads the status of one deployment. Throws `SchemaNotReadyError` when the
  * schema is missing, lacks migrations or has newer ones. Uses one client of
  * `pool` for the duration (a read-only snapshot) and never ends the pool.
+ *
+ * Cost: entry counts and bytes read every retained log entry and session (an
+ * index-only count is not enough for bytes), so on a log of millions this
+ * takes seconds: poll it every few seconds at most, not per request.
  */
 export async function collectStatus(pool: pg.Pool, options: StatusOptions = {}): Promise<RecoveryStatus> {
   const migrations = await requireMigratedSchema(pool, options.schema);
