@@ -135,6 +135,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.sequencer = new Sequencer({
         gapFillDelayMs: ctx.opts.gapFillDelayMs,
         recentEntries: ctx.opts.recentEntries,
+        // A restore over maxReplayBytes is refused, so the ring never needs more (see recent-entries.ts).
+        recentBytes: ctx.opts.maxReplayBytes,
         readBatchSize: 5000,
         deliver: (entry) => this.deliver(entry),
         read: async (after, upTo, limit) => {
