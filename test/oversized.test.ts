@@ -145,3 +145,42 @@ describe("oversized and deeply nested events", () => {
     await expectHealthy(cluster);
   });
 });
+
+describe("values msgpack cannot decode", () => {
+  // JSON.parse('{"__proto__": …}') makes an own "__proto__" key; Socket.IO's parser does that with
+  // what clients send, and msgpack's decoder refuses such a key. Logged as is, the entry could not
+  // be read back: every other node stalled on it, for good, and a session holding it never restored.
+  const hostile = () => JSON.parse('{"__proto__": {"polluted": true}, "text": "hi"}') as unknown;
+
+  it("a client's event with an own __proto__ key, relayed by the app, is refused and reported; the log flows on", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const live = await cluster.connect(1, { rooms: ["r"] });
+    const got = recordEvents(live);
+    const attacker = await cluster.connect(0);
+    await attacker.timeout(3000).emitWithAck("broadcast-emit", { rooms: ["r"], event: "chat", args: [hostile()] });
+    cluster.node(0).io.to("r").emit("ev", { v: "__proto__" }); // the text as a value is fine
+    cluster.node(0).io.to("r").emit("ev", "after");
+    await waitFor(() => got.length >= 2);
+    expect(got.map((r) => r.args[0])).toEqual([{ v: "__proto__" }, "after"]);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+    expect(errorsOf(cluster.node(0))).toEqual([
+      expect.stringMatching(/its arguments do not serialize <- .*__proto__/),
+    ]);
+    expect(errorsOf(cluster.node(1))).toEqual([]);
+    await expectHealthy(cluster);
+  });
+
+  it("socket.data with an own __proto__ key: the session is not stored (reported); the client gets a fresh one", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const socket = await cluster.connect(0, { rooms: ["r"] });
+    await socket.timeout(3000).emitWithAck("set-data", hostile());
+    const sid = socket.id!;
+    goOffline(socket);
+    await serverNoticed(cluster.node(0), sid);
+    await waitFor(() => cluster.node(0).errors.length === 1);
+    expect(errorsOf(cluster.node(0))[0]).toMatch(/socket\.data of .* does not serialize; its session is not stored <- .*__proto__/);
+    expect(await comeBack(socket, cluster.node(1))).toBe(false);
+    expect(cluster.nodes.flatMap(errorsOf)).toHaveLength(1);
+    await expectHealthy(cluster);
+  });
+});
