@@ -23,6 +23,7 @@ import {
   waitForSession,
   type ClientSocket,
 } from "./helpers/cluster.js";
+import { expectOneLineFailure, runCliInProcess } from "./helpers/cli.js";
 import { expectHealthy } from "./helpers/recovery-attempts.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
@@ -70,6 +71,13 @@ describe("identifier injection", () => {
     ])("%s = %j", (option, value) => {
       expect(() => createAdapter(pool, { [option]: value })).toThrow(OptionsError);
       expect(() => createAdapter(pool, { [option]: value })).toThrow(new RegExp(`option "${option}"`));
+    });
+
+    it("the CLI refuses them too, before connecting (exit 2)", async () => {
+      for (const command of ["migrate", "status", "prune"]) {
+        const run = await runCliInProcess([command, "--schema", `x"${DROP}`, "--database-url", "postgres://nobody@127.0.0.1:1/db"]);
+        expectOneLineFailure(run, 2, /invalid --schema/);
+      }
     });
 
     it("migrate() refuses the same schema names", async () => {
