@@ -91,12 +91,25 @@ describe("security", () => {
     expect(await findInTables(pool, "socket_io", [sids[0]!])).toEqual(["sessions contains " + JSON.stringify(sids[0])]);
   });
 
-  for (const stage of ["written to the table", "just disconnected (possibly still queued on its node)"] as const) {
+  for (const stage of [
+    "written to the table",
+    "just disconnected (possibly still queued on its node)",
+    "written, restores going through a slow middleware",
+  ] as const) {
     it(`10 reconnects racing for one pid on two nodes: exactly one restores (session ${stage})`, async () => {
-      const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+      const cluster =
+        stage === "written, restores going through a slow middleware"
+          ? await Cluster.start({
+              databaseUrl: db.url,
+              nodes: 2,
+              // A restored socket waits here before it connects; one discarded meanwhile puts its session back.
+              skipMiddlewares: false,
+              setup: (node) => node.io.use((_socket, next) => void setTimeout(next, 30)),
+            })
+          : await Cluster.start({ databaseUrl: db.url, nodes: 2 });
       for (let round = 0; round < 3; round++) {
         let old: Prepared;
-        if (stage === "written to the table") {
+        if (stage !== "just disconnected (possibly still queued on its node)") {
           old = await prepare(cluster);
         } else {
           const socket = await cluster.connect(0, { rooms: ["secret-room"] });
