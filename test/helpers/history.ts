@@ -25,6 +25,12 @@
  * `ev:<source>.<tag>:<n>` (the tag is random per History: the log table
  * outlives a test). An emission's offset is learned from any client that
  * received it, or from the log table (`logOffsets`) for those nobody received.
+ *
+ * Unlogged deliveries (a node in outage mode delivers to its own sockets
+ * without an offset, and never logs the packet) are checked apart, with
+ * `{ unlogged: true }` and `unloggedViolations()`: each delivered at most once
+ * per client, only to clients connected to the emitting node at that moment,
+ * never logged, never received with an offset (so never replayed).
  */
 import { randomBytes } from "node:crypto";
 import type pg from "pg";
@@ -60,6 +66,13 @@ export interface Reception {
   readonly rawOffset: unknown;
   readonly prime: boolean;
   readonly args: readonly unknown[];
+  /** The URL the client was connected to when it received this (set at each connection). */
+  readonly via: string;
+}
+
+/** A packet delivered without an offset: the last argument is not a string. */
+function isUnloggedDelivery(r: Reception): boolean {
+  return !r.prime && r.id !== undefined && r.offset === undefined && typeof r.rawOffset !== "string";
 }
 
 /** An offset, the offset of an emission (a marker) by id, or the track's start. */
@@ -106,6 +119,32 @@ export interface CheckOptions {
   requireResolved?: boolean;
   /** Check per-source offset order (default true). */
   sourceOrder?: boolean;
+  /**
+   * Packets delivered without an offset (outage mode) are not violations here
+   * (check them with `unloggedViolations`), and emissions neither logged nor
+   * received are not "unresolved". Default false: every packet needs an offset.
+   */
+  unlogged?: boolean;
+}
+
+/** Counts for a scenario's summary line. */
+export interface HistorySummary {
+  emitted: number;
+  /** Emissions found in the log. */
+  logged: number;
+  /** Emissions not in the log (outage mode, or lost before logging). */
+  notLogged: number;
+  /** Receptions of logged packets (with an offset). */
+  delivered: number;
+  /** Receptions without an offset (outage mode). */
+  unloggedDeliveries: number;
+  lost: number;
+  duplicated: number;
+  reordered: number;
+  /** Other violations (exactness, unknown, unresolved, prime...). */
+  other: number;
+  reconnections: number;
+  recovered: number;
 }
 
 export interface ClientHandle {
@@ -192,10 +231,12 @@ export class History {
     const reconnections: Array<{ recovered: boolean; sid: string }> = [];
     let awaitingConnect = true;
     let closed = false;
+    let via = "";
     const nsp = (socket as unknown as { nsp: string }).nsp;
     const onConnect = () => {
       if (!awaitingConnect || closed) return;
       awaitingConnect = false;
+      via = (socket.io as unknown as { uri: string }).uri;
       const current = tracks[tracks.length - 1];
       if (current) reconnections.push({ recovered: socket.recovered, sid: socket.id ?? "" });
       if (current && socket.recovered && !current.ended) {
@@ -231,7 +272,7 @@ export class History {
       const first = args[0] as { id?: unknown } | undefined;
       const id = !prime && first && typeof first === "object" && typeof first.id === "string" ? first.id : undefined;
       const offset = parseOffset(rawOffset);
-      track.received.push({ event, id, offset, rawOffset, prime, args });
+      track.received.push({ event, id, offset, rawOffset, prime, args, via });
       if (prime && track.start === undefined && offset !== undefined) track.start = offset;
     });
     const handle: ClientHandle = {
@@ -329,7 +370,7 @@ export class History {
     const out: string[] = conflicts.map((c) => `order: ${c}`);
     if (options.requireResolved !== false) {
       for (const e of this.emissions) {
-        if (!offsets.has(e.id)) out.push(`unresolved: ${e.id} (to ${describe(e)}) was received by nobody and not found in the log`);
+        if (!offsets.has(e.id) && !options.unlogged) out.push(`unresolved: ${e.id} (to ${describe(e)}) was received by nobody and not found in the log`);
       }
     }
     if (options.sourceOrder !== false) {
@@ -353,7 +394,7 @@ export class History {
     }
     for (const c of this.clients) {
       c.tracks.forEach((t, index) => {
-        out.push(...this.checkTrack(c, t, index, byNsp.get(t.nsp) ?? [], offsets));
+        out.push(...this.checkTrack(c, t, index, byNsp.get(t.nsp) ?? [], offsets, options.unlogged === true));
       });
     }
     return out;
@@ -365,6 +406,7 @@ export class History {
     index: number,
     emissions: ReadonlyArray<{ e: Emission; offset: number }>,
     offsets: Map<string, number>,
+    allowUnlogged = false,
   ): string[] {
     const out: string[] = [];
     const who = `${c.label}#${index} (sid ${t.sid}, ${t.recoveries} recoveries)`;
@@ -390,6 +432,7 @@ export class History {
         out.push(`unknown: ${who} received ${r.event} ${JSON.stringify(r.args).slice(0, 120)}`);
         continue;
       }
+      if (allowUnlogged && isUnloggedDelivery(r)) continue; // see unloggedViolations
       if (seen.has(r.id)) out.push(`duplicate: ${who} received ${r.id} (o${r.offset}) twice`);
       seen.add(r.id);
       if (r.offset === undefined) {
@@ -433,7 +476,7 @@ export class History {
       return and(base, not(excluded));
     };
     const receivedIds = new Set<string>();
-    for (const r of t.received) if (r.id !== undefined) receivedIds.add(r.id);
+    for (const r of t.received) if (r.id !== undefined && r.offset !== undefined) receivedIds.add(r.id);
     for (const { e, offset } of emissions) {
       const a = addressed(e, offset);
       const got = receivedIds.has(e.id);
@@ -450,6 +493,82 @@ export class History {
     return out;
   }
 
+  /**
+   * Violations of the rules for packets delivered without an offset:
+   * `urlOf(source)` is the URL of the node that emitted under that source name.
+   */
+  unloggedViolations(urlOf: (source: string) => string | undefined, lookup?: CheckOptions["lookup"]): string[] {
+    const out: string[] = [];
+    const withOffset = new Set<string>();
+    for (const c of this.clients) {
+      for (const t of c.tracks) for (const r of t.received) if (r.id !== undefined && r.offset !== undefined) withOffset.add(r.id);
+    }
+    for (const c of this.clients) {
+      const seen = new Set<string>();
+      c.tracks.forEach((t, index) => {
+        const who = `${c.label}#${index} (sid ${t.sid})`;
+        for (const r of t.received) {
+          if (!isUnloggedDelivery(r)) continue;
+          const id = r.id!;
+          const e = this.byId.get(id);
+          if (!e) {
+            out.push(`unknown: ${who} received ${id} without an offset`);
+            continue;
+          }
+          if (seen.has(id)) out.push(`duplicate: ${who} received unlogged ${id} twice`);
+          seen.add(id);
+          const logged = lookup?.get(id);
+          if (logged) out.push(`unlogged: ${who} received ${id} without an offset, but it is in the log at o${logged.offset}`);
+          if (withOffset.has(id)) out.push(`unlogged: ${id} was received without an offset by ${c.label} and with one by someone`);
+          const from = urlOf(e.source);
+          if (origin(from) !== origin(r.via)) out.push(`unlogged: ${who} received ${id} from ${e.source} (${from}) while connected to ${r.via}`);
+          if (e.rooms.length > 0 && !e.rooms.some((room) => room === t.sid || t.memberships.some((m) => m.room === room))) {
+            out.push(`exactness: ${who} received unlogged ${id} (to ${describe(e)}) not addressed to it`);
+          }
+        }
+      });
+    }
+    return out;
+  }
+
+  /** Counts for a summary line; `violations` from `violations()` (and `unloggedViolations()`). */
+  summary(violations: readonly string[], lookup?: CheckOptions["lookup"]): HistorySummary {
+    const { offsets } = this.resolveOffsets(lookup);
+    let delivered = 0;
+    let unloggedDeliveries = 0;
+    let reconnections = 0;
+    let recovered = 0;
+    for (const c of this.clients) {
+      for (const t of c.tracks) {
+        for (const r of t.received) {
+          if (r.prime || r.id === undefined) continue;
+          if (r.offset !== undefined) delivered++;
+          else if (isUnloggedDelivery(r)) unloggedDeliveries++;
+        }
+      }
+      reconnections += c.reconnections.length;
+      recovered += c.reconnections.filter((r) => r.recovered).length;
+    }
+    const count = (prefix: string) => violations.filter((v) => v.startsWith(prefix)).length;
+    const logged = this.emissions.filter((e) => (lookup ? lookup.has(e.id) : offsets.has(e.id))).length;
+    const lost = count("loss");
+    const duplicated = count("duplicate");
+    const reordered = count("order") + count("source order");
+    return {
+      emitted: this.emissions.length,
+      logged,
+      notLogged: this.emissions.length - logged,
+      delivered,
+      unloggedDeliveries,
+      lost,
+      duplicated,
+      reordered,
+      other: violations.length - lost - duplicated - reordered,
+      reconnections,
+      recovered,
+    };
+  }
+
   /** Throws with the first violations when there are any. */
   assertClean(options: CheckOptions = {}): void {
     const v = this.violations(options);
@@ -460,16 +579,30 @@ export class History {
   }
 
   /** Waits (bounded) until no live track misses anything known to be addressed to it. */
-  async settle(options: { timeout?: number; lookup?: () => Promise<CheckOptions["lookup"]> } = {}): Promise<void> {
+  async settle(
+    options: {
+      timeout?: number;
+      lookup?: () => Promise<CheckOptions["lookup"]>;
+      /**
+       * Some emissions may never be logged (outage mode): those received without an
+       * offset count as resolved, and the others once nothing changed for `quietMs`.
+       */
+      unlogged?: { quietMs: number };
+    } = {},
+  ): Promise<void> {
     let missing: string[] = [];
     let unresolved = 0;
+    let lastChange = { unresolved: -1, at: Date.now() };
     await waitFor(
       async () => {
         const lookup = options.lookup ? await options.lookup() : undefined;
         missing = this.missing(lookup);
         const { offsets } = this.resolveOffsets(lookup);
-        unresolved = this.emissions.filter((e) => !offsets.has(e.id)).length;
-        return missing.length === 0 && (options.lookup === undefined || unresolved === 0);
+        const unloggedIds = options.unlogged ? this.unloggedIds() : new Set<string>();
+        unresolved = this.emissions.filter((e) => !offsets.has(e.id) && !unloggedIds.has(e.id)).length;
+        if (unresolved !== lastChange.unresolved) lastChange = { unresolved, at: Date.now() };
+        const quiet = options.unlogged !== undefined && Date.now() - lastChange.at >= options.unlogged.quietMs;
+        return missing.length === 0 && (options.lookup === undefined || unresolved === 0 || quiet);
       },
       {
         timeout: options.timeout ?? 10_000,
@@ -477,6 +610,13 @@ export class History {
         message: () => `history to settle: ${missing.length} missing (${missing.slice(0, 5).join("; ")}), ${unresolved} unresolved`,
       },
     );
+  }
+
+  /** Ids some client received without an offset. */
+  private unloggedIds(): Set<string> {
+    const ids = new Set<string>();
+    for (const c of this.clients) for (const t of c.tracks) for (const r of t.received) if (isUnloggedDelivery(r)) ids.add(r.id!);
+    return ids;
   }
 
   /** Statistics for messages. */
@@ -494,6 +634,14 @@ export class History {
       refusals += c.reconnections.filter((r) => !r.recovered).length;
     }
     return { emissions: this.emissions.length, receptions, tracks, recoveries, refusals };
+  }
+}
+
+function origin(url: string | undefined): string {
+  try {
+    return url === undefined ? "?" : new URL(url).origin;
+  } catch {
+    return url ?? "?";
   }
 }
 
