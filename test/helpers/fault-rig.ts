@@ -55,6 +55,7 @@ export class FaultRig {
   /** Emit commands a node did not answer (it must always answer). */
   readonly emitFailures: string[] = [];
   readonly reconnectTimes: number[] = [];
+  private bursts = 0;
 
   private constructor(readonly opts: RigOptions) {
     this.db = new pg.Pool({ connectionString: withApplicationName(opts.databaseUrl), max: 2 });
@@ -120,9 +121,9 @@ export class FaultRig {
 
   /** `count` packets at once from `node` (one batch on its side), recorded. */
   async burst(node: ChildNode, count: number, rooms: string[] = []): Promise<void> {
-    const first = this.history.record({ rooms }, node.name);
-    for (let i = 2; i <= count; i++) this.history.record({ rooms }, node.name);
-    const prefix = first.id.slice(0, first.id.lastIndexOf(":") + 1);
+    // The child numbers a burst's ids 1..count after the prefix: a prefix of its own keeps them unique.
+    const prefix = `ev:${node.name}.burst${++this.bursts}x${Math.floor(this.opts.random() * 1e9)}:`;
+    for (let i = 1; i <= count; i++) this.history.record({ rooms }, node.name, `${prefix}${i}`);
     await node.command({ cmd: "emit-burst", rooms, count, prefix });
   }
 
