@@ -52,6 +52,9 @@ export class FaultRig {
   private cluster!: Cluster;
   private traffic: Promise<void> | undefined;
   private trafficOn = false;
+  /** Nodes the traffic no longer emits from (about to be stopped). */
+  private readonly retired = new Set<ChildNode>();
+  private tick: Promise<unknown> = Promise.resolve();
   /** Emit commands a node did not answer (it must always answer). */
   readonly emitFailures: string[] = [];
   readonly reconnectTimes: number[] = [];
@@ -108,7 +111,8 @@ export class FaultRig {
     this.trafficOn = true;
     this.traffic = (async () => {
       while (this.trafficOn) {
-        await Promise.all(this.nodes.filter((n) => n.process.exitCode === null).map((n) => this.emitOne(n)));
+        this.tick = Promise.all(this.nodes.filter((n) => n.process.exitCode === null && !this.retired.has(n)).map((n) => this.emitOne(n)));
+        await this.tick;
         await sleep(intervalMs);
       }
     })();
@@ -117,6 +121,12 @@ export class FaultRig {
   async stopTraffic(): Promise<void> {
     this.trafficOn = false;
     await this.traffic;
+  }
+
+  /** Stops the traffic from `node` (what it emits after that is the test's own); resolves once its last emit was answered. */
+  async retire(node: ChildNode): Promise<void> {
+    this.retired.add(node);
+    await this.tick;
   }
 
   /** `count` packets at once from `node` (one batch on its side), recorded. */
