@@ -28,6 +28,14 @@ import { FaultRig, formatSummary, seededRandom, sleep } from "./helpers/fault-ri
 import { startOwnedPostgres, type OwnedPostgres } from "./helpers/owned-postgres.js";
 import { startPostgresProxy, type PostgresProxy } from "./helpers/postgres-proxy.js";
 import { LISTENER_APPLICATION_NAME } from "../src/index.js";
+import type { ClientHandle } from "./helpers/history.js";
+
+/** "reason xN; other xM" */
+function summarize(reasons: readonly string[]): string {
+  const counts = new Map<string, number>();
+  for (const r of reasons) counts.set(r, (counts.get(r) ?? 0) + 1);
+  return [...counts].map(([r, n]) => `${r} x${n}`).join("; ") || "none";
+}
 
 const RUN = process.env.FAULT_SUITE === "1" || !process.env.DATABASE_URL;
 const SEED = Number(process.env.FAULT_SEED ?? 20261126);
@@ -102,7 +110,7 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
     // The cluster resumed without a restart: a last packet from every node is logged and delivered.
     const tail = r.history.emissions.length;
     for (const n of r.nodes) await r.emitOne(n);
-    await r.history.settle({ lookup: r.lookup, timeout: 20_000 });
+    await r.history.settle({ lookup: r.lookup, timeout: 20_000, unlogged: options.unlogged ? { quietMs: 2000 } : undefined });
     const lookup = await r.lookup();
     expect(r.history.emissions.slice(tail).filter((e) => !lookup.has(e.id))).toEqual([]);
     expect(await r.stopNodes()).toEqual([]);
@@ -194,7 +202,8 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
     const r = await setUp("unreachable");
     r.startTraffic();
     await sleep(1000);
-    const connectedBefore = new Map(r.clients.map((c) => [c, (c.socket.io as unknown as { uri: string }).uri]));
+    const uriOf = (c: ClientHandle) => (c.socket.io as unknown as { uri: string }).uri;
+    const connectedBefore = new Map(r.clients.map((c) => [c, uriOf(c)]));
     proxy.refuse();
     const refusedAt = Date.now();
     await sleep(3000);
@@ -203,23 +212,42 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
     await sleep(Math.max(0, 10_000 - (Date.now() - refusedAt)));
     proxy.accept();
     await waitFor(() => r.liveListeners() === 3, { timeout: 15_000, message: "3 listeners back" });
-    const events = await Promise.all(r.nodes.map((n) => r.adapterEvents(n)));
     await sleep(1000);
     const after = await r.churn(6);
+    const events = await Promise.all(r.nodes.map((n) => r.adapterEvents(n)));
+    const errors = await r.errors();
+    const refusals = events.flat().filter((e) => e.event === "restore-refused").map((e) => (e.payload as { reason: string }).reason);
     const s = await finish(r, "Postgres unreachable 10 s", {
       unlogged: true,
-      extra: `restores during ${during.recovered}/${during.attempted}, after ${after.recovered}/${after.attempted}`,
+      extra: `restores during ${during.recovered}/${during.attempted}, after ${after.recovered}/${after.attempted}; refusals: ${summarize(refusals)}`,
     });
     expect(during.recovered).toBe(0);
+    expect(refusals.some((reason) => /outage/.test(reason))).toBe(true);
     expect(after.recovered).toBe(after.attempted);
-    // Outage mode: every node announced it, delivered to its own sockets meanwhile, and ended it.
-    for (const list of events) {
-      expect(list.map((e) => e.event)).toEqual(expect.arrayContaining(["outage-started", "outage-ended"]));
+    // Outage mode: every node announced it and its end, and reported it to errorHandler once per outage.
+    for (const [i, list] of events.entries()) {
+      const started = list.filter((e) => e.event === "outage-started").length;
+      const ended = list.filter((e) => e.event === "outage-ended");
+      expect(started, r.nodes[i]!.name).toBeGreaterThanOrEqual(1);
+      expect(ended.length, r.nodes[i]!.name).toBe(started);
+      expect(ended.some((e) => (e.payload as { unloggedPackets: number }).unloggedPackets > 0)).toBe(true);
+      const reported = errors.get(r.nodes[i]!.name)!.filter((m) => /unwritable for/.test(m)).length;
+      expect(reported, r.nodes[i]!.name).toBe(started);
     }
     expect(s.unloggedDeliveries).toBeGreaterThan(0);
-    // Clients that stayed on their node received what it emitted to them, logged or not.
-    const stayed = [...connectedBefore].filter(([c, uri]) => c.reconnections.length === 0 && (c.socket.io as unknown as { uri: string }).uri === uri);
+    // Clients that stayed on their node received everything it emitted to them, logged or not.
+    const stayed = [...connectedBefore].filter(([c, uri]) => c.reconnections.length === 0 && uriOf(c) === uri);
     expect(stayed.length).toBeGreaterThan(30);
+    const missed: string[] = [];
+    for (const [c, uri] of stayed) {
+      const got = new Set(c.tracks.flatMap((t) => t.received.map((x) => x.id)));
+      for (const e of r.history.emissions) {
+        const fromItsNode = r.urlOf(e.source) !== undefined && uri.startsWith(r.urlOf(e.source)!);
+        const addressed = e.rooms.length === 0 || e.rooms.some((room) => c.initialRooms.includes(room));
+        if (fromItsNode && addressed && !got.has(e.id)) missed.push(`${c.label} missed ${e.id} from its own node`);
+      }
+    }
+    expect(missed.slice(0, 10)).toEqual([]);
   });
 
   it("SIGTERM under load: every accepted packet and every session of its sockets is written within closeTimeoutMs", async () => {

@@ -220,7 +220,7 @@ export class FaultRig {
     const lookup = await this.lookup();
     const violations = this.history.violations({ lookup, unlogged: options.unlogged });
     if (options.unlogged) violations.push(...this.history.unloggedViolations(this.urlOf, lookup));
-    return { violations, summary: this.history.summary(violations, lookup) };
+    return { violations, summary: this.history.summary(violations, lookup, options.unlogged) };
   }
 
   /**

@@ -26,11 +26,14 @@
  * outlives a test). An emission's offset is learned from any client that
  * received it, or from the log table (`logOffsets`) for those nobody received.
  *
- * Unlogged deliveries (a node in outage mode delivers to its own sockets
- * without an offset, and never logs the packet) are checked apart, with
- * `{ unlogged: true }` and `unloggedViolations()`: each delivered at most once
- * per client, only to clients connected to the emitting node at that moment,
- * never logged, never received with an offset (so never replayed).
+ * Unlogged deliveries (a node in outage mode delivers to its own sockets,
+ * never logs the packet, and appends its cursor like a prime event, or
+ * nothing) are checked apart, with `{ unlogged: true, lookup }` and
+ * `unloggedViolations()`: a reception is unlogged when its id is not in the
+ * log (or it carries no offset). Each is delivered at most once per client,
+ * only to clients connected to the emitting node at that moment, never
+ * received as a logged packet (so never replayed), and its cursor never goes
+ * back.
  */
 import { randomBytes } from "node:crypto";
 import type pg from "pg";
@@ -70,10 +73,8 @@ export interface Reception {
   readonly via: string;
 }
 
-/** A packet delivered without an offset: the last argument is not a string. */
-function isUnloggedDelivery(r: Reception): boolean {
-  return !r.prime && r.id !== undefined && r.offset === undefined && typeof r.rawOffset !== "string";
-}
+type ReceptionTest = (r: Reception) => boolean;
+const NEVER: ReceptionTest = () => false;
 
 /** An offset, the offset of an emission (a marker) by id, or the track's start. */
 type Bound = number | { id: string } | "start";
@@ -334,13 +335,26 @@ export class History {
   }
 
   /** Offsets of every emission received by anyone (and conflicts). */
-  private resolveOffsets(lookup?: CheckOptions["lookup"]): { offsets: Map<string, number>; conflicts: string[] } {
+  /**
+   * Which receptions are unlogged deliveries (outage mode): a known id that is
+   * not in the log (`lookup`), or one that came without an offset string.
+   */
+  private unloggedTest(enabled: boolean | undefined, lookup?: CheckOptions["lookup"]): ReceptionTest {
+    if (!enabled) return NEVER;
+    return (r) =>
+      !r.prime && r.id !== undefined && this.byId.has(r.id) && (typeof r.rawOffset !== "string" || (lookup !== undefined && !lookup.has(r.id)));
+  }
+
+  private resolveOffsets(
+    lookup?: CheckOptions["lookup"],
+    isUnlogged: ReceptionTest = NEVER,
+  ): { offsets: Map<string, number>; conflicts: string[] } {
     const offsets = new Map<string, number>();
     const conflicts: string[] = [];
     for (const c of this.clients) {
       for (const t of c.tracks) {
         for (const r of t.received) {
-          if (r.id === undefined || r.offset === undefined) continue;
+          if (r.id === undefined || r.offset === undefined || isUnlogged(r)) continue;
           const known = offsets.get(r.id);
           if (known === undefined) offsets.set(r.id, r.offset);
           else if (known !== r.offset) conflicts.push(`${r.id} received with offsets ${known} and ${r.offset} (by ${c.label})`);
@@ -360,13 +374,14 @@ export class History {
   }
 
   /** Live tracks' emissions that are definitely addressed and not received yet (known offsets only). */
-  missing(lookup?: CheckOptions["lookup"]): string[] {
-    return this.violations({ lookup, requireResolved: false, sourceOrder: false }).filter((v) => v.startsWith("loss"));
+  missing(lookup?: CheckOptions["lookup"], unlogged = false): string[] {
+    return this.violations({ lookup, requireResolved: false, sourceOrder: false, unlogged }).filter((v) => v.startsWith("loss"));
   }
 
   /** Every violation of the guarantees, as readable lines. */
   violations(options: CheckOptions = {}): string[] {
-    const { offsets, conflicts } = this.resolveOffsets(options.lookup);
+    const isUnlogged = this.unloggedTest(options.unlogged, options.lookup);
+    const { offsets, conflicts } = this.resolveOffsets(options.lookup, isUnlogged);
     const out: string[] = conflicts.map((c) => `order: ${c}`);
     if (options.requireResolved !== false) {
       for (const e of this.emissions) {
@@ -394,7 +409,7 @@ export class History {
     }
     for (const c of this.clients) {
       c.tracks.forEach((t, index) => {
-        out.push(...this.checkTrack(c, t, index, byNsp.get(t.nsp) ?? [], offsets, options.unlogged === true));
+        out.push(...this.checkTrack(c, t, index, byNsp.get(t.nsp) ?? [], offsets, isUnlogged));
       });
     }
     return out;
@@ -406,7 +421,7 @@ export class History {
     index: number,
     emissions: ReadonlyArray<{ e: Emission; offset: number }>,
     offsets: Map<string, number>,
-    allowUnlogged = false,
+    isUnlogged: ReceptionTest,
   ): string[] {
     const out: string[] = [];
     const who = `${c.label}#${index} (sid ${t.sid}, ${t.recoveries} recoveries)`;
@@ -432,7 +447,14 @@ export class History {
         out.push(`unknown: ${who} received ${r.event} ${JSON.stringify(r.args).slice(0, 120)}`);
         continue;
       }
-      if (allowUnlogged && isUnloggedDelivery(r)) continue; // see unloggedViolations
+      if (isUnlogged(r)) {
+        // Outage mode: it carries this node's cursor, like a prime (or nothing); see unloggedViolations.
+        if (r.offset !== undefined) {
+          if (last !== undefined && r.offset < last) out.push(`order: ${who} got unlogged ${r.id} with o${r.offset} after o${last}`);
+          last = Math.max(last ?? r.offset, r.offset);
+        }
+        continue;
+      }
       if (seen.has(r.id)) out.push(`duplicate: ${who} received ${r.id} (o${r.offset}) twice`);
       seen.add(r.id);
       if (r.offset === undefined) {
@@ -476,7 +498,7 @@ export class History {
       return and(base, not(excluded));
     };
     const receivedIds = new Set<string>();
-    for (const r of t.received) if (r.id !== undefined && r.offset !== undefined) receivedIds.add(r.id);
+    for (const r of t.received) if (r.id !== undefined && r.offset !== undefined && !isUnlogged(r)) receivedIds.add(r.id);
     for (const { e, offset } of emissions) {
       const a = addressed(e, offset);
       const got = receivedIds.has(e.id);
@@ -499,16 +521,17 @@ export class History {
    */
   unloggedViolations(urlOf: (source: string) => string | undefined, lookup?: CheckOptions["lookup"]): string[] {
     const out: string[] = [];
+    const isUnlogged = this.unloggedTest(true, lookup);
     const withOffset = new Set<string>();
     for (const c of this.clients) {
-      for (const t of c.tracks) for (const r of t.received) if (r.id !== undefined && r.offset !== undefined) withOffset.add(r.id);
+      for (const t of c.tracks) for (const r of t.received) if (r.id !== undefined && r.offset !== undefined && !isUnlogged(r)) withOffset.add(r.id);
     }
     for (const c of this.clients) {
       const seen = new Set<string>();
       c.tracks.forEach((t, index) => {
         const who = `${c.label}#${index} (sid ${t.sid})`;
         for (const r of t.received) {
-          if (!isUnloggedDelivery(r)) continue;
+          if (!isUnlogged(r)) continue;
           const id = r.id!;
           const e = this.byId.get(id);
           if (!e) {
@@ -519,7 +542,7 @@ export class History {
           seen.add(id);
           const logged = lookup?.get(id);
           if (logged) out.push(`unlogged: ${who} received ${id} without an offset, but it is in the log at o${logged.offset}`);
-          if (withOffset.has(id)) out.push(`unlogged: ${id} was received without an offset by ${c.label} and with one by someone`);
+          if (withOffset.has(id)) out.push(`unlogged: ${id} was received unlogged by ${c.label} and logged by someone`);
           const from = urlOf(e.source);
           if (origin(from) !== origin(r.via)) out.push(`unlogged: ${who} received ${id} from ${e.source} (${from}) while connected to ${r.via}`);
           if (e.rooms.length > 0 && !e.rooms.some((room) => room === t.sid || t.memberships.some((m) => m.room === room))) {
@@ -532,8 +555,9 @@ export class History {
   }
 
   /** Counts for a summary line; `violations` from `violations()` (and `unloggedViolations()`). */
-  summary(violations: readonly string[], lookup?: CheckOptions["lookup"]): HistorySummary {
-    const { offsets } = this.resolveOffsets(lookup);
+  summary(violations: readonly string[], lookup?: CheckOptions["lookup"], unlogged = false): HistorySummary {
+    const isUnlogged = this.unloggedTest(unlogged, lookup);
+    const { offsets } = this.resolveOffsets(lookup, isUnlogged);
     let delivered = 0;
     let unloggedDeliveries = 0;
     let reconnections = 0;
@@ -542,8 +566,8 @@ export class History {
       for (const t of c.tracks) {
         for (const r of t.received) {
           if (r.prime || r.id === undefined) continue;
-          if (r.offset !== undefined) delivered++;
-          else if (isUnloggedDelivery(r)) unloggedDeliveries++;
+          if (isUnlogged(r)) unloggedDeliveries++;
+          else if (r.offset !== undefined) delivered++;
         }
       }
       reconnections += c.reconnections.length;
@@ -596,9 +620,10 @@ export class History {
     await waitFor(
       async () => {
         const lookup = options.lookup ? await options.lookup() : undefined;
-        missing = this.missing(lookup);
-        const { offsets } = this.resolveOffsets(lookup);
-        const unloggedIds = options.unlogged ? this.unloggedIds() : new Set<string>();
+        missing = this.missing(lookup, options.unlogged !== undefined);
+        const isUnlogged = this.unloggedTest(options.unlogged !== undefined, lookup);
+        const { offsets } = this.resolveOffsets(lookup, isUnlogged);
+        const unloggedIds = this.idsReceived(isUnlogged);
         unresolved = this.emissions.filter((e) => !offsets.has(e.id) && !unloggedIds.has(e.id)).length;
         if (unresolved !== lastChange.unresolved) lastChange = { unresolved, at: Date.now() };
         const quiet = options.unlogged !== undefined && Date.now() - lastChange.at >= options.unlogged.quietMs;
@@ -612,10 +637,10 @@ export class History {
     );
   }
 
-  /** Ids some client received without an offset. */
-  private unloggedIds(): Set<string> {
+  /** Ids of the receptions that pass `test`. */
+  private idsReceived(test: ReceptionTest): Set<string> {
     const ids = new Set<string>();
-    for (const c of this.clients) for (const t of c.tracks) for (const r of t.received) if (isUnloggedDelivery(r)) ids.add(r.id!);
+    for (const c of this.clients) for (const t of c.tracks) for (const r of t.received) if (test(r)) ids.add(r.id!);
     return ids;
   }
 
