@@ -23,7 +23,7 @@
  * with its numbers.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { closeAll, comeBack, waitFor } from "./helpers/cluster.js";
+import { closeAll, comeBack, goOffline, waitFor } from "./helpers/cluster.js";
 import { FaultRig, formatSummary, seededRandom, sleep } from "./helpers/fault-rig.js";
 import { startOwnedPostgres, type OwnedPostgres } from "./helpers/owned-postgres.js";
 import { startPostgresProxy, type PostgresProxy } from "./helpers/postgres-proxy.js";
@@ -104,7 +104,11 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
   async function finish(r: FaultRig, scenario: string, options: { unlogged: boolean; extra?: string }) {
     await r.stopTraffic();
     const { violations, summary } = await r.check({ unlogged: options.unlogged });
-    console.log(formatSummary(scenario, summary, options.extra));
+    const refusals = (await Promise.all(r.nodes.filter((n) => n.process.exitCode === null).map((n) => r.adapterEvents(n))))
+      .flat()
+      .filter((e) => e.event === "restore-refused")
+      .map((e) => (e.payload as { reason: string }).reason);
+    console.log(formatSummary(scenario, summary, `${options.extra ? `${options.extra}; ` : ""}all refusals: ${summarize(refusals)}`));
     expect(violations.slice(0, 30)).toEqual([]);
     expect(r.emitFailures).toEqual([]);
     // The cluster resumed without a restart: a last packet from every node is logged and delivered.
@@ -206,6 +210,10 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
     const connectedBefore = new Map(r.clients.map((c) => [c, uriOf(c)]));
     proxy.refuse();
     const refusedAt = Date.now();
+    // Parked at the start of the outage: their sessions are persisted while Postgres is away,
+    // wait in memory, and must be written when it returns (they recover afterwards).
+    const parked = r.clients.filter((c) => c.socket.connected).slice(-4);
+    for (const c of parked) goOffline(c.socket);
     await sleep(3000);
     // Restores during the outage end (not recovered) instead of hanging the handshake.
     const during = await r.churn(6, RESTORE_TIMEOUT_MS + 6000);
@@ -213,17 +221,21 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
     proxy.accept();
     await waitFor(() => r.liveListeners() === 3, { timeout: 15_000, message: "3 listeners back" });
     await sleep(1000);
+    const parkedBack = await Promise.all(parked.map((c, i) => comeBack(c.socket, r.nodes[i % 3]!)));
     const after = await r.churn(6);
     const events = await Promise.all(r.nodes.map((n) => r.adapterEvents(n)));
     const errors = await r.errors();
     const refusals = events.flat().filter((e) => e.event === "restore-refused").map((e) => (e.payload as { reason: string }).reason);
     const s = await finish(r, "Postgres unreachable 10 s", {
       unlogged: true,
-      extra: `restores during ${during.recovered}/${during.attempted}, after ${after.recovered}/${after.attempted}; refusals: ${summarize(refusals)}`,
+      extra:
+        `restores during ${during.recovered}/${during.attempted}, of sessions persisted during it ${parkedBack.filter(Boolean).length}/${parked.length}, ` +
+        `after ${after.recovered}/${after.attempted}`,
     });
     expect(during.recovered).toBe(0);
     expect(refusals.some((reason) => /outage/.test(reason))).toBe(true);
     expect(after.recovered).toBe(after.attempted);
+    expect(parkedBack).toEqual(parked.map(() => true));
     // Outage mode: every node announced it and its end, and reported it to errorHandler once per outage.
     for (const [i, list] of events.entries()) {
       const started = list.filter((e) => e.event === "outage-started").length;
