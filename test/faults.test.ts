@@ -108,7 +108,9 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
       .flat()
       .filter((e) => e.event === "restore-refused")
       .map((e) => (e.payload as { reason: string }).reason);
-    console.log(formatSummary(scenario, summary, `${options.extra ? `${options.extra}; ` : ""}all refusals: ${summarize(refusals)}`));
+    const slowest = Math.max(0, ...r.reconnectTimes);
+    const churnNote = `reconnect ≤ ${slowest} ms, ${r.connectErrors} failed handshakes`;
+    console.log(formatSummary(scenario, summary, `${options.extra ? `${options.extra}; ` : ""}${churnNote}; all refusals: ${summarize(refusals)}`));
     expect(violations.slice(0, 30)).toEqual([]);
     expect(r.emitFailures).toEqual([]);
     // The cluster resumed without a restart: a last packet from every node is logged and delivered.

@@ -59,6 +59,8 @@ export class FaultRig {
   readonly emitFailures: string[] = [];
   readonly reconnectTimes: number[] = [];
   private bursts = 0;
+  /** Failed connection attempts during churn (a handshake that timed out on the client). */
+  connectErrors = 0;
 
   private constructor(readonly opts: RigOptions) {
     this.db = new pg.Pool({ connectionString: withApplicationName(opts.databaseUrl), max: 2 });
@@ -156,9 +158,15 @@ export class FaultRig {
         goOffline(c.socket);
         await sleep(50 + Math.floor(this.opts.random() * 200));
         const started = Date.now();
-        const recovered = await comeBack(c.socket, target, timeoutMs);
-        this.reconnectTimes.push(Date.now() - started);
-        return recovered;
+        // A handshake the client gave up on (its 5 s timeout) shows as connect_error, then a new attempt.
+        const onError = () => this.connectErrors++;
+        c.socket.on("connect_error", onError);
+        try {
+          return await comeBack(c.socket, target, timeoutMs);
+        } finally {
+          c.socket.off("connect_error", onError);
+          this.reconnectTimes.push(Date.now() - started);
+        }
       }),
     );
     return { attempted: results.length, recovered: results.filter(Boolean).length };
