@@ -264,6 +264,30 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
     expect(missed.slice(0, 10)).toEqual([]);
   });
 
+  // KNOWN FAILURE (it.fails until fixed): session writes are retried 10 times with a backoff
+  // capped at 2 s (src/session-store.ts, maxAttempts: 10), about 11 s in all; a session
+  // persisted earlier than that before Postgres returns is dropped, and its restore is refused
+  // ("unknown pid"): fail closed, but not "written when Postgres returns". Remove `.fails` once
+  // session writes wait (bounded by maxPendingWrites and the session's TTL) until the database is back.
+  it.fails("a session persisted at the start of a 15 s outage is written when Postgres returns", async () => {
+    const r = await setUp("long_outage");
+    r.startTraffic(100);
+    await sleep(500);
+    proxy.refuse();
+    const parked = r.clients.filter((c) => c.socket.connected).slice(-3);
+    for (const c of parked) goOffline(c.socket);
+    await sleep(15_000);
+    proxy.accept();
+    await waitFor(() => r.liveListeners() === 3, { timeout: 15_000, message: "3 listeners back" });
+    await sleep(1000);
+    const back = await Promise.all(parked.map((c, i) => comeBack(c.socket, r.nodes[i % 3]!)));
+    await finish(r, "Postgres unreachable 15 s, sessions persisted at its start", {
+      unlogged: true,
+      extra: `restores of those sessions after it ${back.filter(Boolean).length}/${back.length}`,
+    });
+    expect(back).toEqual(parked.map(() => true));
+  });
+
   it("SIGTERM under load: every accepted packet and every session of its sockets is written within closeTimeoutMs", async () => {
     const r = await setUp("graceful_shutdown");
     const victim = r.nodes[2]!;
