@@ -237,7 +237,7 @@ export class History {
     const onConnect = () => {
       if (!awaitingConnect || closed) return;
       awaitingConnect = false;
-      via = (socket.io as unknown as { uri: string }).uri;
+      via = (socket.io as unknown as { uri?: string } | undefined)?.uri ?? "";
       const current = tracks[tracks.length - 1];
       if (current) reconnections.push({ recovered: socket.recovered, sid: socket.id ?? "" });
       if (current && socket.recovered && !current.ended) {
