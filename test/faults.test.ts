@@ -201,6 +201,8 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
     await sleep(1000);
     // The listeners came back on their own.
     await waitFor(() => r.liveListeners() === 3, { timeout: 15_000, message: "3 listeners back" });
+    // The first successful append ends outage mode (the writer's retry backs off up to 2 s).
+    await r.outagesEnded();
     await finish(r, "Postgres restarted mid-burst", { unlogged: true });
   });
 
@@ -222,6 +224,8 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
     await sleep(Math.max(0, 10_000 - (Date.now() - refusedAt)));
     proxy.accept();
     await waitFor(() => r.liveListeners() === 3, { timeout: 15_000, message: "3 listeners back" });
+    // The first successful append ends outage mode (the writer's retry backs off up to 2 s).
+    await r.outagesEnded();
     await sleep(1000);
     const parkedBack = await Promise.all(parked.map((c, i) => comeBack(c.socket, r.nodes[i % 3]!)));
     const after = await r.churn(6);
@@ -279,6 +283,8 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
     await sleep(15_000);
     proxy.accept();
     await waitFor(() => r.liveListeners() === 3, { timeout: 15_000, message: "3 listeners back" });
+    // The first successful append ends outage mode (the writer's retry backs off up to 2 s).
+    await r.outagesEnded();
     await sleep(1000);
     const back = await Promise.all(parked.map((c, i) => comeBack(c.socket, r.nodes[i % 3]!)));
     await finish(r, "Postgres unreachable 15 s, sessions persisted at its start", {
@@ -368,6 +374,8 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
     }
     console.log(`[faults] combined schedule (seed ${SEED}): ${schedule.join(", ")}`);
     await waitFor(() => r.liveListeners() === 3, { timeout: 15_000, message: "3 listeners back" });
+    // The first successful append ends outage mode (the writer's retry backs off up to 2 s).
+    await r.outagesEnded();
     await sleep(1000);
     const after = await r.churn(6);
     await finish(r, `combined (${schedule.length} steps)`, {

@@ -213,6 +213,24 @@ export class FaultRig {
     return (await node.command({ cmd: "adapter-events" })).events as Array<{ event: string; at: number; payload: unknown }>;
   }
 
+  /** Waits until no running node is in outage mode (as many outage-ended as outage-started). */
+  async outagesEnded(timeout = 15_000): Promise<void> {
+    let open: string[] = [];
+    await waitFor(
+      async () => {
+        open = [];
+        for (const n of this.nodes.filter((x) => x.process.exitCode === null)) {
+          const events = await this.adapterEvents(n);
+          const started = events.filter((e) => e.event === "outage-started").length;
+          const ended = events.filter((e) => e.event === "outage-ended").length;
+          if (started !== ended) open.push(n.name);
+        }
+        return open.length === 0;
+      },
+      { timeout, interval: 100, message: () => `outage mode to end on ${open.join(", ")}` },
+    );
+  }
+
   // ---- checking -------------------------------------------------------------
 
   lookup = () => logOffsets(this.db);
