@@ -1,0 +1,18 @@
+/** What a demo node (node.ts) tells the supervisor over IPC. */
+export type NodeReport =
+  /** Listening on 127.0.0.1:port. */
+  | { type: "ready"; port: number }
+  /** Could not start (the message says why); the process exits. */
+  | { type: "failed"; message: string }
+  /** A session was restored with `replayed` missed packets. */
+  | { type: "restored"; replayed: number }
+  /** A restore was refused (the tab got a new session). */
+  | { type: "refused"; reason: string }
+  /** Sockets connected to this node right now (every second). */
+  | { type: "sockets"; count: number }
+  /** Something the adapter reported to its errorHandler. */
+  | { type: "error"; message: string };
+
+export function isNodeReport(value: unknown): value is NodeReport {
+  return typeof value === "object" && value !== null && typeof (value as { type?: unknown }).type === "string";
+}
