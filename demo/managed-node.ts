@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import path from "node:path";
-import { isNodeReport, type NodeReport } from "./node-protocol.js";
+import { isNodeReport, type NodeReport, type SupervisorMessage } from "./node-protocol.js";
 
 const PROJECT_ROOT = path.resolve(import.meta.dirname, "..");
 const NODE_SCRIPT = path.join(import.meta.dirname, "node.ts");
@@ -19,7 +19,8 @@ export type NodeState = "starting" | "up" | "restarting" | "stopping" | "down";
 
 export interface ManagedNodeOptions {
   name: string;
-  databaseUrl: string;
+  /** Resolves once the database answers; the node loads its modules meanwhile. */
+  databaseUrl: () => Promise<string>;
   /** Port to listen on; 0 for any free one. */
   port: number;
   /** On the first start only: take any free port when `port` is in use. */
@@ -65,7 +66,8 @@ export class ManagedNode {
       cwd: PROJECT_ROOT,
       env: {
         ...process.env,
-        DATABASE_URL: this.options.databaseUrl,
+        // Sent over IPC when the node asks for it (see "waiting").
+        DATABASE_URL: "",
         NODE_NAME: this.name,
         PORT: String(this.port),
         PORT_FALLBACK: fallback ? "1" : "0",
@@ -87,7 +89,14 @@ export class ManagedNode {
       let settled = false;
       child.on("message", (message: unknown) => {
         if (!isNodeReport(message)) return;
-        if (message.type === "ready" && !settled) {
+        if (message.type === "waiting") {
+          this.options.databaseUrl().then(
+            (url) => {
+              if (child.connected) child.send({ type: "database", url } satisfies SupervisorMessage);
+            },
+            () => child.kill("SIGTERM"),
+          );
+        } else if (message.type === "ready" && !settled) {
           settled = true;
           this.port = message.port;
           this.state = "up";

@@ -4,6 +4,9 @@
  *   DATABASE_URL=... NODE_NAME=node-1 PORT=3001 PAGE_ORIGINS=http://127.0.0.1:3000 \
  *   node --import tsx demo/node.ts
  *
+ * Without DATABASE_URL it loads its modules, reports "waiting" and gets the
+ * URL from the supervisor: loading overlaps with Postgres starting.
+ *
  * It has its own pg.Pool and `createAdapter` from src, and serves Socket.IO on
  * 127.0.0.1:PORT (PORT=0: any free port; PORT_FALLBACK=1: any free port when
  * PORT is taken). What it sends:
@@ -25,7 +28,7 @@ import type { AddressInfo } from "node:net";
 import pg from "pg";
 import { Server, type Socket } from "socket.io";
 import { createAdapter, type RefusedEvent, type RestoredEvent } from "../src/index.js";
-import type { NodeReport } from "./node-protocol.js";
+import { isSupervisorMessage, type NodeReport } from "./node-protocol.js";
 
 /** How long a disconnected tab may stay away and still recover (also covers a demo restart). */
 export const MAX_DISCONNECTION_MS = 5 * 60_000;
@@ -53,8 +56,23 @@ function listen(http: HttpServer, port: number): Promise<number> {
   });
 }
 
+function databaseUrlFromSupervisor(): Promise<string> {
+  if (!process.send) throw new Error("DATABASE_URL is required");
+  return new Promise((resolve) => {
+    const onMessage = (message: unknown) => {
+      if (!isSupervisorMessage(message)) return;
+      process.off("message", onMessage);
+      resolve(message.url);
+    };
+    process.on("message", onMessage);
+    // The supervisor went away before the database was ready: nothing to close yet.
+    process.once("disconnect", () => process.exit(1));
+    report({ type: "waiting" });
+  });
+}
+
 async function main(): Promise<void> {
-  const databaseUrl = required("DATABASE_URL");
+  const databaseUrl = process.env.DATABASE_URL || (await databaseUrlFromSupervisor());
   const name = required("NODE_NAME");
   const origins = (process.env.PAGE_ORIGINS ?? "").split(",").filter(Boolean);
   const tickMs = Number(process.env.TICK_MS ?? 500);

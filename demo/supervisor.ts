@@ -103,23 +103,24 @@ async function cluster(): Promise<unknown> {
 
 async function start(): Promise<void> {
   const { port, nodeCount } = readSettings();
-  databaseStarting = demoDatabase();
-  database = await databaseStarting;
-  if (stopRequests > 0) return;
-  say(`  database  ${database.description}`);
-  statusPool = new pg.Pool({ connectionString: database.url, max: 2 });
-  statusPool.on("error", () => {});
-  const migrated = await migrate(statusPool);
-  if (stopRequests > 0) return;
-  say(`  schema    ${migrated.schema}: ${migrated.applied.length ? `applied ${migrated.applied.join(", ")}` : "up to date"}`);
-
   page = await startPageServer(port, port !== 0, { cluster, restart });
+  // Postgres starts while the nodes load their modules; they get its URL once it is migrated.
+  databaseStarting = demoDatabase();
+  const databaseReady = databaseStarting.then(async (db) => {
+    database = db;
+    say(`  database  ${db.description}`);
+    statusPool = new pg.Pool({ connectionString: db.url, max: 2 });
+    statusPool.on("error", () => {});
+    const migrated = await migrate(statusPool);
+    say(`  schema    ${migrated.schema}: ${migrated.applied.length ? `applied ${migrated.applied.join(", ")}` : "up to date"}`);
+    return db.url;
+  });
   const origins = [`http://127.0.0.1:${page.port}`, `http://localhost:${page.port}`];
   for (let i = 1; i <= nodeCount; i++) {
     nodes.push(
       new ManagedNode({
         name: `node-${i}`,
-        databaseUrl: database.url,
+        databaseUrl: () => databaseReady,
         port: port === 0 ? 0 : port + i,
         portFallback: port !== 0,
         pageOrigins: origins,
@@ -128,7 +129,7 @@ async function start(): Promise<void> {
       }),
     );
   }
-  await Promise.all(nodes.map((node) => node.start()));
+  await Promise.all([databaseReady, ...nodes.map((node) => node.start())]);
   if (stopRequests > 0) return;
   for (const node of nodes) say(statusLine(node));
   say(`\nopen http://127.0.0.1:${page.port}   (ready in ${elapsed()}; Ctrl-C stops, a second Ctrl-C forces)`);

@@ -21,6 +21,8 @@ const demo = (window.demo = {
   lastOffset: null,
   /** Between a disconnection and the next "welcome": what arrives is replayed. */
   awaitingWelcome: true,
+  /** Connections so far (first one and reconnections). */
+  welcomes: 0,
   offlineTimer: null,
 });
 
@@ -103,6 +105,7 @@ function connect(node) {
   socket.on("welcome", (welcome) => {
     const freshAfterLoss = !welcome.recovered && demo.id !== null;
     demo.awaitingWelcome = false;
+    demo.welcomes++;
     demo.node = welcome.node;
     demo.id = welcome.id;
     demo.recovered = welcome.recovered;
