@@ -212,7 +212,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         if (this.sequencer) {
           // The log channel is listened to before the head is read, so nothing committed after it is missed.
           await this.ctx.listener.listen(this.ctx.opts.logChannel);
-          const { id, head } = await this.ctx.log.namespace(this.nspName);
+          const { id, head } = await this.ctx.log.namespace(this.nspName, this.retentionMs());
           await this.ctx.log.registerWriter(this.writerId, id);
           if (this.gaveUp) return;
           this.namespaceId = id;

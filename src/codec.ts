@@ -71,6 +71,11 @@ export function encodeSession(payload: StoredSessionPayload): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
+/** Bytes of `value` encoded as payloads encode it (what `socket.data` weighs in a session). */
+export function encodedByteLength(value: unknown): number {
+  return encoder.encode(value).byteLength;
+}
+
 export function decodeSession(payload: Uint8Array): StoredSessionPayload {
   const decoded = decoder.decode(payload) as { r?: unknown; d?: unknown } | null;
   if (!decoded || !Array.isArray(decoded.r)) {

@@ -31,9 +31,20 @@ export class LogQueries {
     this.writers = qualifiedName(schema, "log_writers");
   }
 
-  /** Creates the namespace's row if needed; returns its id and current head. */
-  async namespace(name: string): Promise<NamespaceRow> {
-    await this.pool.query(`INSERT INTO ${this.namespaces} (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`, [name]);
+  /**
+   * Creates the namespace's row if needed; returns its id and current head.
+   * `retentionMs` (this node's log retention) raises the stored one, never
+   * lowers it: the operator's `prune` must keep what the longest-retaining
+   * node needs. The row is only updated when the value grows, so a restart
+   * does not take the row lock that serializes the namespace's writers.
+   */
+  async namespace(name: string, retentionMs?: number): Promise<NamespaceRow> {
+    await this.pool.query(
+      `INSERT INTO ${this.namespaces} AS n (name, retention_ms) VALUES ($1, $2)
+       ON CONFLICT (name) DO UPDATE SET retention_ms = EXCLUDED.retention_ms
+       WHERE EXCLUDED.retention_ms > COALESCE(n.retention_ms, -1)`,
+      [name, retentionMs ?? null],
+    );
     const { rows } = await this.pool.query<{ id: number; head: string }>(
       `SELECT id, head::text AS head FROM ${this.namespaces} WHERE name = $1`,
       [name],
