@@ -17,8 +17,7 @@
  * nodes, Postgres stopped at once.
  */
 import pg from "pg";
-import { migrate } from "../src/index.js";
-import { readDatabaseStatus } from "./cluster-status.js";
+import { collectStatus, migrate } from "../src/index.js";
 import { ManagedNode } from "./managed-node.js";
 import type { NodeReport } from "./node-protocol.js";
 import { startPageServer, type PageServer } from "./page-server.js";
@@ -91,7 +90,8 @@ function restart(name: string): "started" | "unknown" | "busy" {
 }
 
 async function cluster(): Promise<unknown> {
-  const db = statusPool ? await readDatabaseStatus(statusPool).catch((err: Error) => ({ error: err.message })) : null;
+  // What the database holds (heads, retained entries, sessions, last prune): the CLI's `status`.
+  const db = statusPool ? await collectStatus(statusPool).catch((err: Error) => ({ error: err.message })) : null;
   return {
     database: database?.description,
     nodes: nodes.map((n) => ({ name: n.name, url: n.url, state: n.state, pid: n.pid ?? null, sockets: n.sockets, restarts: n.restarts })),

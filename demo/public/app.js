@@ -182,9 +182,21 @@ function cell(row, value) {
   return td;
 }
 
-function ago(iso) {
-  const seconds = Math.round((Date.now() - Date.parse(iso)) / 1000);
+function ago(ms) {
+  const seconds = Math.round(ms / 1000);
   return seconds < 90 ? `${seconds} s ago` : `${Math.round(seconds / 60)} min ago`;
+}
+
+// The pruner records its counts as JSON text.
+function describePrune(lastPrune) {
+  if (!lastPrune || lastPrune.finishedAgoMs === null) return "not yet";
+  let counts = {};
+  try {
+    counts = JSON.parse(lastPrune.result ?? "{}");
+  } catch {
+    return `${ago(lastPrune.finishedAgoMs)}: ${lastPrune.result}`;
+  }
+  return `${ago(lastPrune.finishedAgoMs)}: removed ${counts.logEntries ?? 0} entries, ${counts.sessions ?? 0} sessions`;
 }
 
 function renderCluster(cluster) {
@@ -218,10 +230,10 @@ function renderCluster(cluster) {
       const row = nsRows.insertRow();
       cell(row, ns.name);
       cell(row, `o${ns.head}`);
-      cell(row, ns.oldestOffset === null ? "0" : `${ns.retainedEntries} (from o${ns.oldestOffset})`);
-      cell(row, ns.storedSessions);
+      cell(row, ns.oldest ? `${ns.entries} (o${ns.oldest.offset}…o${ns.head})` : "0");
+      cell(row, ns.sessions);
     }
-    text("last-prune", status.lastPrune?.finishedAt ? `${ago(status.lastPrune.finishedAt)}: ${status.lastPrune.result}` : "not yet");
+    text("last-prune", describePrune(status.lastPrune));
   } else if (status && status.error) {
     text("last-prune", `database: ${status.error}`);
   }
