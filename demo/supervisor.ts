@@ -108,7 +108,7 @@ async function start(): Promise<void> {
   databaseStarting = demoDatabase();
   const databaseReady = databaseStarting.then(async (db) => {
     database = db;
-    say(`  database  ${db.description}`);
+    say(`  database  ${db.description}, up at ${elapsed()}`);
     statusPool = new pg.Pool({ connectionString: db.url, max: 2 });
     statusPool.on("error", () => {});
     const migrated = await migrate(statusPool);
@@ -135,28 +135,37 @@ async function start(): Promise<void> {
   say(`\nopen http://127.0.0.1:${page.port}   (ready in ${elapsed()}; Ctrl-C stops, a second Ctrl-C forces)`);
 }
 
+/** The first request stops gracefully; a later one forces and owns the exit. */
 async function stop(): Promise<void> {
   stopRequests++;
   if (stopRequests > 1) {
-    say("forcing: killing the nodes, stopping Postgres now");
-    await Promise.all(nodes.map((node) => node.stop({ force: true })));
-    const db = await databaseStarting?.catch(() => undefined);
-    await db?.stop().catch(() => {});
-    process.exit(130);
+    if (stopRequests === 2) await forceStop();
     return;
   }
+  const forced = () => stopRequests > 1;
   say("\nstopping: closing the nodes (their sessions are written)...");
   await Promise.all(nodes.map((node) => node.stop()));
+  if (forced()) return;
   await page?.close();
   await statusPool?.end().catch(() => {});
   // Postgres may still be starting: wait for it, then stop it.
   const db = await databaseStarting?.catch(() => undefined);
+  if (forced()) return;
   if (db) {
     say("stopping the database...");
     await db.stop();
   }
+  if (forced()) return;
   say("stopped cleanly");
   process.exit();
+}
+
+async function forceStop(): Promise<void> {
+  say("forcing: killing the nodes, stopping Postgres now");
+  await Promise.all(nodes.map((node) => node.stop({ force: true })));
+  const db = await databaseStarting?.catch(() => undefined);
+  await db?.stop().catch(() => {});
+  process.exit(130);
 }
 
 process.on("SIGINT", () => void stop());
