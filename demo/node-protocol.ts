@@ -10,7 +10,7 @@ export type NodeReport =
   | { type: "restored"; replayed: number }
   /** A restore was refused (the tab got a new session). */
   | { type: "refused"; reason: string }
-  /** Sockets connected to this node right now (every second). */
+  /** Sockets connected to this node, at every connection and disconnection. */
   | { type: "sockets"; count: number }
   /** Something the adapter reported to its errorHandler. */
   | { type: "error"; message: string };

@@ -102,7 +102,10 @@ async function main(): Promise<void> {
   });
   adapter.on("restore-refused", ({ reason }: RefusedEvent) => report({ type: "refused", reason }));
 
+  const census = () => report({ type: "sockets", count: io.of("/").sockets.size });
   io.on("connection", (socket: Socket) => {
+    census();
+    socket.on("disconnect", census);
     const replayed = replayedBySid.get(socket.id) ?? 0;
     replayedBySid.delete(socket.id);
     // Local, so not logged: with recovery on, `socket.emit` is a logged broadcast to the socket's
@@ -127,13 +130,11 @@ async function main(): Promise<void> {
 
   let n = 0;
   const ticker = setInterval(() => io.emit("tick", { node: name, n: ++n, at: Date.now() }), tickMs);
-  const census = setInterval(() => report({ type: "sockets", count: io.of("/").sockets.size }), 1000);
 
   let stopping: Promise<void> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
       clearInterval(ticker);
-      clearInterval(census);
       let code = 0;
       try {
         await io.close();

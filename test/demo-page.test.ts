@@ -11,6 +11,7 @@
  *
  * Screenshots go to test-artifacts/demo-page/ (ignored by git).
  */
+import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
@@ -124,6 +125,7 @@ describe("the npm start demo page", () => {
   let browser: Browser | undefined;
 
   beforeAll(async () => {
+    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), as .ci/run does`);
     await mkdir(ARTIFACTS, { recursive: true });
     // Not migrated: the demo applies the migrations itself.
     db = await createTestDatabase("demo_page");
