@@ -151,10 +151,8 @@ async function stop(): Promise<void> {
   // Postgres may still be starting: wait for it, then stop it.
   const db = await databaseStarting?.catch(() => undefined);
   if (forced()) return;
-  if (db) {
-    say("stopping the database...");
-    await db.stop();
-  }
+  if (db?.embedded) say("stopping the embedded Postgres...");
+  await db?.stop();
   if (forced()) return;
   say("stopped cleanly");
   process.exit();
