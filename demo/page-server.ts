@@ -50,6 +50,12 @@ async function handle(req: IncomingMessage, res: ServerResponse, api: PageApi): 
   const url = new URL(req.url ?? "/", "http://page");
   const restart = /^\/api\/nodes\/([\w-]+)\/restart$/.exec(url.pathname);
   if (req.method === "POST" && restart) {
+    // Only the page itself restarts nodes: another site open in the browser could POST here too.
+    const origin = req.headers.origin;
+    if (origin !== undefined && origin !== `http://${req.headers.host}`) {
+      sendJson(res, 403, { error: "cross-origin request" });
+      return;
+    }
     const outcome = api.restart(restart[1]!);
     sendJson(res, outcome === "started" ? 202 : outcome === "unknown" ? 404 : 409, { outcome });
   } else if (req.method === "GET" && url.pathname === "/api/cluster") {

@@ -147,11 +147,13 @@ function moveTo(name) {
   if (socket.connected) socket.io.engine.close();
 }
 
+// Offline: no connection and no reconnection until the time is up or the button is pressed again.
 function goOffline(seconds) {
   if (demo.offlineTimer) return;
   const until = Date.now() + seconds * 1000;
   socket.io.reconnection(false);
   if (socket.connected) socket.io.engine.close();
+  $("offline").textContent = "Back online now";
   const tick = () => {
     const left = Math.ceil((until - Date.now()) / 1000);
     if (left > 0) {
@@ -159,12 +161,18 @@ function goOffline(seconds) {
       demo.offlineTimer = setTimeout(tick, Math.min(250, until - Date.now()));
       return;
     }
-    demo.offlineTimer = null;
-    setConnection("reconnecting…");
-    socket.io.reconnection(true);
-    socket.connect();
+    comeBack();
   };
   tick();
+}
+
+function comeBack() {
+  clearTimeout(demo.offlineTimer);
+  demo.offlineTimer = null;
+  $("offline").textContent = "Go offline for";
+  setConnection("reconnecting…");
+  socket.io.reconnection(true);
+  socket.connect();
 }
 
 // --- the cluster panel -------------------------------------------------------
@@ -272,7 +280,10 @@ async function main() {
   $("drop").addEventListener("click", dropConnection);
   $("move").addEventListener("click", () => moveTo($("move-target").value));
   $("restart-mine").addEventListener("click", () => demo.node && restartNode(demo.node));
-  $("offline").addEventListener("click", () => goOffline(Math.max(1, Math.min(120, Number($("offline-seconds").value) || 5))));
+  $("offline").addEventListener("click", () => {
+    if (demo.offlineTimer) comeBack();
+    else goOffline(Math.max(1, Math.min(120, Number($("offline-seconds").value) || 5)));
+  });
   $("chat").addEventListener("submit", (event) => {
     event.preventDefault();
     const input = $("chat-text");
