@@ -1,5 +1,5 @@
 /**
- * The demo's supervisor (started by start.ts): the database, migrations, N
+ * The demo's supervisor (started by start.mjs): the database, migrations, N
  * Socket.IO node processes (node.ts) on loopback ports, and the page.
  *
  * Settings (environment):
@@ -11,20 +11,25 @@
  * Stable ports let a tab left open across a Ctrl-C and a new `npm start`
  * reconnect to the same address and recover its session from the database.
  *
- * Stopping (SIGINT, SIGTERM, or start.ts going away): nodes are closed with
+ * Startup overlaps what can: the node processes load their modules and this
+ * process loads pg and the adapter (imported when needed, not at the top)
+ * while Postgres starts.
+ *
+ * Stopping (SIGINT, SIGTERM, or start.mjs going away): nodes are closed with
  * SIGTERM (their `io.close()` writes the sessions of their sockets), then the
  * embedded Postgres is stopped. A second request forces: SIGKILL to the
  * nodes, Postgres stopped at once.
  */
-import pg from "pg";
-import { collectStatus, migrate } from "../src/index.js";
+import type pg from "pg";
+import type { RecoveryStatus } from "../src/index.js";
 import { ManagedNode } from "./managed-node.js";
 import type { NodeReport } from "./node-protocol.js";
 import { startPageServer, type PageServer } from "./page-server.js";
 import { demoDatabase, type DemoDatabase } from "./postgres.js";
 import { RecoveryStats } from "./recovery-stats.js";
 
-const startedAt = Date.now();
+// From start.mjs's start when it tells us, else from ours.
+const startedAt = Number(process.env.DEMO_LAUNCHED_AT) || Date.now() - process.uptime() * 1000;
 const say = (line: string) => console.log(line);
 const elapsed = () => `${((Date.now() - startedAt) / 1000).toFixed(1)} s`;
 
@@ -51,6 +56,7 @@ const nodes: ManagedNode[] = [];
 let databaseStarting: Promise<DemoDatabase> | undefined;
 let database: DemoDatabase | undefined;
 let statusPool: pg.Pool | undefined;
+let readStatus: ((pool: pg.Pool) => Promise<RecoveryStatus>) | undefined;
 let page: PageServer | undefined;
 let stopRequests = 0;
 
@@ -91,7 +97,7 @@ function restart(name: string): "started" | "unknown" | "busy" {
 
 async function cluster(): Promise<unknown> {
   // What the database holds (heads, retained entries, sessions, last prune): the CLI's `status`.
-  const db = statusPool ? await collectStatus(statusPool).catch((err: Error) => ({ error: err.message })) : null;
+  const db = statusPool && readStatus ? await readStatus(statusPool).catch((err: Error) => ({ error: err.message })) : null;
   return {
     database: database?.description,
     nodes: nodes.map((n) => ({ name: n.name, url: n.url, state: n.state, pid: n.pid ?? null, sockets: n.sockets, restarts: n.restarts })),
@@ -106,11 +112,14 @@ async function start(): Promise<void> {
   page = await startPageServer(port, port !== 0, { cluster, restart });
   // Postgres starts while the nodes load their modules; they get its URL once it is migrated.
   databaseStarting = demoDatabase();
+  const libraries = Promise.all([import("pg"), import("../src/index.js")]);
   const databaseReady = databaseStarting.then(async (db) => {
     database = db;
     say(`  database  ${db.description}, up at ${elapsed()}`);
-    statusPool = new pg.Pool({ connectionString: db.url, max: 2 });
+    const [{ default: pgModule }, { collectStatus, migrate }] = await libraries;
+    statusPool = new pgModule.Pool({ connectionString: db.url, max: 2 });
     statusPool.on("error", () => {});
+    readStatus = collectStatus;
     const migrated = await migrate(statusPool);
     say(`  schema    ${migrated.schema}: ${migrated.applied.length ? `applied ${migrated.applied.join(", ")}` : "up to date"}`);
     return db.url;
@@ -168,7 +177,7 @@ async function forceStop(): Promise<void> {
 
 process.on("SIGINT", () => void stop());
 process.on("SIGTERM", () => void stop());
-// start.ts went away (even killed): nothing must stay behind.
+// start.mjs went away (even killed): nothing must stay behind.
 process.on("disconnect", () => void stop());
 
 say("socket.io-postgres-recovery demo");

@@ -1,5 +1,5 @@
 /**
- * The real demo (`demo/start.ts`, what `npm start` runs) as a child process,
+ * The real demo (`demo/start.mjs`, what `npm start` runs) as a child process,
  * for the page test: started against a given database on free ports, stopped
  * like a terminal's Ctrl-C would (SIGINT), its output kept for diagnostics.
  */
@@ -20,7 +20,7 @@ export interface DemoProcess {
 }
 
 export async function startDemo(databaseUrl: string, { nodes = 2, timeoutMs = 60_000 } = {}): Promise<DemoProcess> {
-  const child: ChildProcess = spawn(process.execPath, ["--import", "tsx", path.join(PROJECT_ROOT, "demo", "start.ts")], {
+  const child: ChildProcess = spawn(process.execPath, [path.join(PROJECT_ROOT, "demo", "start.mjs")], {
     cwd: PROJECT_ROOT,
     env: { ...process.env, DATABASE_URL: databaseUrl, DEMO_PORT: "0", DEMO_NODES: String(nodes) },
     stdio: ["ignore", "pipe", "pipe"],
