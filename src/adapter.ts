@@ -24,7 +24,7 @@ import {
   type Session,
   type SocketId,
 } from "socket.io-adapter";
-import { Batcher } from "./batcher.js";
+import { Batcher, BatcherFullError, BatcherTakenError } from "./batcher.js";
 import {
   decodeBatchFromNotify,
   decodePacket,
@@ -40,6 +40,7 @@ import {
 import { debug } from "./debug.js";
 import { asError, isMissingSchemaError, isTransientDatabaseError } from "./errors.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
+import { OutageMonitor } from "./outage.js";
 import { isAddressedTo, planReplay, refuseRange, type Membership } from "./replay.js";
 import { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
@@ -104,6 +105,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly recovery: RecoverySettings | undefined;
   private readonly sequencer: Sequencer | undefined;
   private readonly writer: Batcher<QueuedEntry, number> | undefined;
+  /** Decides when failing log writes turn into outage mode (see unloggedDeliveryAfterMs). */
+  private readonly outage: OutageMonitor | undefined;
+  /** Events delivered unlogged since the current outage started. */
+  private unloggedPackets = 0;
   private namespaceId: number | undefined;
   /** Batches this adapter appended (see LogQueries.append: retries are idempotent). */
   private batchNumber = 0;
@@ -148,6 +153,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         maxAttempts: Infinity,
         onError: (err) =>
           this.ctx.reportError(new Error(`socket.io-postgres-recovery: appending to the log of "${this.nspName}" failed`, { cause: err })),
+      });
+      this.outage = new OutageMonitor({
+        afterMs: ctx.opts.unloggedDeliveryAfterMs,
+        onStarted: (failingForMs) => this.startOutage(failingForMs),
+        onEnded: () => this.endOutage(),
       });
     }
     ctx.add(this);
@@ -249,14 +259,67 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: cannot log an event of "${this.nspName}": its arguments do not serialize`, { cause: err }));
       return;
     }
+    if (this.outage?.inOutage) {
+      this.deliverUnlogged(queued.packet);
+      return;
+    }
     try {
       await this.writer.add(queued);
     } catch (err) {
+      if (err instanceof BatcherTakenError) return; // taken back by startOutage(), which delivered it
+      if (err instanceof BatcherFullError && !this.closing) {
+        this.deliverUnlogged(queued.packet);
+        this.ctx.reportError(new Error(`socket.io-postgres-recovery: an event of "${this.nspName}" was delivered to this node's sockets only, unlogged`, { cause: err }));
+        return;
+      }
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: an event of "${this.nspName}" was not logged nor delivered`, { cause: err }));
     }
   }
 
+  // ---- outage mode -----------------------------------------------------------
+
+  /**
+   * The log has been unwritable for `unloggedDeliveryAfterMs`: rather than keep
+   * this node's clients waiting, deliver what is queued (except the batch in
+   * flight, whose commit is in doubt: it is retried and delivered from the log)
+   * and every new event to this node's sockets, unlogged.
+   */
+  private startOutage(failingForMs: number): void {
+    this.unloggedPackets = 0;
+    this.emit("outage-started", { failingForMs });
+    this.ctx.reportError(
+      new Error(
+        `socket.io-postgres-recovery: the log of "${this.nspName}" has been unwritable for ${failingForMs} ms; ` +
+          "delivering new events to this node's sockets only, unlogged, until a write succeeds",
+      ),
+    );
+    for (const item of this.writer?.take(() => true) ?? []) this.deliverUnlogged(item.packet);
+  }
+
+  private endOutage(): void {
+    debug("outage of %s ended: %d events delivered unlogged", this.nspName, this.unloggedPackets);
+    this.emit("outage-ended", { unloggedPackets: this.unloggedPackets });
+  }
+
+  /**
+   * Delivers an event to this node's sockets without logging it. It carries
+   * the offset this node has delivered up to, like the priming event: every
+   * receiver has been sent each entry up to it, so its offset moves to a true
+   * position instead of becoming the event's last string argument.
+   */
+  private deliverUnlogged(logged: LoggedPacket): void {
+    const cursor = this.sequencer?.cursor;
+    const data = cursor === undefined ? logged.data : [...logged.data, formatOffset(cursor)];
+    const opts: BroadcastOptions = { rooms: new Set<Room>(logged.rooms), except: new Set<Room>(logged.except), flags: {} };
+    Adapter.prototype.broadcast.call(this, { type: EVENT, data, nsp: this.nspName }, opts);
+    if (cursor !== undefined) {
+      (this as unknown as InMemoryInternals).apply(opts, (socket) => this.ledger.delivered(socket.id, cursor));
+    }
+    this.unloggedPackets++;
+  }
+
   private async appendToLog(items: QueuedEntry[], attempt: number): Promise<number[]> {
+    this.outage?.writeStarted();
     await Promise.race([this.ready, this.closeDeadline]);
     const id = this.namespaceId;
     if (id === undefined || !this.sequencer) throw new Error("socket.io-postgres-recovery: the adapter closed before it started");
@@ -275,6 +338,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.ctx.opts.logChannel,
       this.inlinePayload(payloads),
     );
+    this.outage?.writeSucceeded();
     if (appliedBefore) debug("batch %d of %s had been committed by an earlier attempt", this.batchNumber, this.writerId);
     // Offered to the sequencer as a whole, in this same tick: delivered when the cursor reaches them.
     this.sequencer.offer(items.map((item, i) => ({ offset: from + i, bytes: item.payload.length, ...item.packet })));
@@ -446,6 +510,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   override async restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
     if (!this.sequencer) return NOT_RESTORED;
     if (this.closing) return this.refused("this node is closing");
+    if (this.outage?.inOutage) return this.refused("this node cannot write to the database (outage mode)");
     const parsed = parseOffset(offset);
     if (parsed === undefined || typeof pid !== "string" || pid.length === 0 || pid.length > 256) {
       return this.refused("malformed pid or offset");
@@ -584,6 +649,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   override close(): Promise<void> {
     this.closing ??= (async () => {
       this.startCloseTimer();
+      this.outage?.stop();
       const { closeTimeoutMs } = this.ctx.opts;
       try {
         await this.writer?.close(closeTimeoutMs);

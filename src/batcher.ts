@@ -39,6 +39,11 @@ export class BatcherClosedError extends Error {
   override name = "BatcherClosedError";
 }
 
+/** The rejection of an item that `take()` removed: its taker handles it. */
+export class BatcherTakenError extends Error {
+  override name = "BatcherTakenError";
+}
+
 export class BatcherFullError extends Error {
   override name = "BatcherFullError";
 }
@@ -83,7 +88,7 @@ export class Batcher<T, R> {
     this.queue = this.queue.filter((q) => {
       if (writing.has(q) || !match(q.item)) return true;
       taken.push(q.item);
-      q.reject(new BatcherClosedError("taken back before it was written"));
+      q.reject(new BatcherTakenError("taken back before it was written"));
       return false;
     });
     return taken;

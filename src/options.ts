@@ -148,12 +148,24 @@ export interface RecoveryOptions {
    */
   maxBatchSize?: number;
   /**
-   * Most logged broadcasts a node queues while its writes fail; past it new
-   * broadcasts are refused (reported to `errorHandler`) instead of growing
-   * memory without bound.
+   * Most logged broadcasts a node queues while its writes fail; past it a new
+   * broadcast is delivered unlogged to this node's sockets (as in outage mode,
+   * see `unloggedDeliveryAfterMs`) and reported to `errorHandler`, instead of
+   * growing memory without bound.
    * @default 100000
    */
   maxPendingWrites?: number;
+  /**
+   * Outage mode: once writing to the log has failed continuously for this
+   * long, the node stops holding events back. What is queued (except the one
+   * batch whose commit is in doubt) and every new event are delivered at once
+   * to this node's own matching sockets, unlogged: other nodes never get them
+   * and no restore replays them. Restores on this node are refused meanwhile.
+   * The first successful write ends it. `false`: events wait in the queue
+   * (up to `maxPendingWrites`) until the database is back.
+   * @default 2000
+   */
+  unloggedDeliveryAfterMs?: number | false;
   /**
    * How long `io.close()` keeps trying to write what is queued (log entries,
    * sessions) while the database is slow or away. Past it, what is left is
@@ -198,6 +210,7 @@ export interface ResolvedOptions {
   readonly maxPendingWrites: number;
   readonly closeTimeoutMs: number;
   readonly recentEntries: number;
+  readonly unloggedDeliveryAfterMs: number | false;
   /** NOTIFY channel of the message log (one per schema). */
   readonly logChannel: string;
 }
@@ -243,6 +256,7 @@ const KNOWN_OPTIONS = new Set<string>([
   "errorHandler",
   "schema",
   "primeOffsetEvent",
+  "unloggedDeliveryAfterMs",
   ...Object.keys(INTEGER_RULES),
 ]);
 
@@ -329,6 +343,14 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     fail("primeOffsetEvent", "an event name that Socket.IO does not reserve", primeOffsetEvent);
   }
 
+  const unloggedDeliveryAfterMs = opts.unloggedDeliveryAfterMs ?? 2000;
+  if (
+    unloggedDeliveryAfterMs !== false &&
+    (typeof unloggedDeliveryAfterMs !== "number" || !Number.isInteger(unloggedDeliveryAfterMs) || unloggedDeliveryAfterMs < 100 || unloggedDeliveryAfterMs > 600_000)
+  ) {
+    fail("unloggedDeliveryAfterMs", "an integer from 100 to 600000 (ms) or false", unloggedDeliveryAfterMs);
+  }
+
   const heartbeatInterval = integer(opts, "heartbeatInterval", 5000);
   const heartbeatTimeout = integer(opts, "heartbeatTimeout", 10000);
   if (heartbeatTimeout <= heartbeatInterval) {
@@ -363,6 +385,7 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     maxPendingWrites: integer(opts, "maxPendingWrites", 100_000),
     closeTimeoutMs: integer(opts, "closeTimeoutMs", 10_000),
     recentEntries: integer(opts, "recentEntries", 10_000),
+    unloggedDeliveryAfterMs: unloggedDeliveryAfterMs as number | false,
     logChannel,
   });
 }

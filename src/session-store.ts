@@ -6,12 +6,14 @@
  * from this node's queue when it has not been written yet, waits for it when
  * it is being written, and otherwise deletes it from the table, retrying for a
  * short while because the client may have reconnected (to another node)
- * faster than its old node wrote the session.
+ * faster than its old node wrote the session. Takes are batched too: a storm
+ * of reconnections (a node redeployed) costs one DELETE per batch, not one per
+ * client.
  */
 import { createHash } from "node:crypto";
 import { Batcher } from "./batcher.js";
 import { isTransientDatabaseError } from "./errors.js";
-import type { SessionQueries, SessionRecord, TakenSession } from "./sql/session-queries.js";
+import type { SessionKey, SessionQueries, SessionRecord, TakenSession } from "./sql/session-queries.js";
 
 export function hashPid(pid: string): Buffer {
   return createHash("sha256").update(pid).digest();
@@ -25,6 +27,7 @@ export interface SessionStoreOptions {
 
 export class SessionStore {
   private readonly writes: Batcher<SessionRecord, void>;
+  private readonly takes: Batcher<SessionKey, TakenSession | undefined>;
 
   constructor(
     private readonly queries: SessionQueries,
@@ -42,6 +45,16 @@ export class SessionStore {
       maxAttempts: 10,
       onError: (err) =>
         opts.onError(new Error("socket.io-postgres-recovery: writing sessions failed", { cause: err })),
+    });
+    this.takes = new Batcher<SessionKey, TakenSession | undefined>({
+      write: (keys) => this.queries.take(keys),
+      maxBatchSize: opts.maxBatchSize,
+      maxPending: opts.maxPending,
+      // Not retried here: the restore fails closed and the client starts afresh.
+      isRetryable: () => false,
+      retryDelayMs: () => 0,
+      maxAttempts: 1,
+      onError: () => undefined, // the restore reports it
     });
   }
 
@@ -72,7 +85,7 @@ export class SessionStore {
     if (this.writes.isWriting(mine)) await this.writes.flush();
     const deadline = Date.now() + waitMs;
     for (let attempt = 0; ; attempt++) {
-      const taken = await this.queries.take(pidHash, namespaceId);
+      const taken = await this.takes.add({ pidHash, namespaceId });
       if (taken) return taken;
       const left = deadline - Date.now();
       if (left <= 0) return undefined;
@@ -84,7 +97,7 @@ export class SessionStore {
     return this.writes.flush();
   }
 
-  close(timeoutMs: number): Promise<void> {
-    return this.writes.close(timeoutMs);
+  async close(timeoutMs: number): Promise<void> {
+    await Promise.all([this.writes.close(timeoutMs), this.takes.close(timeoutMs)]);
   }
 }

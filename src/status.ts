@@ -64,7 +64,7 @@ export interface SessionsStatus {
 export interface TableStatus {
   /** Unqualified table name, in the status' schema. */
   readonly name: string;
-  /** Planner estimate (pg_class.reltuples; 0 before the first ANALYZE). */
+  /** Planner estimate (pg_class.reltuples): 0 until the table is first analyzed (autovacuum), so only a rough guide. */
   readonly rowsEstimate: number;
   /** pg_total_relation_size: heap, TOAST and indexes. */
   readonly totalBytes: number;
@@ -103,6 +103,10 @@ const iso = (date: Date | null): string | null => (date === null ? null : date.t
  * Reads the status of one deployment. Throws `SchemaNotReadyError` when the
  * schema is missing, lacks migrations or has newer ones. Uses one client of
  * `pool` for the duration (a read-only snapshot) and never ends the pool.
+ *
+ * Cost: entry counts and bytes read every retained log entry and session (an
+ * index-only count is not enough for bytes), so on a log of millions this
+ * takes seconds: poll it every few seconds at most, not per request.
  */
 export async function collectStatus(pool: pg.Pool, options: StatusOptions = {}): Promise<RecoveryStatus> {
   const migrations = await requireMigratedSchema(pool, options.schema);

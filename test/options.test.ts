@@ -17,6 +17,7 @@ describe("options", () => {
       schema: "socket_io",
       retentionMarginMs: undefined,
       primeOffsetEvent: "socket.io-postgres-recovery:offset",
+      unloggedDeliveryAfterMs: 2000,
       logChannel: "socket.io:socket_io:log",
     });
     expect(Object.isFrozen(opts)).toBe(true);
@@ -37,6 +38,8 @@ describe("options", () => {
     [{ errorHandler: "log" }, /option "errorHandler" must be a function/],
     [{ primeOffsetEvent: "connect" }, /option "primeOffsetEvent"/],
     [{ primeOffsetEvent: true }, /option "primeOffsetEvent"/],
+    [{ unloggedDeliveryAfterMs: 0 }, /option "unloggedDeliveryAfterMs" must be an integer from 100 to 600000 \(ms\) or false; got 0/],
+    [{ unloggedDeliveryAfterMs: true }, /option "unloggedDeliveryAfterMs"/],
     [{ retentionMarginMs: Number.NaN }, /option "retentionMarginMs"/],
     [{ pruneIntervalMS: 1000 }, /unknown option "pruneIntervalMS"/],
   ])("refuses %j", (input, message) => {
@@ -49,6 +52,7 @@ describe("options", () => {
     expect(opts.attachmentsTable).toEqual({ schema: "public", table: "socket_io_attachments" });
     expect(opts.primeOffsetEvent).toBe(false);
     expect(opts.logChannel).toBe("socket.io:tenant_2:log");
+    expect(resolveOptions({ unloggedDeliveryAfterMs: false }).unloggedDeliveryAfterMs).toBe(false);
   });
 
   it("createAdapter refuses what is not a pool, and bad options, before touching any database", () => {

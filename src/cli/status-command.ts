@@ -48,9 +48,10 @@ export function renderStatus(status: RecoveryStatus, target: string): string {
   lines.push("", "Tables");
   lines.push(
     table(
-      ["TABLE", "TOTAL", "INDEXES", "ROWS (EST.)"],
-      status.tables.map((t) => [t.name, formatBytes(t.totalBytes), formatBytes(t.indexBytes), String(t.rowsEstimate)]),
-      [1, 2, 3],
+      // No row estimate here: pg_class.reltuples reads 0 until autovacuum first analyzes a table, which misleads.
+      ["TABLE", "TOTAL", "INDEXES"],
+      status.tables.map((t) => [t.name, formatBytes(t.totalBytes), formatBytes(t.indexBytes)]),
+      [1, 2],
     ),
   );
 

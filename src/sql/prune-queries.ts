@@ -59,7 +59,7 @@ export class PruneQueries {
   /** Every namespace with the retention its nodes stored (null: none stored yet). */
   async listNamespaces(client: PoolClient): Promise<Array<{ id: number; name: string; retentionMs: number | null }>> {
     const { rows } = await client.query<{ id: number; name: string; retention_ms: string | null }>(
-      `SELECT id, name, retention_ms::text AS retention_ms FROM ${this.namespaces} ORDER BY id`,
+      `SELECT id, name, retention_ms::text AS retention_ms FROM ${this.namespaces} ORDER BY name`,
     );
     return rows.map((r) => ({ id: r.id, name: r.name, retentionMs: r.retention_ms === null ? null : Number(r.retention_ms) }));
   }

@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { expect } from "vitest";
 import { main } from "../../src/cli/main.js";
-import { knownMigrations } from "../../src/migrate.js";
+import { knownMigrations, migrate } from "../../src/migrate.js";
 
 const root = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -108,6 +108,35 @@ export async function migratePartially(url: string, schema: string, count: numbe
       for (const statement of sql.split("--> statement-breakpoint")) await client.query(statement);
       await client.query(`INSERT INTO ${quoted}."__drizzle_migrations" (hash, created_at) VALUES ($1, $2)`, [m.hash, m.createdAt]);
     }
+  } finally {
+    await client.end();
+  }
+}
+
+let freshSchemas = 0;
+
+/** A newly migrated schema in the database at `url`, so that tests of one file do not see each other's rows. */
+export async function freshSchema(url: string, prefix: string): Promise<string> {
+  const schema = `${prefix}_${++freshSchemas}`;
+  const pool = new pg.Pool({ connectionString: url, max: 1 });
+  try {
+    await migrate(pool, { schema });
+  } finally {
+    await pool.end();
+  }
+  return schema;
+}
+
+/** One statement on a connection of its own. */
+export async function sql<R extends pg.QueryResultRow = Record<string, unknown>>(
+  url: string,
+  text: string,
+  params: unknown[] = [],
+): Promise<R[]> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return (await client.query<R>(text, params)).rows;
   } finally {
     await client.end();
   }
