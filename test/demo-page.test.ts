@@ -6,6 +6,8 @@
  *   back with its socket.id, `recovered` shown, and every event it missed
  *   shown once and in order: its offsets are contiguous and match, offset by
  *   offset, what a tab that stayed online saw.
+ * - Dropping a tab's connection, then moving it to another node: it recovers
+ *   each time, the same way.
  * - A node restarted from the page (graceful): its tabs recover the same way.
  * - Ctrl-C (SIGINT) stops the demo cleanly: exit 0, no node process left.
  *
@@ -188,6 +190,40 @@ describe("the npm start demo page", () => {
 
     await online.close();
     await away.close();
+  });
+
+  it("drop my connection, then move me to another node: the tab recovers each time, nothing missed or doubled", async () => {
+    const reference = await openTab(browser!, demo!.url, "node-1");
+    const tab = await openTab(browser!, demo!.url, "node-1");
+    const first = await state(tab);
+
+    await tab.click("#drop");
+    await waitFor(async () => (await state(tab)).welcomes > first.welcomes && !(await state(tab)).awaitingWelcome, {
+      ...WAIT,
+      message: "the tab back after dropping its connection",
+    });
+    const dropped = await state(tab);
+    expect([dropped.node, dropped.id, dropped.recovered]).toEqual(["node-1", first.id, true]);
+
+    await tab.selectOption("#move-target", "node-2");
+    await tab.click("#move");
+    await waitFor(async () => (await state(tab)).node === "node-2" && !(await state(tab)).awaitingWelcome, {
+      ...WAIT,
+      message: "the tab on node-2",
+    });
+    await waitFor(async () => (await state(tab)).offsets.length > dropped.offsets.length + 2, { ...WAIT, message: "events on node-2" });
+    await referenceCaughtUp(reference, tab);
+    const moved = await snapshot(tab);
+    expect([moved.id, moved.recovered]).toEqual([first.id, true]);
+    expect(await tab.textContent("#node")).toBe("node-2");
+    expect(moved.rows.map((r) => r.offset)).toEqual(moved.offsets);
+    expectContiguous(moved.offsets, "tab that dropped and moved");
+    expect([moved.gaps, moved.duplicates]).toEqual([0, 0]);
+    expectSameStream(moved.rows, await rows(reference), "tab that dropped and moved");
+    await tab.screenshot({ path: path.join(ARTIFACTS, "moved-tab.png"), fullPage: true });
+
+    await reference.close();
+    await tab.close();
   });
 
   it("a node restarted from the page: its tabs come back recovered with every event in order", async () => {
