@@ -59,14 +59,17 @@ function listen(http: HttpServer, port: number): Promise<number> {
 function databaseUrlFromSupervisor(): Promise<string> {
   if (!process.send) throw new Error("DATABASE_URL is required");
   return new Promise((resolve) => {
+    // The supervisor went away before the database was ready: nothing to close yet.
+    const onGone = () => process.exit(1);
     const onMessage = (message: unknown) => {
       if (!isSupervisorMessage(message)) return;
       process.off("message", onMessage);
+      // From now on a disconnection means a graceful stop (see main), not this early exit.
+      process.off("disconnect", onGone);
       resolve(message.url);
     };
     process.on("message", onMessage);
-    // The supervisor went away before the database was ready: nothing to close yet.
-    process.once("disconnect", () => process.exit(1));
+    process.once("disconnect", onGone);
     report({ type: "waiting" });
   });
 }
@@ -94,10 +97,13 @@ async function main(): Promise<void> {
   });
 
   // "session-restored" comes before the restored socket's "connection": keep the count until then.
-  const replayedBySid = new Map<string, number>();
+  const replayedBySid = new Map<string, { replayed: number }>();
   const adapter = io.of("/").adapter;
   adapter.on("session-restored", ({ sid, replayed }: RestoredEvent) => {
-    replayedBySid.set(sid, replayed);
+    const entry = { replayed };
+    replayedBySid.set(sid, entry);
+    // A restore whose connection dropped before "connection" leaves its count behind: forget it.
+    setTimeout(() => replayedBySid.get(sid) === entry && replayedBySid.delete(sid), 30_000).unref();
     report({ type: "restored", replayed });
   });
   adapter.on("restore-refused", ({ reason }: RefusedEvent) => report({ type: "refused", reason }));
@@ -106,7 +112,7 @@ async function main(): Promise<void> {
   io.on("connection", (socket: Socket) => {
     census();
     socket.on("disconnect", census);
-    const replayed = replayedBySid.get(socket.id) ?? 0;
+    const replayed = replayedBySid.get(socket.id)?.replayed ?? 0;
     replayedBySid.delete(socket.id);
     // Local, so not logged: with recovery on, `socket.emit` is a logged broadcast to the socket's
     // own room, which would take an offset that other tabs never see (a gap in their stream).

@@ -113,6 +113,8 @@ async function start(): Promise<void> {
   // Postgres starts while the nodes load their modules; they get its URL once it is migrated.
   databaseStarting = demoDatabase();
   const libraries = Promise.all([import("pg"), import("../src/index.js")]);
+  // Awaited below once Postgres is up; a failure surfaces there, not as an unhandled rejection now.
+  libraries.catch(() => {});
   const databaseReady = databaseStarting.then(async (db) => {
     database = db;
     say(`  database  ${db.description}, up at ${elapsed()}`);
