@@ -57,6 +57,13 @@ export interface RestoredEvent {
   replayed: number;
 }
 
+/** Cancellation of a restore whose caller stopped waiting. */
+interface RestoreAttempt {
+  abandoned: boolean;
+}
+
+type RestoreOutcome = { session: Session & { missedPackets: unknown[][] } } | { refused: string };
+
 /** Payload of the adapter's "restore-refused" event. */
 export interface RefusedEvent {
   /** Why, for humans (never the pid). */
@@ -540,10 +547,17 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`restore took longer than restoreTimeoutMs (${timeoutMs} ms)`)), timeoutMs);
     });
-    const restoring = this.restore(pid, parsed, Date.now() + timeoutMs);
+    const attempt: RestoreAttempt = { abandoned: false };
+    const restoring = this.restore(pid, parsed, Date.now() + timeoutMs, attempt);
     try {
-      return await Promise.race([restoring, timeout]);
+      const outcome = await Promise.race([restoring, timeout]);
+      if ("refused" in outcome) return this.refused(outcome.refused);
+      debug("restoring %s with %d missed packets", outcome.session.sid, outcome.session.missedPackets.length);
+      this.emit("session-restored", { sid: outcome.session.sid, replayed: outcome.session.missedPackets.length } satisfies RestoredEvent);
+      return outcome.session;
     } catch (err) {
+      // The restore may go on in the background: from now on it must leave no trace (see restore()).
+      attempt.abandoned = true;
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: a restore in "${this.nspName}" failed; the client gets a new session`, { cause: asError(err) }));
       return this.refused(`failed: ${asError(err).message}`);
     } finally {
@@ -552,38 +566,23 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     }
   }
 
-  private async restore(pid: PrivateSessionId, offset: number, deadline: number): Promise<Session> {
+  /**
+   * Decides a restore; the caller announces the outcome. Once `attempt` is
+   * abandoned (the caller timed out and gave the client a new session), it
+   * must not restore anything: a session it took meanwhile is put back.
+   */
+  private async restore(pid: PrivateSessionId, offset: number, deadline: number, attempt: RestoreAttempt): Promise<RestoreOutcome> {
     await Promise.race([this.ready, this.closeDeadline]);
     const sequencer = this.sequencer;
     const namespaceId = this.namespaceId;
-    if (!sequencer || namespaceId === undefined) return this.refused("namespace not started");
+    if (!sequencer || namespaceId === undefined) return { refused: "namespace not started" };
     const pidHash = hashPid(pid);
     const stored = await this.ctx.sessions.take(pidHash, namespaceId, this.ctx.opts.sessionWaitMs);
-    if (!stored) return this.refused("unknown pid (never stored, already restored, pruned, or another namespace's)");
-    if (!stored.live) return this.refused("session expired");
+    if (!stored) return { refused: "unknown pid (never stored, already restored, pruned, or another namespace's)" };
+    if (!stored.live) return { refused: "session expired" };
     if (offset < stored.floorOffset || offset > stored.lastOffset) {
-      return this.refused(`offset ${offset} outside the session's range [${stored.floorOffset}, ${stored.lastOffset}]`);
+      return { refused: `offset ${offset} outside the session's range [${stored.floorOffset}, ${stored.lastOffset}]` };
     }
-    // The client may be ahead of this node: replay starts after its offset, so wait until we are there.
-    await sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
-    const upTo = sequencer.cursor ?? offset;
-    const tooLong = refuseRange(offset, upTo, this.ctx.opts);
-    if (tooLong) return this.refused(tooLong);
-    const entries =
-      sequencer.recentRange(offset, upTo) ??
-      // Bounded in count and bytes: a replay over either limit is refused below, so no more is read.
-      (await this.ctx.log.range(namespaceId, offset, upTo, this.ctx.opts.maxReplayEntries, this.ctx.opts.maxReplayBytes)).entries;
-    const { rooms, data } = decodeSession(stored.payload);
-    const joinedAt = new Map<Room, number>(rooms);
-    const membership: Membership = { joinedAt, memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
-    const plan = planReplay(entries, offset, upTo, stored.lastOffset, membership, this.ctx.opts);
-    if (plan.refused !== undefined) return this.refused(plan.refused);
-    const missedPackets = plan.entries.map((entry) => [...entry.data, formatOffset(entry.offset)]);
-    const { lastReplayed } = plan;
-    // Socket.IO joins the rooms and sends missedPackets right after this resolves; entries this
-    // node delivers in between are added at that moment (addAll), so the replay meets live delivery.
-    const timer = setTimeout(() => this.stitches.delete(stored.sid), 30_000);
-    timer.unref();
     const taken: SessionRecord = {
       pidHash,
       namespaceId,
@@ -593,6 +592,42 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       payload: stored.payload,
       ttlMs: this.recovery?.maxDisconnectionDuration ?? 0,
     };
+    try {
+      // The client may be ahead of this node: replay starts after its offset, so wait until we are there.
+      await sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
+    } catch (err) {
+      if (attempt.abandoned) this.ctx.sessions.persist(taken);
+      throw err;
+    }
+    const upTo = sequencer.cursor ?? offset;
+    const tooLong = refuseRange(offset, upTo, this.ctx.opts);
+    if (tooLong) return { refused: tooLong };
+    let entries = sequencer.recentRange(offset, upTo);
+    if (!entries) {
+      try {
+        // Bounded in count and bytes: a replay over either limit is refused below, so no more is read.
+        const { maxReplayEntries, maxReplayBytes } = this.ctx.opts;
+        entries = (await this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes)).entries;
+      } catch (err) {
+        if (attempt.abandoned) this.ctx.sessions.persist(taken);
+        throw err;
+      }
+    }
+    if (attempt.abandoned) {
+      this.ctx.sessions.persist(taken);
+      return { refused: "abandoned" };
+    }
+    const { rooms, data } = decodeSession(stored.payload);
+    const joinedAt = new Map<Room, number>(rooms);
+    const membership: Membership = { joinedAt, memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
+    const plan = planReplay(entries, offset, upTo, stored.lastOffset, membership, this.ctx.opts);
+    if (plan.refused !== undefined) return { refused: plan.refused };
+    const missedPackets = plan.entries.map((entry) => [...entry.data, formatOffset(entry.offset)]);
+    const { lastReplayed } = plan;
+    // Socket.IO joins the rooms and sends missedPackets right after this resolves; entries this
+    // node delivers in between are added at that moment (addAll), so the replay meets live delivery.
+    const timer = setTimeout(() => this.stitches.delete(stored.sid), 30_000);
+    timer.unref();
     this.stitches.set(stored.sid, {
       taken,
       membership,
@@ -604,14 +639,14 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       broken: false,
       timer,
     });
-    debug("restoring %s with %d missed packets", stored.sid, missedPackets.length);
-    this.emit("session-restored", { sid: stored.sid, replayed: missedPackets.length } satisfies RestoredEvent);
     return {
-      sid: stored.sid,
-      pid,
-      rooms: rooms.map(([room]) => room),
-      data,
-      missedPackets,
+      session: {
+        sid: stored.sid,
+        pid,
+        rooms: rooms.map(([room]) => room),
+        data,
+        missedPackets,
+      },
     };
   }
 

@@ -25,24 +25,38 @@ export interface SessionStoreOptions {
   onError(err: Error): void;
 }
 
+/** A session waiting to be written, with the moment it expires (its lifetime runs from the disconnect). */
+interface QueuedSession {
+  readonly record: SessionRecord;
+  readonly expiresAt: number;
+}
+
 export class SessionStore {
-  private readonly writes: Batcher<SessionRecord, void>;
+  private readonly writes: Batcher<QueuedSession, void>;
   private readonly takes: Batcher<SessionKey, TakenSession | undefined>;
 
   constructor(
     private readonly queries: SessionQueries,
     opts: SessionStoreOptions,
   ) {
-    this.writes = new Batcher<SessionRecord, void>({
-      write: async (records) => {
-        await this.queries.insert(records);
-        return records.map(() => undefined);
+    this.writes = new Batcher<QueuedSession, void>({
+      write: async (queued) => {
+        // Written late (the database was away), a session keeps the expiry it had at the disconnect;
+        // one already past it is dropped: it could only be refused as expired.
+        const now = Date.now();
+        const records = queued
+          .filter((q) => q.expiresAt > now)
+          .map((q) => ({ ...q.record, ttlMs: q.expiresAt - now }));
+        if (records.length > 0) await this.queries.insert(records);
+        return queued.map(() => undefined);
       },
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPending,
       isRetryable: isTransientDatabaseError,
       retryDelayMs: (attempt) => Math.min(50 * 2 ** attempt, 2000),
-      maxAttempts: 10,
+      // Until the database returns, however long it is away (bounded by maxPending and by
+      // expiry, see write); close() stops retrying at its deadline.
+      maxAttempts: Infinity,
       onError: (err) =>
         opts.onError(new Error("socket.io-postgres-recovery: writing sessions failed", { cause: err })),
     });
@@ -60,7 +74,7 @@ export class SessionStore {
 
   /** Queues a session; a failure is reported to the error handler (the session is then not restorable). */
   persist(record: SessionRecord): void {
-    this.writes.add(record).catch(() => {
+    this.writes.add({ record, expiresAt: Date.now() + record.ttlMs }).catch(() => {
       // Already reported by the batcher's onError, or refused because closed/full:
       // the session is simply not restorable, which fails closed.
     });
@@ -71,15 +85,15 @@ export class SessionStore {
    * `waitMs`: how long to keep looking for a session another node may still be writing.
    */
   async take(pidHash: Buffer, namespaceId: number, waitMs: number): Promise<TakenSession | undefined> {
-    const mine = (r: SessionRecord) => r.namespaceId === namespaceId && r.pidHash.equals(pidHash);
+    const mine = (q: QueuedSession) => q.record.namespaceId === namespaceId && q.record.pidHash.equals(pidHash);
     const [queued] = this.writes.take(mine);
     if (queued) {
       return {
-        sid: queued.sid,
-        floorOffset: queued.floorOffset,
-        lastOffset: queued.lastOffset,
-        payload: queued.payload,
-        live: true,
+        sid: queued.record.sid,
+        floorOffset: queued.record.floorOffset,
+        lastOffset: queued.record.lastOffset,
+        payload: queued.record.payload,
+        live: queued.expiresAt > Date.now(),
       };
     }
     if (this.writes.isWriting(mine)) await this.writes.flush();

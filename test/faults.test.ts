@@ -268,12 +268,9 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
     expect(missed.slice(0, 10)).toEqual([]);
   });
 
-  // KNOWN FAILURE (it.fails until fixed): session writes are retried 10 times with a backoff
-  // capped at 2 s (src/session-store.ts, maxAttempts: 10), about 11 s in all; a session
-  // persisted earlier than that before Postgres returns is dropped, and its restore is refused
-  // ("unknown pid"): fail closed, but not "written when Postgres returns". Remove `.fails` once
-  // session writes wait (bounded by maxPendingWrites and the session's TTL) until the database is back.
-  it.fails("a session persisted at the start of a 15 s outage is written when Postgres returns", async () => {
+  // Session writes are retried until the database returns (bounded by maxPendingWrites and the
+  // session's expiry); an earlier version gave up after ~11 s and this test caught it.
+  it("a session persisted at the start of a 15 s outage is written when Postgres returns", async () => {
     const r = await setUp("long_outage");
     r.startTraffic(100);
     await sleep(500);
