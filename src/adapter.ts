@@ -161,7 +161,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         sizeOf: (item) => item.payload.length,
         maxPending: ctx.opts.maxPendingWrites,
         isRetryable: isTransientDatabaseError,
-        retryDelayMs: (attempt) => Math.min(50 * 2 ** attempt, 2000),
+        // Capped low: connected clients wait for these retries, and the outage decision
+        // (unloggedDeliveryAfterMs) should not be made by the backoff.
+        retryDelayMs: (attempt) => Math.min(50 * 2 ** attempt, 500),
         maxAttempts: Infinity,
         onError: (err) =>
           this.ctx.reportError(new Error(`socket.io-postgres-recovery: appending to the log of "${this.nspName}" failed`, { cause: err })),
