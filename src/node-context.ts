@@ -46,7 +46,7 @@ export class NodeContext {
     readonly opts: ResolvedOptions,
   ) {
     const report = (err: Error) => this.reportError(err);
-    this.log = new LogQueries(pool, opts.schema);
+    this.log = new LogQueries(pool, opts.schema, { preparedStatements: opts.preparedStatements });
     this.sessions = new SessionStore(new SessionQueries(pool, opts.schema), {
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPendingWrites,

