@@ -1,0 +1,72 @@
+/** Starts a peer's node processes and one client process for a workload run, and stops them all. */
+import type { ChildProcess } from "node:child_process";
+import { call } from "./ipc.js";
+import { startChild, stopChild } from "./children.js";
+import type { RunContext } from "./context.js";
+
+export interface BenchNode {
+  child: ChildProcess;
+  url: string;
+  index: number;
+}
+
+export interface BenchCluster {
+  nodes: BenchNode[];
+  clients: ChildProcess;
+  /** Peak RSS (MiB) and CPU ms of each node still running. */
+  usage(): Promise<Array<{ maxRssMb: number; cpuMs: number; errors: string[] } | null>>;
+  stop(): Promise<void>;
+}
+
+export async function startCluster(ctx: RunContext, nodeCount: number, opts: { profile?: boolean } = {}): Promise<BenchCluster> {
+  const count = Math.min(nodeCount, ctx.peer.maxNodes);
+  const nodes = await Promise.all(
+    Array.from({ length: count }, async (_, index) => {
+      const child = await startChild("node-process.ts", {
+        label: `${ctx.peer.id}/node${index}`,
+        env: {
+          PEER: ctx.peer.id,
+          DATABASE_URL: ctx.db.url,
+          REDIS_URL: ctx.redisUrl,
+          STREAM_NAME: ctx.streamName,
+          NODE_INDEX: String(index),
+        },
+        nodeFlags: opts.profile && ctx.cpuProfDir ? ["--cpu-prof", `--cpu-prof-dir=${ctx.cpuProfDir}`, `--cpu-prof-name=${ctx.peer.id}-node${index}-${Date.now()}.cpuprofile`] : [],
+      });
+      const { port } = await call<{ port: number }>(child, "info");
+      return { child, url: `http://127.0.0.1:${port}`, index };
+    }),
+  );
+  const clients = await startChild("client-process.ts", {
+    label: `${ctx.peer.id}/clients`,
+    env: { OFFSET_KIND: ctx.peer.offsetKind ?? "" },
+  });
+  let stopping: Promise<void> | undefined;
+  return {
+    nodes,
+    clients,
+    async usage() {
+      return Promise.all(
+        nodes.map((n) =>
+          n.child.exitCode === null ? call<{ maxRssMb: number; cpuMs: number; errors: string[] }>(n.child, "usage").catch(() => null) : null,
+        ),
+      );
+    },
+    stop() {
+      return (stopping ??= stopAll());
+    },
+  };
+  async function stopAll(): Promise<void> {
+      await call(clients, "close").catch(() => undefined);
+      await stopChild(clients, 5000);
+      // Graceful: the nodes write what they queued; SIGTERM does io.close() too if "close" fails.
+      await Promise.all(
+        nodes.map(async (n) => {
+          if (n.child.exitCode === null) await call(n.child, "close", {}, 20_000).catch(() => undefined);
+          await stopChild(n.child, 10_000);
+        }),
+      );
+  }
+}
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
