@@ -10,6 +10,8 @@ export interface RunDatabase {
   name: string;
   /** Committed transactions of this database so far (pg_stat_database, flushed by backends with some delay). */
   commits(): Promise<number>;
+  /** Rows updated in `schema.table` so far (pg_stat_user_tables, same delay). */
+  updates(schema: string, table: string): Promise<number>;
   drop(): Promise<void>;
 }
 
@@ -29,6 +31,7 @@ export async function createRunDatabase(baseUrl: string): Promise<RunDatabase> {
   const url = new URL(baseUrl);
   url.pathname = `/${name}`;
   const statsPool = new pg.Pool({ connectionString: baseUrl, max: 1 });
+  const tablePool = new pg.Pool({ connectionString: url.toString(), max: 1 });
   let dropped = false;
   return {
     url: url.toString(),
@@ -40,9 +43,17 @@ export async function createRunDatabase(baseUrl: string): Promise<RunDatabase> {
       );
       return Number(rows[0]?.n ?? 0);
     },
+    async updates(schema, table) {
+      const { rows } = await tablePool.query<{ n: string }>(
+        "SELECT n_tup_upd::text AS n FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
+        [schema, table],
+      );
+      return Number(rows[0]?.n ?? 0);
+    },
     async drop() {
       if (dropped) return;
       dropped = true;
+      await tablePool.end().catch(() => undefined);
       await statsPool.end().catch(() => undefined);
       await adminQuery(baseUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
     },
@@ -66,7 +77,7 @@ export async function serverVersion(url: string): Promise<string> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
   try {
-    const { rows } = await client.query<{ v: string }>("SHOW server_version");
+    const { rows } = await client.query<{ v: string }>("SELECT current_setting('server_version') AS v");
     return rows[0]?.v ?? "?";
   } finally {
     await client.end();
