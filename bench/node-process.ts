@@ -7,7 +7,9 @@
  * Every emitted event is `("b", { e: epoch, s: source, q: seq, t?: emittedAt, p: padding })`,
  * about 100 bytes of JSON, so clients can account for each one.
  */
+import { writeFileSync } from "node:fs";
 import { createServer } from "node:http";
+import { Session } from "node:inspector";
 import type { AddressInfo } from "node:net";
 import pg from "pg";
 import { Server, type ServerOptions } from "socket.io";
@@ -63,6 +65,13 @@ async function adapterFor(): Promise<ServerOptions["adapter"] | undefined> {
     case "in-memory":
       return undefined;
   }
+}
+
+let profiler: Session | undefined;
+function post(session: Session, method: string, params?: object): Promise<unknown> {
+  return new Promise((resolve, reject) =>
+    session.post(method, params ?? {}, (err, result) => (err ? reject(err) : resolve(result))),
+  );
 }
 
 async function main(): Promise<void> {
@@ -190,6 +199,22 @@ async function main(): Promise<void> {
     usage: () => {
       const cpu = process.cpuUsage();
       return { maxRssMb: process.resourceUsage().maxRSS / 1024, cpuMs: (cpu.user + cpu.system) / 1000, errors };
+    },
+    // CPU profile of a window (not of the process' startup): bench/profile-summary.ts reads it.
+    "profile-start": async () => {
+      profiler ??= new Session();
+      profiler.connect();
+      await post(profiler, "Profiler.enable");
+      await post(profiler, "Profiler.setSamplingInterval", { interval: 200 });
+      await post(profiler, "Profiler.start");
+      return null;
+    },
+    "profile-stop": async ({ file }: { file: string }) => {
+      if (!profiler) return null;
+      const { profile } = (await post(profiler, "Profiler.stop")) as { profile: unknown };
+      writeFileSync(file, JSON.stringify(profile));
+      profiler.disconnect();
+      return file;
     },
     close: async () => {
       const started = nowMs();

@@ -34,10 +34,10 @@ function where(url: string): string {
 }
 
 export function summariseProfiles(dir: string, top = 20): string {
-  const files = readdirSync(dir).filter((f) => f.endsWith(".cpuprofile"));
+  const files = readdirSync(dir).filter((f) => f.endsWith(".cpuprofile")).sort().map((f) => path.join(dir, f));
   const lines: string[] = [];
   for (const file of files) {
-    const profile = JSON.parse(readFileSync(path.join(dir, file), "utf8")) as Profile;
+    const profile = JSON.parse(readFileSync(file, "utf8")) as Profile;
     const byNode = new Map<number, number>();
     profile.samples.forEach((id, i) => byNode.set(id, (byNode.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)));
     const total = [...byNode.values()].reduce((a, b) => a + b, 0);
@@ -53,8 +53,13 @@ export function summariseProfiles(dir: string, top = 20): string {
       byPackage.set(pkg, (byPackage.get(pkg) ?? 0) + us);
     }
     const pct = (us: number) => ((100 * us) / total).toFixed(1);
-    lines.push(`#### ${file} (${(total / 1e6).toFixed(1)} s sampled)`, "", "| self % | function |", "| ---: | --- |");
+    lines.push(`#### ${path.relative(dir, file)} (${(total / 1e6).toFixed(1)} s sampled)`, "", "| self % | function |", "| ---: | --- |");
     for (const [k, us] of [...byFunction].sort((a, b) => b[1] - a[1]).slice(0, top)) lines.push(`| ${pct(us)} | \`${k}\` |`);
+    const ours = [...byFunction].filter(([k]) => k.includes(" ours ")).sort((a, b) => b[1] - a[1]).slice(0, 10);
+    if (ours.length) {
+      lines.push("", "| self % | our function |", "| ---: | --- |");
+      for (const [k, us] of ours) lines.push(`| ${pct(us)} | \`${k}\` |`);
+    }
     lines.push("", "| self % | package |", "| ---: | --- |");
     for (const [k, us] of [...byPackage].sort((a, b) => b[1] - a[1]).slice(0, 12)) lines.push(`| ${pct(us)} | ${k} |`);
     lines.push("");

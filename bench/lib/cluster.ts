@@ -18,7 +18,7 @@ export interface BenchCluster {
   stop(): Promise<void>;
 }
 
-export async function startCluster(ctx: RunContext, nodeCount: number, opts: { profile?: boolean } = {}): Promise<BenchCluster> {
+export async function startCluster(ctx: RunContext, nodeCount: number): Promise<BenchCluster> {
   const count = Math.min(nodeCount, ctx.peer.maxNodes);
   const nodes = await Promise.all(
     Array.from({ length: count }, async (_, index) => {
@@ -31,7 +31,6 @@ export async function startCluster(ctx: RunContext, nodeCount: number, opts: { p
           STREAM_NAME: ctx.streamName,
           NODE_INDEX: String(index),
         },
-        nodeFlags: opts.profile && ctx.cpuProfDir ? ["--cpu-prof", `--cpu-prof-dir=${ctx.cpuProfDir}`, `--cpu-prof-name=${ctx.peer.id}-node${index}-${Date.now()}.cpuprofile`] : [],
       });
       const { port } = await call<{ port: number }>(child, "info");
       return { child, url: `http://127.0.0.1:${port}`, index };

@@ -10,8 +10,11 @@ export interface RunDatabase {
   name: string;
   /** Committed transactions of this database so far (pg_stat_database, flushed by backends with some delay). */
   commits(): Promise<number>;
-  /** Rows updated in `schema.table` so far (pg_stat_user_tables, same delay). */
-  updates(schema: string, table: string): Promise<number>;
+  /**
+   * Write transactions our adapter committed so far: every append is batch
+   * number last_batch + 1 of its writer, so the sum grows by one per append (exact, no delay).
+   */
+  ourAppends(): Promise<number>;
   drop(): Promise<void>;
 }
 
@@ -43,11 +46,8 @@ export async function createRunDatabase(baseUrl: string): Promise<RunDatabase> {
       );
       return Number(rows[0]?.n ?? 0);
     },
-    async updates(schema, table) {
-      const { rows } = await tablePool.query<{ n: string }>(
-        "SELECT n_tup_upd::text AS n FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = $2",
-        [schema, table],
-      );
+    async ourAppends() {
+      const { rows } = await tablePool.query<{ n: string }>("SELECT coalesce(sum(last_batch), 0)::text AS n FROM socket_io.log_writers");
       return Number(rows[0]?.n ?? 0);
     },
     async drop() {
@@ -61,14 +61,14 @@ export async function createRunDatabase(baseUrl: string): Promise<RunDatabase> {
 }
 
 /** Counts NOTIFYs delivered on `channels` of database `url` until `stop()`. */
-export async function countNotifies(url: string, channels: string[]): Promise<{ count(): number; stop(): Promise<void> }> {
+export async function countNotifies(url: string, channels: string[]): Promise<{ count(channel?: string): number; stop(): Promise<void> }> {
   const client = new pg.Client({ connectionString: url });
   await client.connect();
-  let n = 0;
-  client.on("notification", () => n++);
+  const perChannel = new Map<string, number>();
+  client.on("notification", (msg) => perChannel.set(msg.channel, (perChannel.get(msg.channel) ?? 0) + 1));
   for (const channel of channels) await client.query(`LISTEN "${channel.replace(/"/g, '""')}"`);
   return {
-    count: () => n,
+    count: (channel) => (channel === undefined ? [...perChannel.values()].reduce((a, b) => a + b, 0) : (perChannel.get(channel) ?? 0)),
     stop: () => client.end(),
   };
 }

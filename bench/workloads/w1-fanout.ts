@@ -35,7 +35,8 @@ const metrics: MetricDef[] = [
   { key: "regressions", label: "offset regressions seen by clients" },
   { key: "distinctOrders", label: "distinct delivery orders" },
   { key: "writeTxPer1000", label: "write transactions / 1,000 events", better: "lower", digits: 1 },
-  { key: "notifiesPer1000", label: "NOTIFYs / 1,000 events", better: "lower", digits: 1 },
+  { key: "notifiesPer1000", label: "NOTIFYs / 1,000 events (all channels)", better: "lower", digits: 1 },
+  { key: "logNotifiesPerWriteTx", label: "log NOTIFYs / write transaction (ours)", digits: 2 },
   { key: "eventsPerWriteTx", label: "events / write transaction", better: "higher", digits: 1 },
   { key: "txPer1000", label: "all Postgres transactions / 1,000 events (incl. LISTEN wake-ups)", better: "lower", digits: 1 },
   { key: "peakRssMb", label: "peak RSS per node (MiB, max)", better: "lower", digits: 0 },
@@ -51,7 +52,8 @@ function channelsOf(peer: Peer): string[] {
 
 async function run(ctx: RunContext, split: boolean): Promise<Metrics> {
   const { w1Events: events, w1ClientsPerNode } = ctx.sizes;
-  const cluster = await startCluster(ctx, 2, { profile: ctx.peer.id === "ours" && !split });
+  const cluster = await startCluster(ctx, 2);
+  const profile = ctx.cpuProfDir !== undefined && ctx.peer.id === "ours";
   try {
     const { nodes, clients } = cluster;
     const clientsPerNode = (w1ClientsPerNode * 2) / nodes.length;
@@ -67,7 +69,7 @@ async function run(ctx: RunContext, split: boolean): Promise<Metrics> {
 
     const usageBefore = await cluster.usage();
     const commitsBefore = ctx.peer.postgres ? await ctx.db.commits() : 0;
-    const headUpdatesBefore = ctx.peer.id === "ours" ? await ctx.db.updates("socket_io", "namespaces") : 0;
+    const appendsBefore = ctx.peer.id === "ours" ? await ctx.db.ourAppends() : 0;
     const half = Math.floor(events / 2);
     const expect = split ? { 0: half, 1: events - half } : { 0: events };
     const burst = async (epoch: number, count: number, halfCount: number) => {
@@ -85,17 +87,28 @@ async function run(ctx: RunContext, split: boolean): Promise<Metrics> {
     // wake-up (a transaction) per NOTIFY, which would slow one-NOTIFY-per-event peers most.
     const epoch = ctx.nextEpoch();
     await call(clients, "arm", { epoch, expect: { all: expect } });
+    if (profile) await Promise.all(nodes.map((n) => call(n.child, "profile-start")));
     const starts = await burst(epoch, events, half);
     const waited = await call<{ complete: boolean; lastAt: number }>(clients, "wait", { timeoutMs: 120_000 }, 130_000);
+    if (profile) {
+      await Promise.all(
+        nodes.map((n) => call(n.child, "profile-stop", { file: `${ctx.cpuProfDir}/${ctx.peer.id}-${split ? "W1-split" : "W1"}-node${n.index}.cpuprofile` })),
+      );
+    }
     if (!waited.complete) await sleep(2000); // stragglers: count what arrives late as received
     const summary = await call<Summary>(clients, "summary", {});
     const seconds = (waited.lastAt - Math.min(...starts.map((s) => s.startedAt))) / 1000;
     const usage = await cluster.usage();
 
+    const appendsTimed = ctx.peer.id === "ours" ? (await ctx.db.ourAppends()) - appendsBefore : 0;
+
     // An untimed burst of a fifth of the size, with a LISTEN connection counting the NOTIFYs.
     const counted = Math.max(200, Math.floor(events / 5));
     let notifyCount = 0;
+    let logNotifyCount = 0;
+    let appendsCounted = 0;
     if (ctx.peer.postgres) {
+      const appendsBeforeCounted = ctx.peer.id === "ours" ? await ctx.db.ourAppends() : 0;
       const notifies = await countNotifies(ctx.db.url, channelsOf(ctx.peer));
       const e2 = ctx.nextEpoch();
       await call(clients, "arm", { epoch: e2, expect: { all: split ? { 0: Math.floor(counted / 2), 1: counted - Math.floor(counted / 2) } : { 0: counted } } });
@@ -103,6 +116,8 @@ async function run(ctx: RunContext, split: boolean): Promise<Metrics> {
       await call(clients, "wait", { timeoutMs: 60_000 }, 70_000);
       await sleep(200);
       notifyCount = notifies.count();
+      logNotifyCount = notifies.count("socket.io:socket_io:log");
+      if (ctx.peer.id === "ours") appendsCounted = (await ctx.db.ourAppends()) - appendsBeforeCounted;
       await notifies.stop();
     }
     await cluster.stop();
@@ -110,15 +125,12 @@ async function run(ctx: RunContext, split: boolean): Promise<Metrics> {
     await sleep(600);
     const measured = events + (ctx.peer.postgres ? counted : 0);
     const transactions = ctx.peer.postgres ? (await ctx.db.commits()) - commitsBefore : null;
-    // Ours: each append bumps the namespace head once (one UPDATE per write transaction).
-    // Upstream: each publish is one autocommit `SELECT pg_notify(...)`, so its writes are its NOTIFYs.
+    // Ours: appends of the timed burst (log_writers' batch numbers). Upstream: each publish is one
+    // autocommit `SELECT pg_notify(...)`, so its write transactions are its NOTIFYs.
     const notifiesPer1000 = ctx.peer.postgres ? (notifyCount / counted) * 1000 : null;
     const writeTxPer1000 =
-      ctx.peer.id === "ours"
-        ? (((await ctx.db.updates("socket_io", "namespaces")) - headUpdatesBefore) / measured) * 1000
-        : ctx.peer.id === "upstream-pg"
-          ? notifiesPer1000
-          : null;
+      ctx.peer.id === "ours" ? (appendsTimed / events) * 1000 : ctx.peer.id === "upstream-pg" ? notifiesPer1000 : null;
+    const logNotifiesPerWriteTx = ctx.peer.id === "ours" && appendsCounted ? logNotifyCount / appendsCounted : null;
     const cpuMs = usage.reduce((n, u, i) => n + (u?.cpuMs ?? 0) - (usageBefore[i]?.cpuMs ?? 0), 0);
     return {
       deliveriesPerSec: waited.complete ? (totalClients * events) / seconds : null,
@@ -130,6 +142,7 @@ async function run(ctx: RunContext, split: boolean): Promise<Metrics> {
       distinctOrders: summary.distinctOrders,
       writeTxPer1000,
       notifiesPer1000,
+      logNotifiesPerWriteTx,
       eventsPerWriteTx: writeTxPer1000 ? 1000 / writeTxPer1000 : null,
       txPer1000: transactions === null ? null : (transactions / measured) * 1000,
       peakRssMb: Math.max(...usage.map((u) => u?.maxRssMb ?? 0)),
