@@ -20,7 +20,12 @@ export interface BenchCluster {
 
 export async function startCluster(ctx: RunContext, nodeCount: number): Promise<BenchCluster> {
   const count = Math.min(nodeCount, ctx.peer.maxNodes);
-  const nodes = await Promise.all(
+  // Nodes and the client process start together (process start-up dominates short workloads).
+  const clientsStarting = startChild("client-process.ts", {
+    label: `${ctx.peer.id}/clients`,
+    env: { OFFSET_KIND: ctx.peer.offsetKind ?? "" },
+  });
+  const nodesStarting = Promise.all(
     Array.from({ length: count }, async (_, index) => {
       const child = await startChild("node-process.ts", {
         label: `${ctx.peer.id}/node${index}`,
@@ -36,10 +41,15 @@ export async function startCluster(ctx: RunContext, nodeCount: number): Promise<
       return { child, url: `http://127.0.0.1:${port}`, index };
     }),
   );
-  const clients = await startChild("client-process.ts", {
-    label: `${ctx.peer.id}/clients`,
-    env: { OFFSET_KIND: ctx.peer.offsetKind ?? "" },
-  });
+  const [nodesResult, clientsResult] = await Promise.allSettled([nodesStarting, clientsStarting]);
+  if (nodesResult.status === "rejected" || clientsResult.status === "rejected") {
+    // Whatever did start must not outlive this failed start.
+    if (clientsResult.status === "fulfilled") await stopChild(clientsResult.value, 2000);
+    if (nodesResult.status === "fulfilled") await Promise.all(nodesResult.value.map((n) => stopChild(n.child, 2000)));
+    throw nodesResult.status === "rejected" ? nodesResult.reason : (clientsResult as PromiseRejectedResult).reason;
+  }
+  const nodes = nodesResult.value;
+  const clients = clientsResult.value;
   let stopping: Promise<void> | undefined;
   return {
     nodes,

@@ -33,9 +33,9 @@ export const FULL: Sizes = {
 /** `--quick`: the same workloads, smaller, under ~3 minutes in all. */
 export const QUICK: Sizes = {
   ...FULL,
-  w1Events: 2000,
+  w1Events: 1000,
   w1ClientsPerNode: 50,
-  w2Events: 1000,
+  w2Events: 750,
   w3Clients: 200,
   w5Rows: 200_000,
 };
