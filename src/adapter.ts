@@ -24,7 +24,7 @@ import {
   type Session,
   type SocketId,
 } from "socket.io-adapter";
-import { Batcher } from "./batcher.js";
+import { Batcher, BatcherFullError, BatcherTakenError } from "./batcher.js";
 import {
   decodeBatchFromNotify,
   decodePacket,
@@ -40,6 +40,7 @@ import {
 import { debug } from "./debug.js";
 import { asError, isMissingSchemaError, isTransientDatabaseError } from "./errors.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
+import { OutageMonitor } from "./outage.js";
 import { isAddressedTo, planReplay, refuseRange, type Membership } from "./replay.js";
 import { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
@@ -55,6 +56,13 @@ export interface RestoredEvent {
   /** Packets sent to the client as missed (from the restore's read). */
   replayed: number;
 }
+
+/** Cancellation of a restore whose caller stopped waiting. */
+interface RestoreAttempt {
+  abandoned: boolean;
+}
+
+type RestoreOutcome = { session: Session & { missedPackets: unknown[][] } } | { refused: string };
 
 /** Payload of the adapter's "restore-refused" event. */
 export interface RefusedEvent {
@@ -104,6 +112,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly recovery: RecoverySettings | undefined;
   private readonly sequencer: Sequencer | undefined;
   private readonly writer: Batcher<QueuedEntry, number> | undefined;
+  /** Decides when failing log writes turn into outage mode (see unloggedDeliveryAfterMs). */
+  private readonly outage: OutageMonitor | undefined;
+  /** Events delivered unlogged since the current outage started. */
+  private unloggedPackets = 0;
   private namespaceId: number | undefined;
   /** Batches this adapter appended (see LogQueries.append: retries are idempotent). */
   private batchNumber = 0;
@@ -130,6 +142,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.sequencer = new Sequencer({
         gapFillDelayMs: ctx.opts.gapFillDelayMs,
         recentEntries: ctx.opts.recentEntries,
+        // A restore over maxReplayBytes is refused, so the ring never needs more (see recent-entries.ts).
+        recentBytes: ctx.opts.maxReplayBytes,
         readBatchSize: 5000,
         deliver: (entry) => this.deliver(entry),
         read: async (after, upTo, limit) => {
@@ -142,12 +156,20 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.writer = new Batcher<QueuedEntry, number>({
         write: (items, attempt) => this.appendToLog(items, attempt),
         maxBatchSize: ctx.opts.maxBatchSize,
+        // Keeps one append statement far below Postgres' 1 GB per value (the payloads travel as one bytea[]).
+        maxBatchBytes: 64 * 1024 * 1024,
+        sizeOf: (item) => item.payload.length,
         maxPending: ctx.opts.maxPendingWrites,
         isRetryable: isTransientDatabaseError,
         retryDelayMs: (attempt) => Math.min(50 * 2 ** attempt, 2000),
         maxAttempts: Infinity,
         onError: (err) =>
           this.ctx.reportError(new Error(`socket.io-postgres-recovery: appending to the log of "${this.nspName}" failed`, { cause: err })),
+      });
+      this.outage = new OutageMonitor({
+        afterMs: ctx.opts.unloggedDeliveryAfterMs,
+        onStarted: (failingForMs) => this.startOutage(failingForMs),
+        onEnded: () => this.endOutage(),
       });
     }
     ctx.add(this);
@@ -201,6 +223,12 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   override init(): void {}
 
   private async start(): Promise<void> {
+    if (this.nspName.includes("\0")) {
+      // A dynamic namespace's name is client input; Postgres text cannot hold NUL, so this
+      // namespace can never be stored nor listened to. Say so once instead of retrying forever.
+      this.ctx.reportError(new Error(`socket.io-postgres-recovery: namespace ${JSON.stringify(this.nspName.slice(0, 100))} contains a NUL byte; it gets no cluster traffic, no log and no recovery`));
+      return;
+    }
     // Goes on while closing (what was queued before close() still gets written), until the close deadline.
     for (let attempt = 1; !this.gaveUp; attempt++) {
       try {
@@ -212,7 +240,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         if (this.sequencer) {
           // The log channel is listened to before the head is read, so nothing committed after it is missed.
           await this.ctx.listener.listen(this.ctx.opts.logChannel);
-          const { id, head } = await this.ctx.log.namespace(this.nspName);
+          const { id, head } = await this.ctx.log.namespace(this.nspName, this.retentionMs());
           await this.ctx.log.registerWriter(this.writerId, id);
           if (this.gaveUp) return;
           this.namespaceId = id;
@@ -249,14 +277,76 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: cannot log an event of "${this.nspName}": its arguments do not serialize`, { cause: err }));
       return;
     }
+    if (queued.payload.length > this.ctx.opts.maxEntryBytes) {
+      // Refused, not delivered unlogged: a client recovering past it would miss it without knowing.
+      this.ctx.reportError(
+        new Error(
+          `socket.io-postgres-recovery: an event of "${this.nspName}" was not logged nor delivered: ${queued.payload.length} bytes exceed maxEntryBytes (${this.ctx.opts.maxEntryBytes})`,
+        ),
+      );
+      return;
+    }
+    if (this.outage?.inOutage) {
+      this.deliverUnlogged(queued.packet);
+      return;
+    }
     try {
       await this.writer.add(queued);
     } catch (err) {
+      if (err instanceof BatcherTakenError) return; // taken back by startOutage(), which delivered it
+      if (err instanceof BatcherFullError && !this.closing) {
+        this.deliverUnlogged(queued.packet);
+        this.ctx.reportError(new Error(`socket.io-postgres-recovery: an event of "${this.nspName}" was delivered to this node's sockets only, unlogged`, { cause: err }));
+        return;
+      }
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: an event of "${this.nspName}" was not logged nor delivered`, { cause: err }));
     }
   }
 
+  // ---- outage mode -----------------------------------------------------------
+
+  /**
+   * The log has been unwritable for `unloggedDeliveryAfterMs`: rather than keep
+   * this node's clients waiting, deliver what is queued (except the batch in
+   * flight, whose commit is in doubt: it is retried and delivered from the log)
+   * and every new event to this node's sockets, unlogged.
+   */
+  private startOutage(failingForMs: number): void {
+    this.unloggedPackets = 0;
+    this.emit("outage-started", { failingForMs });
+    this.ctx.reportError(
+      new Error(
+        `socket.io-postgres-recovery: the log of "${this.nspName}" has been unwritable for ${failingForMs} ms; ` +
+          "delivering new events to this node's sockets only, unlogged, until a write succeeds",
+      ),
+    );
+    for (const item of this.writer?.take(() => true) ?? []) this.deliverUnlogged(item.packet);
+  }
+
+  private endOutage(): void {
+    debug("outage of %s ended: %d events delivered unlogged", this.nspName, this.unloggedPackets);
+    this.emit("outage-ended", { unloggedPackets: this.unloggedPackets });
+  }
+
+  /**
+   * Delivers an event to this node's sockets without logging it. It carries
+   * the offset this node has delivered up to, like the priming event: every
+   * receiver has been sent each entry up to it, so its offset moves to a true
+   * position instead of becoming the event's last string argument.
+   */
+  private deliverUnlogged(logged: LoggedPacket): void {
+    const cursor = this.sequencer?.cursor;
+    const data = cursor === undefined ? logged.data : [...logged.data, formatOffset(cursor)];
+    const opts: BroadcastOptions = { rooms: new Set<Room>(logged.rooms), except: new Set<Room>(logged.except), flags: {} };
+    Adapter.prototype.broadcast.call(this, { type: EVENT, data, nsp: this.nspName }, opts);
+    if (cursor !== undefined) {
+      (this as unknown as InMemoryInternals).apply(opts, (socket) => this.ledger.delivered(socket.id, cursor));
+    }
+    this.unloggedPackets++;
+  }
+
   private async appendToLog(items: QueuedEntry[], attempt: number): Promise<number[]> {
+    this.outage?.writeStarted();
     await Promise.race([this.ready, this.closeDeadline]);
     const id = this.namespaceId;
     if (id === undefined || !this.sequencer) throw new Error("socket.io-postgres-recovery: the adapter closed before it started");
@@ -275,6 +365,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.ctx.opts.logChannel,
       this.inlinePayload(payloads),
     );
+    this.outage?.writeSucceeded();
     if (appliedBefore) debug("batch %d of %s had been committed by an earlier attempt", this.batchNumber, this.writerId);
     // Offered to the sequencer as a whole, in this same tick: delivered when the cursor reaches them.
     this.sequencer.offer(items.map((item, i) => ({ offset: from + i, bytes: item.payload.length, ...item.packet })));
@@ -446,6 +537,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   override async restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
     if (!this.sequencer) return NOT_RESTORED;
     if (this.closing) return this.refused("this node is closing");
+    if (this.outage?.inOutage) return this.refused("this node cannot write to the database (outage mode)");
     const parsed = parseOffset(offset);
     if (parsed === undefined || typeof pid !== "string" || pid.length === 0 || pid.length > 256) {
       return this.refused("malformed pid or offset");
@@ -455,10 +547,17 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`restore took longer than restoreTimeoutMs (${timeoutMs} ms)`)), timeoutMs);
     });
-    const restoring = this.restore(pid, parsed, Date.now() + timeoutMs);
+    const attempt: RestoreAttempt = { abandoned: false };
+    const restoring = this.restore(pid, parsed, Date.now() + timeoutMs, attempt);
     try {
-      return await Promise.race([restoring, timeout]);
+      const outcome = await Promise.race([restoring, timeout]);
+      if ("refused" in outcome) return this.refused(outcome.refused);
+      debug("restoring %s with %d missed packets", outcome.session.sid, outcome.session.missedPackets.length);
+      this.emit("session-restored", { sid: outcome.session.sid, replayed: outcome.session.missedPackets.length } satisfies RestoredEvent);
+      return outcome.session;
     } catch (err) {
+      // The restore may go on in the background: from now on it must leave no trace (see restore()).
+      attempt.abandoned = true;
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: a restore in "${this.nspName}" failed; the client gets a new session`, { cause: asError(err) }));
       return this.refused(`failed: ${asError(err).message}`);
     } finally {
@@ -467,37 +566,23 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     }
   }
 
-  private async restore(pid: PrivateSessionId, offset: number, deadline: number): Promise<Session> {
+  /**
+   * Decides a restore; the caller announces the outcome. Once `attempt` is
+   * abandoned (the caller timed out and gave the client a new session), it
+   * must not restore anything: a session it took meanwhile is put back.
+   */
+  private async restore(pid: PrivateSessionId, offset: number, deadline: number, attempt: RestoreAttempt): Promise<RestoreOutcome> {
     await Promise.race([this.ready, this.closeDeadline]);
     const sequencer = this.sequencer;
     const namespaceId = this.namespaceId;
-    if (!sequencer || namespaceId === undefined) return this.refused("namespace not started");
+    if (!sequencer || namespaceId === undefined) return { refused: "namespace not started" };
     const pidHash = hashPid(pid);
     const stored = await this.ctx.sessions.take(pidHash, namespaceId, this.ctx.opts.sessionWaitMs);
-    if (!stored) return this.refused("unknown pid (never stored, already restored, pruned, or another namespace's)");
-    if (!stored.live) return this.refused("session expired");
+    if (!stored) return { refused: "unknown pid (never stored, already restored, pruned, or another namespace's)" };
+    if (!stored.live) return { refused: "session expired" };
     if (offset < stored.floorOffset || offset > stored.lastOffset) {
-      return this.refused(`offset ${offset} outside the session's range [${stored.floorOffset}, ${stored.lastOffset}]`);
+      return { refused: `offset ${offset} outside the session's range [${stored.floorOffset}, ${stored.lastOffset}]` };
     }
-    // The client may be ahead of this node: replay starts after its offset, so wait until we are there.
-    await sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
-    const upTo = sequencer.cursor ?? offset;
-    const tooLong = refuseRange(offset, upTo, this.ctx.opts);
-    if (tooLong) return this.refused(tooLong);
-    const entries =
-      sequencer.recentRange(offset, upTo) ??
-      (await this.ctx.log.range(namespaceId, offset, upTo, this.ctx.opts.maxReplayEntries)).entries;
-    const { rooms, data } = decodeSession(stored.payload);
-    const joinedAt = new Map<Room, number>(rooms);
-    const membership: Membership = { joinedAt, memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
-    const plan = planReplay(entries, offset, upTo, stored.lastOffset, membership, this.ctx.opts);
-    if (plan.refused !== undefined) return this.refused(plan.refused);
-    const missedPackets = plan.entries.map((entry) => [...entry.data, formatOffset(entry.offset)]);
-    const { lastReplayed } = plan;
-    // Socket.IO joins the rooms and sends missedPackets right after this resolves; entries this
-    // node delivers in between are added at that moment (addAll), so the replay meets live delivery.
-    const timer = setTimeout(() => this.stitches.delete(stored.sid), 30_000);
-    timer.unref();
     const taken: SessionRecord = {
       pidHash,
       namespaceId,
@@ -507,6 +592,42 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       payload: stored.payload,
       ttlMs: this.recovery?.maxDisconnectionDuration ?? 0,
     };
+    try {
+      // The client may be ahead of this node: replay starts after its offset, so wait until we are there.
+      await sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
+    } catch (err) {
+      if (attempt.abandoned) this.ctx.sessions.persist(taken);
+      throw err;
+    }
+    const upTo = sequencer.cursor ?? offset;
+    const tooLong = refuseRange(offset, upTo, this.ctx.opts);
+    if (tooLong) return { refused: tooLong };
+    let entries = sequencer.recentRange(offset, upTo);
+    if (!entries) {
+      try {
+        // Bounded in count and bytes: a replay over either limit is refused below, so no more is read.
+        const { maxReplayEntries, maxReplayBytes } = this.ctx.opts;
+        entries = (await this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes)).entries;
+      } catch (err) {
+        if (attempt.abandoned) this.ctx.sessions.persist(taken);
+        throw err;
+      }
+    }
+    if (attempt.abandoned) {
+      this.ctx.sessions.persist(taken);
+      return { refused: "abandoned" };
+    }
+    const { rooms, data } = decodeSession(stored.payload);
+    const joinedAt = new Map<Room, number>(rooms);
+    const membership: Membership = { joinedAt, memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
+    const plan = planReplay(entries, offset, upTo, stored.lastOffset, membership, this.ctx.opts);
+    if (plan.refused !== undefined) return { refused: plan.refused };
+    const missedPackets = plan.entries.map((entry) => [...entry.data, formatOffset(entry.offset)]);
+    const { lastReplayed } = plan;
+    // Socket.IO joins the rooms and sends missedPackets right after this resolves; entries this
+    // node delivers in between are added at that moment (addAll), so the replay meets live delivery.
+    const timer = setTimeout(() => this.stitches.delete(stored.sid), 30_000);
+    timer.unref();
     this.stitches.set(stored.sid, {
       taken,
       membership,
@@ -518,14 +639,14 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       broken: false,
       timer,
     });
-    debug("restoring %s with %d missed packets", stored.sid, missedPackets.length);
-    this.emit("session-restored", { sid: stored.sid, replayed: missedPackets.length } satisfies RestoredEvent);
     return {
-      sid: stored.sid,
-      pid,
-      rooms: rooms.map(([room]) => room),
-      data,
-      missedPackets,
+      session: {
+        sid: stored.sid,
+        pid,
+        rooms: rooms.map(([room]) => room),
+        data,
+        missedPackets,
+      },
     };
   }
 
@@ -584,6 +705,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   override close(): Promise<void> {
     this.closing ??= (async () => {
       this.startCloseTimer();
+      this.outage?.stop();
       const { closeTimeoutMs } = this.ctx.opts;
       try {
         await this.writer?.close(closeTimeoutMs);

@@ -17,6 +17,12 @@ export interface BatcherOptions<T, R> {
   write(items: T[], attempt: number): Promise<R[]>;
   /** Most items in one write. */
   maxBatchSize: number;
+  /**
+   * Most total `sizeOf` in one write; a write always takes at least one item,
+   * whatever its size. Unset: batches are bounded by `maxBatchSize` only.
+   */
+  maxBatchBytes?: number;
+  sizeOf?(item: T): number;
   /** Most items queued (not yet written); `add()` past it rejects. */
   maxPending: number;
   /** Whether a failed write may be tried again (e.g. the database is unreachable). */
@@ -37,6 +43,11 @@ interface Queued<T, R> {
 
 export class BatcherClosedError extends Error {
   override name = "BatcherClosedError";
+}
+
+/** The rejection of an item that `take()` removed: its taker handles it. */
+export class BatcherTakenError extends Error {
+  override name = "BatcherTakenError";
 }
 
 export class BatcherFullError extends Error {
@@ -83,7 +94,7 @@ export class Batcher<T, R> {
     this.queue = this.queue.filter((q) => {
       if (writing.has(q) || !match(q.item)) return true;
       taken.push(q.item);
-      q.reject(new BatcherClosedError("taken back before it was written"));
+      q.reject(new BatcherTakenError("taken back before it was written"));
       return false;
     });
     return taken;
@@ -134,9 +145,24 @@ export class Batcher<T, R> {
     });
   }
 
+  /** How many queued items the next write takes. */
+  private batchLength(): number {
+    const { maxBatchSize, maxBatchBytes, sizeOf } = this.opts;
+    const n = Math.min(this.queue.length, maxBatchSize);
+    if (maxBatchBytes === undefined || sizeOf === undefined) return n;
+    let bytes = sizeOf(this.queue[0]!.item);
+    let taken = 1;
+    while (taken < n) {
+      bytes += sizeOf(this.queue[taken]!.item);
+      if (bytes > maxBatchBytes) break;
+      taken++;
+    }
+    return taken;
+  }
+
   private async writeLoop(): Promise<void> {
     while (this.queue.length > 0) {
-      const batch = this.queue.slice(0, this.opts.maxBatchSize);
+      const batch = this.queue.slice(0, this.batchLength());
       this.writing = new Set(batch);
       let attempt = 0;
       for (;;) {

@@ -20,6 +20,9 @@ import { Batcher } from "./batcher.js";
 import { debug } from "./debug.js";
 import { qualifiedName } from "./sql/identifiers.js";
 
+/** Postgres' longest identifier, hence longest NOTIFY channel name (NAMEDATALEN - 1). */
+const MAX_CHANNEL_BYTES = 63;
+
 /** A message as it travels (upstream adds nothing more than the attachment id). */
 type WireMessage = (ClusterMessage | ClusterResponse) & { attachmentId?: string };
 
@@ -77,7 +80,29 @@ export class ClusterBus {
    * A failed write is reported and not retried, as upstream does.
    */
   publish(message: ClusterMessage | ClusterResponse): Promise<void> {
+    // A namespace name is client input with dynamic namespaces. A channel Postgres refuses would
+    // fail the whole statement, and with it every message batched with this one (other
+    // namespaces' heartbeats, fetchSockets, serverSideEmit): refuse it alone, before batching.
+    const refusal = this.channelProblem(message.nsp);
+    if (refusal) return Promise.reject(refusal);
     return this.outbox.add(message);
+  }
+
+  /** Namespaces already reported as unusable on the bus (reported once each). */
+  private readonly unusable = new Set<string>();
+
+  /** Why the namespace's channel cannot carry a NOTIFY (over 63 bytes, or a NUL), else undefined. */
+  private channelProblem(nsp: string): Error | undefined {
+    const channel = this.channelOf(nsp);
+    if (Buffer.byteLength(channel) <= MAX_CHANNEL_BYTES && !channel.includes("\0")) return undefined;
+    const err = new Error(
+      `socket.io-postgres-recovery: namespace ${JSON.stringify(nsp.slice(0, 100))} cannot be a NOTIFY channel ("${this.opts.channelPrefix}#" and the name must fit in ${MAX_CHANNEL_BYTES} bytes without NUL); its cluster messages (heartbeats, fetchSockets, serverSideEmit, acks) are not sent`,
+    );
+    if (!this.unusable.has(nsp)) {
+      if (this.unusable.size < 1000) this.unusable.add(nsp);
+      this.opts.onError(err);
+    }
+    return err;
   }
 
   /** Resolves once every message published so far has been written (or has failed). */

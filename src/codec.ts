@@ -28,7 +28,22 @@ export interface LogEntry extends LoggedPacket {
 
 export function encodePacket(packet: LoggedPacket): Buffer {
   const bytes = encoder.encode([packet.data, packet.rooms, packet.except]);
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return decodable(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+}
+
+const PROTO_KEY = Buffer.from("__proto__");
+
+/**
+ * Throws when msgpack would refuse to decode `encoded`. Its decoder refuses a
+ * map key `__proto__`, and `JSON.parse` (hence Socket.IO's parser, with what
+ * clients send) makes such own keys. Stored anyway, an entry could never be
+ * read back: every node reading it would stall on it, and a session holding
+ * it would never restore. Only encodings containing those bytes are decoded
+ * to check, so the usual cost is one byte search.
+ */
+function decodable(encoded: Buffer): Buffer {
+  if (encoded.includes(PROTO_KEY)) decoder.decode(encoded);
+  return encoded;
 }
 
 export function decodePacket(offset: number, payload: Uint8Array): LogEntry {
@@ -68,7 +83,12 @@ export interface StoredSessionPayload {
 
 export function encodeSession(payload: StoredSessionPayload): Buffer {
   const bytes = encoder.encode({ r: payload.rooms, d: payload.data });
-  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return decodable(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+}
+
+/** Bytes of `value` encoded as payloads encode it (what `socket.data` weighs in a session). */
+export function encodedByteLength(value: unknown): number {
+  return encoder.encode(value).byteLength;
 }
 
 export function decodeSession(payload: Uint8Array): StoredSessionPayload {

@@ -23,9 +23,11 @@ export function isTransientDatabaseError(err: unknown): boolean {
   return typeof message === "string" && /Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(message);
 }
 
-/** Postgres' "relation does not exist": the schema was not migrated. */
+/** Postgres' "relation / schema / column does not exist": the schema was not migrated (or not lately). */
 export function isMissingSchemaError(err: unknown): boolean {
-  return !!err && typeof err === "object" && ((err as CodedError).code === "42P01" || (err as CodedError).code === "3F000");
+  if (!err || typeof err !== "object") return false;
+  const { code } = err as CodedError;
+  return code === "42P01" || code === "3F000" || code === "42703";
 }
 
 export function asError(err: unknown): Error {

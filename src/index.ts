@@ -14,6 +14,18 @@ export { OptionsError } from "./options.js";
 export type { PostgresRecoveryAdapterOptions, RecoveryOptions, UpstreamCompatibleOptions } from "./options.js";
 export { LISTENER_APPLICATION_NAME } from "./listener.js";
 export { migrate } from "./migrate.js";
+export { collectStatus, SchemaNotReadyError } from "./status.js";
+export type {
+  LastPruneStatus,
+  MigrationsState,
+  NamespaceStatus,
+  OldestEntry,
+  RecoveryStatus,
+  SchemaNotReadyReason,
+  SessionsStatus,
+  StatusOptions,
+  TableStatus,
+} from "./status.js";
 
 /**
  * Returns the adapter factory to give Socket.IO (`new Server({ adapter })` or

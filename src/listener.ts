@@ -53,6 +53,10 @@ export class Listener {
 
   /** Adds a channel; resolves once it is listened to on the current connection. */
   async listen(channel: string): Promise<void> {
+    if (channel.includes("\0")) {
+      // Never added to the set: every later reconnection would fail on it, for every channel.
+      throw new Error(`socket.io-postgres-recovery: cannot LISTEN to ${JSON.stringify(channel.slice(0, 100))}: a channel name cannot contain a NUL byte`);
+    }
     if (this.channels.has(channel)) return this.ready();
     this.channels.add(channel);
     const client = this.client;

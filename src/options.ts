@@ -110,6 +110,15 @@ export interface RecoveryOptions {
    */
   maxReplayBytes?: number;
   /**
+   * Largest logged event, in bytes of its stored (msgpack) form. A broadcast
+   * over it is refused: not logged and not delivered, and reported to
+   * `errorHandler`. Delivering it unlogged would let a recovering client miss
+   * it without knowing. Bounds the size of one row and of one write (writes
+   * also stop adding entries past 64 MiB per transaction).
+   * @default 16 MiB, or maxReplayBytes when that is smaller
+   */
+  maxEntryBytes?: number;
+  /**
    * Name of the small event sent to every new session at connection, carrying
    * the node's cursor as its offset, so a client that never received an event
    * can still recover. Clients see it only through `onAny()`. `false` turns it
@@ -148,12 +157,24 @@ export interface RecoveryOptions {
    */
   maxBatchSize?: number;
   /**
-   * Most logged broadcasts a node queues while its writes fail; past it new
-   * broadcasts are refused (reported to `errorHandler`) instead of growing
-   * memory without bound.
+   * Most logged broadcasts a node queues while its writes fail; past it a new
+   * broadcast is delivered unlogged to this node's sockets (as in outage mode,
+   * see `unloggedDeliveryAfterMs`) and reported to `errorHandler`, instead of
+   * growing memory without bound.
    * @default 100000
    */
   maxPendingWrites?: number;
+  /**
+   * Outage mode: once writing to the log has failed continuously for this
+   * long, the node stops holding events back. What is queued (except the one
+   * batch whose commit is in doubt) and every new event are delivered at once
+   * to this node's own matching sockets, unlogged: other nodes never get them
+   * and no restore replays them. Restores on this node are refused meanwhile.
+   * The first successful write ends it. `false`: events wait in the queue
+   * (up to `maxPendingWrites`) until the database is back.
+   * @default 2000
+   */
+  unloggedDeliveryAfterMs?: number | false;
   /**
    * How long `io.close()` keeps trying to write what is queued (log entries,
    * sessions) while the database is slow or away. Past it, what is left is
@@ -189,6 +210,7 @@ export interface ResolvedOptions {
   readonly pruneBatchSize: number;
   readonly maxReplayEntries: number;
   readonly maxReplayBytes: number;
+  readonly maxEntryBytes: number;
   readonly primeOffsetEvent: string | false;
   readonly sessionWaitMs: number;
   readonly restoreTimeoutMs: number;
@@ -198,6 +220,7 @@ export interface ResolvedOptions {
   readonly maxPendingWrites: number;
   readonly closeTimeoutMs: number;
   readonly recentEntries: number;
+  readonly unloggedDeliveryAfterMs: number | false;
   /** NOTIFY channel of the message log (one per schema). */
   readonly logChannel: string;
 }
@@ -224,6 +247,8 @@ const INTEGER_RULES = {
   pruneBatchSize: { min: 1, max: 1_000_000, unit: "rows" },
   maxReplayEntries: { min: 1, max: 10_000_000, unit: "entries" },
   maxReplayBytes: { min: 1024, max: 2 ** 31, unit: "bytes" },
+  // Above 64 MiB, one entry's hex form in the append statement nears V8's string limit.
+  maxEntryBytes: { min: 1024, max: 64 * 1024 * 1024, unit: "bytes" },
   sessionWaitMs: { min: 0, max: 60_000, unit: "ms" },
   restoreTimeoutMs: { min: 100, max: 120_000, unit: "ms" },
   gapFillDelayMs: { min: 1, max: 60_000, unit: "ms" },
@@ -243,6 +268,7 @@ const KNOWN_OPTIONS = new Set<string>([
   "errorHandler",
   "schema",
   "primeOffsetEvent",
+  "unloggedDeliveryAfterMs",
   ...Object.keys(INTEGER_RULES),
 ]);
 
@@ -329,10 +355,25 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     fail("primeOffsetEvent", "an event name that Socket.IO does not reserve", primeOffsetEvent);
   }
 
+  const unloggedDeliveryAfterMs = opts.unloggedDeliveryAfterMs ?? 2000;
+  if (
+    unloggedDeliveryAfterMs !== false &&
+    (typeof unloggedDeliveryAfterMs !== "number" || !Number.isInteger(unloggedDeliveryAfterMs) || unloggedDeliveryAfterMs < 100 || unloggedDeliveryAfterMs > 600_000)
+  ) {
+    fail("unloggedDeliveryAfterMs", "an integer from 100 to 600000 (ms) or false", unloggedDeliveryAfterMs);
+  }
+
   const heartbeatInterval = integer(opts, "heartbeatInterval", 5000);
   const heartbeatTimeout = integer(opts, "heartbeatTimeout", 10000);
   if (heartbeatTimeout <= heartbeatInterval) {
     fail("heartbeatTimeout", `greater than heartbeatInterval (${heartbeatInterval} ms)`, heartbeatTimeout);
+  }
+
+  const maxReplayBytes = integer(opts, "maxReplayBytes", 64 * 1024 * 1024);
+  const maxEntryBytes = integer(opts, "maxEntryBytes", Math.min(16 * 1024 * 1024, maxReplayBytes));
+  if (maxEntryBytes > maxReplayBytes) {
+    // Such an entry could be logged but never replayed: every restore needing it would be refused.
+    fail("maxEntryBytes", `at most maxReplayBytes (${maxReplayBytes})`, maxEntryBytes);
   }
 
   const logChannel = `${channelPrefix}:${schema}:log`;
@@ -353,7 +394,8 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     pruneIntervalMs: integer(opts, "pruneIntervalMs", 60_000),
     pruneBatchSize: integer(opts, "pruneBatchSize", 5000),
     maxReplayEntries: integer(opts, "maxReplayEntries", 50_000),
-    maxReplayBytes: integer(opts, "maxReplayBytes", 64 * 1024 * 1024),
+    maxReplayBytes,
+    maxEntryBytes,
     primeOffsetEvent: primeOffsetEvent as string | false,
     sessionWaitMs: integer(opts, "sessionWaitMs", 750),
     restoreTimeoutMs: integer(opts, "restoreTimeoutMs", 5000),
@@ -363,6 +405,7 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     maxPendingWrites: integer(opts, "maxPendingWrites", 100_000),
     closeTimeoutMs: integer(opts, "closeTimeoutMs", 10_000),
     recentEntries: integer(opts, "recentEntries", 10_000),
+    unloggedDeliveryAfterMs: unloggedDeliveryAfterMs as number | false,
     logChannel,
   });
 }

@@ -4,7 +4,7 @@
  * time (advisory lock), the others skip theirs. A pass still running when the
  * next is due makes that one skip too.
  */
-import type { Pool } from "pg";
+import type { Pool, PoolClient } from "pg";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import type { PruneQueries } from "./sql/prune-queries.js";
@@ -25,8 +25,128 @@ export interface PruneReport {
   writers: number;
 }
 
+/** A namespace as a pass sees it: `storedRetentionMs` is what its nodes wrote (null: none yet). */
+export interface PrunableNamespace {
+  readonly id: number;
+  readonly name: string;
+  readonly storedRetentionMs: number | null;
+}
+
+/** What one pass prunes, for the scheduled pass of a node and for the operator's `prune`. */
+export interface PrunePlan {
+  /** Log retention of a namespace; undefined leaves its log and its writers alone. */
+  retentionMs(namespace: PrunableNamespace): number | undefined;
+  /** Whether expired sessions go too (a node without recovery leaves them alone). */
+  sessions: boolean;
+  attachmentsMaxAgeMs: number;
+  batchSize: number;
+}
+
+export interface NamespacePruneCounts {
+  readonly name: string;
+  /** The retention applied. */
+  readonly retentionMs: number;
+  readonly logEntries: number;
+  readonly writers: number;
+}
+
+/** What a pass removed (or, dry, would remove). */
+export interface PrunePassReport {
+  logEntries: number;
+  sessions: number;
+  attachments: number;
+  writers: number;
+  /** Namespaces whose log was pruned, by name. */
+  namespaces: NamespacePruneCounts[];
+  /** Namespaces left alone: the plan gave them no retention. */
+  skipped: string[];
+}
+
 /** How long past the retention a writer's row is kept after its last batch. */
-const WRITER_IDLE_MS = 60 * 60 * 1000;
+export const WRITER_IDLE_MS = 60 * 60 * 1000;
+
+/** Each namespace with the retention the plan gives it. */
+async function planned(client: PoolClient, queries: PruneQueries, plan: PrunePlan) {
+  return (await queries.listNamespaces(client)).map((row) => {
+    const namespace: PrunableNamespace = { id: row.id, name: row.name, storedRetentionMs: row.retentionMs };
+    return { namespace, retentionMs: plan.retentionMs(namespace) };
+  });
+}
+
+/** Repeats a bounded delete until it removes less than a full batch; returns the total. */
+async function drain(batchSize: number, step: () => Promise<number>): Promise<number> {
+  let total = 0;
+  let n: number;
+  do {
+    n = await step();
+    total += n;
+  } while (n >= batchSize);
+  return total;
+}
+
+/**
+ * One pruning pass on `client`, which must hold the schema's prune lock.
+ * Every delete is bounded and its own short transaction. Records the run in
+ * the `maintenance` table (`source` says who ran it).
+ */
+export async function runPrunePass(
+  client: PoolClient,
+  queries: PruneQueries,
+  plan: PrunePlan,
+  source: string,
+): Promise<PrunePassReport> {
+  const startedAt = new Date();
+  const { batchSize } = plan;
+  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaces: [], skipped: [] };
+  for (const { namespace, retentionMs } of await planned(client, queries, plan)) {
+    if (retentionMs === undefined) {
+      report.skipped.push(namespace.name);
+      continue;
+    }
+    const logEntries = await drain(batchSize, () => queries.pruneLog(client, namespace.id, retentionMs, batchSize));
+    // A writer idle that long has no retry in flight; its row is recreated by its next batch.
+    const writers = await drain(batchSize, () =>
+      queries.pruneWriters(client, namespace.id, retentionMs + WRITER_IDLE_MS, batchSize),
+    );
+    report.namespaces.push({ name: namespace.name, retentionMs, logEntries, writers });
+    report.logEntries += logEntries;
+    report.writers += writers;
+  }
+  if (plan.sessions) report.sessions = await drain(batchSize, () => queries.pruneSessions(client, batchSize));
+  report.attachments = await drain(batchSize, () =>
+    queries.pruneAttachments(client, plan.attachmentsMaxAgeMs, batchSize),
+  );
+  const { logEntries, sessions, attachments, writers } = report;
+  await queries.recordRun(client, startedAt, JSON.stringify({ source, logEntries, sessions, attachments, writers }));
+  return report;
+}
+
+/**
+ * What `runPrunePass` would remove now, counted in one read-only snapshot:
+ * deletes nothing, records nothing, takes no lock.
+ */
+export async function previewPrunePass(client: PoolClient, queries: PruneQueries, plan: PrunePlan): Promise<PrunePassReport> {
+  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaces: [], skipped: [] };
+  await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+  try {
+    for (const { namespace, retentionMs } of await planned(client, queries, plan)) {
+      if (retentionMs === undefined) {
+        report.skipped.push(namespace.name);
+        continue;
+      }
+      const logEntries = await queries.countLog(client, namespace.id, retentionMs);
+      const writers = await queries.countWriters(client, namespace.id, retentionMs + WRITER_IDLE_MS);
+      report.namespaces.push({ name: namespace.name, retentionMs, logEntries, writers });
+      report.logEntries += logEntries;
+      report.writers += writers;
+    }
+    if (plan.sessions) report.sessions = await queries.countSessions(client);
+    report.attachments = await queries.countAttachments(client, plan.attachmentsMaxAgeMs);
+  } finally {
+    await client.query("ROLLBACK");
+  }
+  return report;
+}
 
 export class Pruner {
   private timer: NodeJS.Timeout | undefined;
@@ -71,35 +191,24 @@ export class Pruner {
         return report;
       }
       try {
-        const startedAt = new Date();
-        report.ran = true;
-        const { batchSize } = this.settings;
+        // A node prunes every namespace with its own retention (the longest of its namespaces').
         const retentionMs = this.settings.retentionMs();
-        if (retentionMs !== undefined) {
-          for (const id of await this.queries.namespaceIds(client)) {
-            let n: number;
-            do {
-              n = await this.queries.pruneLog(client, id, retentionMs, batchSize);
-              report.logEntries += n;
-            } while (n >= batchSize);
-          }
-          let n: number;
-          do {
-            n = await this.queries.pruneSessions(client, batchSize);
-            report.sessions += n;
-          } while (n >= batchSize);
-          // A writer idle that long has no retry in flight; its row is recreated by its next batch.
-          do {
-            n = await this.queries.pruneWriters(client, retentionMs + WRITER_IDLE_MS, batchSize);
-            report.writers += n;
-          } while (n >= batchSize);
-        }
-        let n: number;
-        do {
-          n = await this.queries.pruneAttachments(client, this.settings.attachmentsMaxAgeMs, batchSize);
-          report.attachments += n;
-        } while (n >= batchSize);
-        await this.queries.recordRun(client, startedAt, JSON.stringify(report));
+        const pass = await runPrunePass(
+          client,
+          this.queries,
+          {
+            retentionMs: () => retentionMs,
+            sessions: retentionMs !== undefined,
+            attachmentsMaxAgeMs: this.settings.attachmentsMaxAgeMs,
+            batchSize: this.settings.batchSize,
+          },
+          "adapter",
+        );
+        report.ran = true;
+        report.logEntries = pass.logEntries;
+        report.sessions = pass.sessions;
+        report.attachments = pass.attachments;
+        report.writers = pass.writers;
         debug("prune: %j", report);
       } finally {
         await this.queries.unlock(client);

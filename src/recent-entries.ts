@@ -3,6 +3,11 @@
  * offset, in a fixed-size ring. Serves restores on this node without a query,
  * and the entries delivered between a restore's read and the moment the
  * socket joins its rooms.
+ *
+ * Bounded in entries and in bytes: the newest entries are kept while their
+ * total stays within `maxBytes` (the newest one always). The adapter passes
+ * `maxReplayBytes`: a restore needing more is refused anyway, so holding more
+ * would only cost memory (entries may be large, and clients may make them so).
  */
 import type { LogEntry } from "./codec.js";
 
@@ -11,8 +16,13 @@ export class RecentEntries {
   /** Offset of the oldest entry held, and how many are held. */
   private first = 0;
   private size = 0;
+  /** Total `bytes` of the entries held. */
+  private bytes = 0;
 
-  constructor(private readonly capacity: number) {
+  constructor(
+    private readonly capacity: number,
+    private readonly maxBytes = Infinity,
+  ) {
     this.slots = new Array<LogEntry | undefined>(capacity);
   }
 
@@ -20,14 +30,25 @@ export class RecentEntries {
     if (this.capacity === 0) return;
     if (this.size > 0 && entry.offset !== this.first + this.size) this.clear();
     if (this.size === 0) this.first = entry.offset;
+    if (this.size === this.capacity) this.evictOldest(); // its slot is the one the new entry takes
     this.slots[entry.offset % this.capacity] = entry;
-    if (this.size < this.capacity) this.size++;
-    else this.first++;
+    this.size++;
+    this.bytes += entry.bytes;
+    while (this.bytes > this.maxBytes && this.size > 1) this.evictOldest();
   }
 
   clear(): void {
     this.size = 0;
+    this.bytes = 0;
     this.slots.fill(undefined);
+  }
+
+  private evictOldest(): void {
+    const slot = this.first % this.capacity;
+    this.bytes -= this.slots[slot]?.bytes ?? 0;
+    this.slots[slot] = undefined;
+    this.first++;
+    this.size--;
   }
 
   /** Entries in (after, upTo], or undefined when some of them are not held. */

@@ -35,6 +35,13 @@ export const namespaces = pgTable("namespaces", {
   id: serial("id").primaryKey(),
   name: text("name").notNull().unique(),
   head: bigint("head", { mode: "number" }).notNull().default(0),
+  /**
+   * Log retention in ms (maxDisconnectionDuration + margin) of the node that
+   * needs the longest, written by each adapter at start-up and only ever
+   * raised. Lets `socket.io-postgres-recovery prune` prune without knowing the
+   * nodes' settings; NULL until a node with recovery starts.
+   */
+  retentionMs: bigint("retention_ms", { mode: "number" }),
 });
 
 /** The message log: one row per logged broadcast, addressed by (namespace, offset). */

@@ -20,6 +20,8 @@ export interface SequencerOptions {
   gapFillDelayMs: number;
   /** Size of the in-memory ring of delivered entries. */
   recentEntries: number;
+  /** Most bytes the ring holds (it keeps the newest entries within it, at least one). */
+  recentBytes?: number;
   /** Entries read per table read. */
   readBatchSize: number;
   /** Sends one entry to this node's sockets. Must not throw (errors are reported if it does). */
@@ -50,7 +52,7 @@ export class Sequencer {
   private closed = false;
 
   constructor(private readonly opts: SequencerOptions) {
-    this.recent = new RecentEntries(opts.recentEntries);
+    this.recent = new RecentEntries(opts.recentEntries, opts.recentBytes);
   }
 
   /** The offset of the last delivered entry; undefined until `start()`. */

@@ -6,12 +6,14 @@
  * from this node's queue when it has not been written yet, waits for it when
  * it is being written, and otherwise deletes it from the table, retrying for a
  * short while because the client may have reconnected (to another node)
- * faster than its old node wrote the session.
+ * faster than its old node wrote the session. Takes are batched too: a storm
+ * of reconnections (a node redeployed) costs one DELETE per batch, not one per
+ * client.
  */
 import { createHash } from "node:crypto";
 import { Batcher } from "./batcher.js";
 import { isTransientDatabaseError } from "./errors.js";
-import type { SessionQueries, SessionRecord, TakenSession } from "./sql/session-queries.js";
+import type { SessionKey, SessionQueries, SessionRecord, TakenSession } from "./sql/session-queries.js";
 
 export function hashPid(pid: string): Buffer {
   return createHash("sha256").update(pid).digest();
@@ -23,31 +25,56 @@ export interface SessionStoreOptions {
   onError(err: Error): void;
 }
 
+/** A session waiting to be written, with the moment it expires (its lifetime runs from the disconnect). */
+interface QueuedSession {
+  readonly record: SessionRecord;
+  readonly expiresAt: number;
+}
+
 export class SessionStore {
-  private readonly writes: Batcher<SessionRecord, void>;
+  private readonly writes: Batcher<QueuedSession, void>;
+  private readonly takes: Batcher<SessionKey, TakenSession | undefined>;
 
   constructor(
     private readonly queries: SessionQueries,
     opts: SessionStoreOptions,
   ) {
-    this.writes = new Batcher<SessionRecord, void>({
-      write: async (records) => {
-        await this.queries.insert(records);
-        return records.map(() => undefined);
+    this.writes = new Batcher<QueuedSession, void>({
+      write: async (queued) => {
+        // Written late (the database was away), a session keeps the expiry it had at the disconnect;
+        // one already past it is dropped: it could only be refused as expired.
+        const now = Date.now();
+        const records = queued
+          .filter((q) => q.expiresAt > now)
+          .map((q) => ({ ...q.record, ttlMs: q.expiresAt - now }));
+        if (records.length > 0) await this.queries.insert(records);
+        return queued.map(() => undefined);
       },
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPending,
       isRetryable: isTransientDatabaseError,
       retryDelayMs: (attempt) => Math.min(50 * 2 ** attempt, 2000),
-      maxAttempts: 10,
+      // Until the database returns, however long it is away (bounded by maxPending and by
+      // expiry, see write); close() stops retrying at its deadline.
+      maxAttempts: Infinity,
       onError: (err) =>
         opts.onError(new Error("socket.io-postgres-recovery: writing sessions failed", { cause: err })),
+    });
+    this.takes = new Batcher<SessionKey, TakenSession | undefined>({
+      write: (keys) => this.queries.take(keys),
+      maxBatchSize: opts.maxBatchSize,
+      maxPending: opts.maxPending,
+      // Not retried here: the restore fails closed and the client starts afresh.
+      isRetryable: () => false,
+      retryDelayMs: () => 0,
+      maxAttempts: 1,
+      onError: () => undefined, // the restore reports it
     });
   }
 
   /** Queues a session; a failure is reported to the error handler (the session is then not restorable). */
   persist(record: SessionRecord): void {
-    this.writes.add(record).catch(() => {
+    this.writes.add({ record, expiresAt: Date.now() + record.ttlMs }).catch(() => {
       // Already reported by the batcher's onError, or refused because closed/full:
       // the session is simply not restorable, which fails closed.
     });
@@ -58,21 +85,21 @@ export class SessionStore {
    * `waitMs`: how long to keep looking for a session another node may still be writing.
    */
   async take(pidHash: Buffer, namespaceId: number, waitMs: number): Promise<TakenSession | undefined> {
-    const mine = (r: SessionRecord) => r.namespaceId === namespaceId && r.pidHash.equals(pidHash);
+    const mine = (q: QueuedSession) => q.record.namespaceId === namespaceId && q.record.pidHash.equals(pidHash);
     const [queued] = this.writes.take(mine);
     if (queued) {
       return {
-        sid: queued.sid,
-        floorOffset: queued.floorOffset,
-        lastOffset: queued.lastOffset,
-        payload: queued.payload,
-        live: true,
+        sid: queued.record.sid,
+        floorOffset: queued.record.floorOffset,
+        lastOffset: queued.record.lastOffset,
+        payload: queued.record.payload,
+        live: queued.expiresAt > Date.now(),
       };
     }
     if (this.writes.isWriting(mine)) await this.writes.flush();
     const deadline = Date.now() + waitMs;
     for (let attempt = 0; ; attempt++) {
-      const taken = await this.queries.take(pidHash, namespaceId);
+      const taken = await this.takes.add({ pidHash, namespaceId });
       if (taken) return taken;
       const left = deadline - Date.now();
       if (left <= 0) return undefined;
@@ -84,7 +111,7 @@ export class SessionStore {
     return this.writes.flush();
   }
 
-  close(timeoutMs: number): Promise<void> {
-    return this.writes.close(timeoutMs);
+  async close(timeoutMs: number): Promise<void> {
+    await Promise.all([this.writes.close(timeoutMs), this.takes.close(timeoutMs)]);
   }
 }

@@ -1,44 +1,9 @@
-/** The CLI as users run it: a real child process, real exit codes and output. */
-import { execFile } from "node:child_process";
-import { fileURLToPath } from "node:url";
+/** The CLI as users run it: migrate, and the command line itself (help, version, usage errors). */
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { knownMigrations } from "../src/migrate.js";
+import { closedPort, expectOneLineFailure, expectSuccess, runCli as cli, runCliInProcess, urlWithPort } from "./helpers/cli.js";
 import { createTestDatabase, type TestDatabase } from "./helpers/database.js";
-
-const root = fileURLToPath(new URL("..", import.meta.url));
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
-  const childEnv: NodeJS.ProcessEnv = { ...process.env, ...env };
-  if (!("DATABASE_URL" in env)) delete childEnv.DATABASE_URL;
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ["--import", "tsx", "src/cli.ts", ...args],
-      { cwd: root, env: childEnv, timeout: 30_000 },
-      (error, stdout, stderr) => {
-        const code = error === null ? 0 : typeof error.code === "number" ? error.code : null;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
-}
-
-/** A failure is one line on stderr, nothing on stdout. */
-function expectOneLineFailure(run: Run, code: number, pattern: RegExp): void {
-  expect(run.code).toBe(code);
-  expect(run.stdout).toBe("");
-  expect(run.stderr.endsWith("\n")).toBe(true);
-  expect(run.stderr.trimEnd().split("\n")).toHaveLength(1);
-  expect(run.stderr).toMatch(/^socket\.io-postgres-recovery: (usage )?error: /);
-  expect(run.stderr).toMatch(pattern);
-}
 
 const tags = knownMigrations().map((m) => m.tag);
 let db: TestDatabase;
@@ -70,8 +35,9 @@ describe("migrate", () => {
   });
 
   it("fails in one line when nothing listens at the address", async () => {
-    const run = await cli(["migrate", "--database-url", "postgres://postgres@127.0.0.1:1/postgres"]);
-    expectOneLineFailure(run, 1, /cannot connect to Postgres at 127\.0\.0\.1:1\/postgres: connection refused/);
+    const port = await closedPort();
+    const run = await cli(["migrate", "--database-url", urlWithPort(db.url, port)]);
+    expectOneLineFailure(run, 1, new RegExp(`cannot connect to Postgres at 127\\.0\\.0\\.1:${port}/${db.name}: connection refused`));
   });
 
   it("fails in one line when the credentials are refused", async () => {
@@ -87,39 +53,88 @@ describe("migrate", () => {
     const run = await cli(["migrate", "--database-url", "postgres://postgres@127.0.0.1:1/postgres", "--schema", "bad-name"]);
     expectOneLineFailure(run, 2, /invalid --schema "bad-name"/);
   });
-
-  it("asks for a database when there is no --database-url nor DATABASE_URL", async () => {
-    expectOneLineFailure(await cli(["migrate"]), 2, /pass --database-url URL or set DATABASE_URL/);
-    expectOneLineFailure(await cli(["migrate"], { DATABASE_URL: "" }), 2, /pass --database-url URL or set DATABASE_URL/);
-  });
 });
 
 describe("command line", () => {
-  it("prints help with exit 0, globally and per command", async () => {
-    for (const args of [["--help"], ["-h"]]) {
-      const run = await cli(args);
-      expect(run).toMatchObject({ code: 0, stderr: "" });
-      expect(run.stdout).toMatch(/^Usage: socket\.io-postgres-recovery <command>/);
-      expect(run.stdout).toContain("migrate");
+  const commands = ["migrate", "status", "prune", "inspect"];
+
+  it("prints help with exit 0, globally and for every command", async () => {
+    for (const args of [["--help"], ["-h"], ["help"]]) {
+      const run = await runCliInProcess(args);
+      expectSuccess(run);
+      expect(run.stdout).toMatch(/^Usage: socket\.io-postgres-recovery /);
+      for (const command of commands) expect(run.stdout).toContain(command);
+      expect(run.stdout).toContain("Exit codes:");
     }
-    const run = await cli(["migrate", "--help"]);
-    expect(run).toMatchObject({ code: 0, stderr: "" });
-    expect(run.stdout).toMatch(/^Usage: socket\.io-postgres-recovery migrate/);
-    expect(run.stdout).toContain("--database-url");
+    for (const command of commands) {
+      for (const args of [[command, "--help"], ["help", command]]) {
+        const run = await runCliInProcess(args);
+        expectSuccess(run);
+        expect(run.stdout).toMatch(new RegExp(`^Usage: socket\\.io-postgres-recovery ${command} `));
+        expect(run.stdout).toContain("--database-url");
+        expect(run.stdout).toContain("--schema");
+        expect(run.stdout).toContain("Exit codes:");
+      }
+    }
   });
 
-  it("rejects unknown commands, unknown flags and stray arguments in one line (exit 2)", async () => {
-    const [command, flag, positional, missingValue, scheme] = await Promise.all([
+  it("prints the version with exit 0", async () => {
+    const run = await runCliInProcess(["--version"]);
+    expectSuccess(run);
+    expect(run.stdout).toMatch(/^\d+\.\d+\.\d+\n$/);
+  });
+
+  it("reaches the shell: exit codes and streams of a real process", async () => {
+    const [help, usage] = await Promise.all([cli(["status", "--help"]), cli(["status", "--frob"])]);
+    expectSuccess(help);
+    expect(help.stdout).toMatch(/^Usage: socket\.io-postgres-recovery status /);
+    expectOneLineFailure(usage, 2, /unknown option '--frob'/);
+  });
+
+  it("shows the help on stderr with exit 2 when no command is given", async () => {
+    const run = await cli([]);
+    expect(run.code).toBe(2);
+    expect(run.stdout).toBe("");
+    expect(run.stderr).toMatch(/^Usage: socket\.io-postgres-recovery /);
+  });
+
+  it("rejects unknown commands, unknown flags, stray or missing arguments in one line (exit 2)", async () => {
+    const cli = runCliInProcess;
+    const runs = await Promise.all([
       cli(["frobnicate"]),
       cli(["migrate", "--frob"]),
+      cli(["status", "--scheme", "x"]),
       cli(["migrate", "extra"]),
+      cli(["status", "extra"]),
       cli(["migrate", "--schema"]),
       cli(["migrate", "--database-url", "http://x/y"]),
+      cli(["inspect"]),
+      cli(["inspect", "a", "b"]),
+      cli(["prune", "--batch-size", "0"]),
+      cli(["prune", "--attachments-table", "a.b.c"]),
+      cli(["status", "--schema", "bad-name", "--database-url", "postgres://postgres@127.0.0.1:1/postgres"]),
     ]);
-    expectOneLineFailure(command!, 2, /unknown command "frobnicate"/);
-    expectOneLineFailure(flag!, 2, /unknown option --frob for "migrate"/);
-    expectOneLineFailure(positional!, 2, /unexpected argument "extra"/);
-    expectOneLineFailure(missingValue!, 2, /--schema/);
-    expectOneLineFailure(scheme!, 2, /must start with postgres:\/\//);
+    const expected: RegExp[] = [
+      /unknown command 'frobnicate' \(see socket\.io-postgres-recovery --help\)/,
+      /unknown option '--frob' \(see socket\.io-postgres-recovery migrate --help\)/,
+      /unknown option '--scheme' \(Did you mean --schema\?\)/,
+      /too many arguments for 'migrate'/,
+      /too many arguments for 'status'/,
+      /option '--schema <name>' argument missing/,
+      /must start with postgres:\/\//,
+      /missing required argument 'socket-id' \(see socket\.io-postgres-recovery inspect --help\)/,
+      /too many arguments for 'inspect'/,
+      /'--batch-size <rows>' argument '0' is invalid\. expected a positive integer/,
+      /'--attachments-table <name>' argument 'a\.b\.c' is invalid/,
+      /invalid --schema "bad-name"/,
+    ];
+    runs.forEach((run, i) => expectOneLineFailure(run, 2, expected[i]!));
+  });
+
+  it("asks for a database, for every command, when there is no --database-url nor DATABASE_URL", async () => {
+    for (const args of [["migrate"], ["status"], ["prune"], ["inspect", "some-id"]]) {
+      expectOneLineFailure(await runCliInProcess(args), 2, /pass --database-url URL or set DATABASE_URL/);
+      expectOneLineFailure(await runCliInProcess(args, { DATABASE_URL: "" }), 2, /pass --database-url URL or set DATABASE_URL/);
+    }
   });
 });

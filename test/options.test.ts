@@ -17,6 +17,7 @@ describe("options", () => {
       schema: "socket_io",
       retentionMarginMs: undefined,
       primeOffsetEvent: "socket.io-postgres-recovery:offset",
+      unloggedDeliveryAfterMs: 2000,
       logChannel: "socket.io:socket_io:log",
     });
     expect(Object.isFrozen(opts)).toBe(true);
@@ -37,11 +38,20 @@ describe("options", () => {
     [{ errorHandler: "log" }, /option "errorHandler" must be a function/],
     [{ primeOffsetEvent: "connect" }, /option "primeOffsetEvent"/],
     [{ primeOffsetEvent: true }, /option "primeOffsetEvent"/],
+    [{ unloggedDeliveryAfterMs: 0 }, /option "unloggedDeliveryAfterMs" must be an integer from 100 to 600000 \(ms\) or false; got 0/],
+    [{ unloggedDeliveryAfterMs: true }, /option "unloggedDeliveryAfterMs"/],
     [{ retentionMarginMs: Number.NaN }, /option "retentionMarginMs"/],
     [{ pruneIntervalMS: 1000 }, /unknown option "pruneIntervalMS"/],
+    [{ maxEntryBytes: 100 }, /option "maxEntryBytes" must be an integer from 1024 to 67108864 \(bytes\)/],
+    [{ maxEntryBytes: 8192, maxReplayBytes: 4096 }, /option "maxEntryBytes" must be at most maxReplayBytes \(4096\); got 8192/],
   ])("refuses %j", (input, message) => {
     expect(() => resolveOptions(input as never)).toThrow(OptionsError);
     expect(() => resolveOptions(input as never)).toThrow(message);
+  });
+
+  it("maxEntryBytes defaults to 16 MiB, or to maxReplayBytes when that is smaller", () => {
+    expect(resolveOptions(undefined).maxEntryBytes).toBe(16 * 1024 * 1024);
+    expect(resolveOptions({ maxReplayBytes: 4096 }).maxEntryBytes).toBe(4096);
   });
 
   it("accepts a schema-qualified attachments table and turning the priming event off", () => {
@@ -49,6 +59,7 @@ describe("options", () => {
     expect(opts.attachmentsTable).toEqual({ schema: "public", table: "socket_io_attachments" });
     expect(opts.primeOffsetEvent).toBe(false);
     expect(opts.logChannel).toBe("socket.io:tenant_2:log");
+    expect(resolveOptions({ unloggedDeliveryAfterMs: false }).unloggedDeliveryAfterMs).toBe(false);
   });
 
   it("createAdapter refuses what is not a pool, and bad options, before touching any database", () => {

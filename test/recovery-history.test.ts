@@ -11,6 +11,8 @@ import { History, type Emission } from "./helpers/history.js";
 /** Just what History.watch uses of a socket.io-client socket. */
 class FakeSocket extends EventEmitter {
   readonly nsp = "/";
+  /** The manager's URL: where the client is connected (unlogged deliveries are checked against it). */
+  readonly io = { uri: "http://127.0.0.1:1001/" };
   id: string | undefined;
   recovered = false;
   connected = false;
@@ -186,5 +188,71 @@ describe("history checker", () => {
     ]);
     socket.ev(after, 3);
     expect(history.violations()).toEqual([]);
+  });
+
+  describe("unlogged deliveries (outage mode)", () => {
+    const NODE = "http://127.0.0.1:1001";
+    const OTHER = "http://127.0.0.1:1002";
+    const urlOf = (source: string) => (source === "n1" ? NODE : OTHER);
+    /** The log holds only `logged`, at the given offsets. */
+    const logWith = (entries: Array<[Emission, number]>) => new Map(entries.map(([e, o]) => [e.id, { nsp: "/", offset: o }]));
+
+    it("accepts unlogged packets from the client's own node, carrying its cursor or nothing, between logged ones", () => {
+      const { history, socket } = setup();
+      const logged = history.record({}, "n1");
+      const unlogged1 = history.record({ rooms: ["a"] }, "n1");
+      const unlogged2 = history.record({}, "n1");
+      const later = history.record({}, "n2");
+      socket.open("sid1", false);
+      socket.prime(10);
+      socket.ev(logged, 11);
+      socket.receive("ev", { id: unlogged1.id }, "o11");
+      socket.receive("ev", { id: unlogged2.id });
+      socket.ev(later, 12);
+      const lookup = logWith([[logged, 11], [later, 12]]);
+      expect(history.violations({ lookup, unlogged: true })).toEqual([]);
+      expect(history.unloggedViolations(urlOf, lookup)).toEqual([]);
+      // Without { unlogged: true } they are violations.
+      expect(history.violations({ lookup }).length).toBeGreaterThan(0);
+      const summary = history.summary([], lookup, true);
+      expect(summary).toMatchObject({ logged: 2, notLogged: 2, delivered: 2, unloggedDeliveries: 2 });
+    });
+
+    it("reports an unlogged packet twice, from another node, to a room the client is not in, or that is also logged", () => {
+      const { history, socket } = setup();
+      const twice = history.record({}, "n1");
+      const fromOther = history.record({}, "n2");
+      const wrongRoom = history.record({ rooms: ["b"] }, "n1");
+      const alsoLogged = history.record({}, "n1");
+      socket.open("sid1", false);
+      socket.prime(10);
+      socket.receive("ev", { id: twice.id }, "o10");
+      socket.receive("ev", { id: twice.id }, "o10");
+      socket.receive("ev", { id: fromOther.id }, "o10");
+      socket.receive("ev", { id: wrongRoom.id }, "o10");
+      socket.receive("ev", { id: alsoLogged.id });
+      const lookup = logWith([[alsoLogged, 11]]);
+      const v = history.unloggedViolations(urlOf, lookup);
+      expect(v.some((x) => x.startsWith("duplicate:") && x.includes(twice.id))).toBe(true);
+      expect(v.some((x) => x.startsWith("unlogged:") && x.includes(fromOther.id) && x.includes("while connected to"))).toBe(true);
+      expect(v.some((x) => x.startsWith("exactness:") && x.includes(wrongRoom.id))).toBe(true);
+      expect(v.some((x) => x.startsWith("unlogged:") && x.includes(alsoLogged.id) && x.includes("in the log"))).toBe(true);
+    });
+
+    it("reports an unlogged packet whose cursor goes back, and a logged one at or before it", () => {
+      const { history, socket } = setup();
+      const a = history.record({}, "n1");
+      const u = history.record({}, "n1");
+      const b = history.record({}, "n2");
+      socket.open("sid1", false);
+      socket.prime(10);
+      socket.ev(a, 12);
+      socket.receive("ev", { id: u.id }, "o11");
+      socket.ev(b, 12);
+      const lookup = logWith([[a, 12], [b, 12]]);
+      const v = history.violations({ lookup, unlogged: true, sourceOrder: false });
+      expect(v.some((x) => x.startsWith("order:") && x.includes(`unlogged ${u.id}`))).toBe(true);
+      expect(v.some((x) => x.startsWith("order:") && x.includes(b.id))).toBe(true);
+    });
   });
 });

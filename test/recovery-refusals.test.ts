@@ -8,86 +8,18 @@ import { describe, expect, it } from "vitest";
 import {
   Cluster,
   comeBack,
-  connected,
   goOffline,
   logHead,
   recordEvents,
   recoveryFields,
   serverNoticed,
   waitFor,
-  waitForSession,
   whoami,
-  type ClientSocket,
-  type WhoAmI,
 } from "./helpers/cluster.js";
+import { attempt, expectFresh, expectHealthy, prepare } from "./helpers/recovery-attempts.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
 const db = useClusterSuite("recovery_refusals");
-
-interface Prepared {
-  socket: ClientSocket;
-  sid: string;
-  pid: string;
-  offset: string;
-}
-
-/** A client with rooms and data, taken offline; its session is written. */
-async function prepare(cluster: Cluster, nsp = "/"): Promise<Prepared> {
-  const socket = await cluster.connect(0, { nsp, rooms: ["secret-room"] });
-  await socket.timeout(3000).emitWithAck("set-data", { secret: "s3cr3t" });
-  const sid = socket.id!;
-  const { _pid: pid, _lastOffset: offset } = recoveryFields(socket);
-  expect(pid).toBeTypeOf("string");
-  expect(offset).toMatch(/^o\d+$/);
-  goOffline(socket);
-  await serverNoticed(cluster.node(0), sid, nsp);
-  await waitForSession(cluster.node(0).pool, sid);
-  return { socket, sid, pid: pid!, offset: offset! };
-}
-
-/** A raw client presenting `pid` and `offset` (anything, even a number) on its first connection. */
-async function attempt(
-  cluster: Cluster,
-  node: number,
-  pid: string,
-  offset: unknown,
-  nsp = "/",
-): Promise<{ socket: ClientSocket; recovered: boolean; who: WhoAmI }> {
-  const socket = cluster.client(node, { nsp, autoConnect: false });
-  const fields = recoveryFields(socket);
-  fields._pid = pid;
-  fields._lastOffset = offset as string;
-  socket.connect();
-  await connected(socket, 8000);
-  const who = await whoami(socket);
-  return { socket, recovered: socket.recovered, who };
-}
-
-/** A refused attempt got a fresh session: nothing of the old one. */
-function expectFresh(result: { socket: ClientSocket; recovered: boolean; who: WhoAmI }, old: Prepared): void {
-  expect(result.recovered).toBe(false);
-  expect(result.who.recovered).toBe(false);
-  expect(result.socket.id).not.toBe(old.sid);
-  expect(result.who.id).not.toBe(old.sid);
-  expect(result.who.rooms).toEqual([result.who.id]);
-  expect(result.who.data).toEqual({});
-  expect(recoveryFields(result.socket)._pid).not.toBe(old.pid);
-}
-
-/** The cluster still serves: a new client connects, receives, and recovers across nodes. */
-async function expectHealthy(cluster: Cluster): Promise<void> {
-  const socket = await cluster.connect(1, { rooms: ["health"] });
-  const got = recordEvents(socket);
-  const sid = socket.id!;
-  goOffline(socket);
-  await serverNoticed(cluster.node(1), sid);
-  const head = await logHead(cluster.node(0).pool);
-  cluster.node(0).io.to("health").emit("ev", { n: "health" });
-  await waitFor(async () => (await logHead(cluster.node(0).pool)) > head);
-  expect(await comeBack(socket, cluster.node(0))).toBe(true);
-  await waitFor(() => got.length === 1);
-  expect(got[0]!.args[0]).toEqual({ n: "health" });
-}
 
 describe("recovery refusals", () => {
   it("refuses an unknown pid", async () => {

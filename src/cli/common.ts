@@ -1,30 +1,29 @@
 /**
- * What every CLI command shares: its shape, the connection options, the pool,
- * and turning any failure into one line that says what to fix.
+ * What every CLI command shares: its context, the connection options, the
+ * pool, and turning any failure into one line that says what to fix.
  */
-import type { ParseArgsConfig } from "node:util";
+import { InvalidArgumentError, Option, type Command } from "commander";
 import pg from "pg";
 import { isValidIdentifier } from "../sql/identifiers.js";
 
 export const PROGRAM = "socket.io-postgres-recovery";
 
 /** Exit codes: 0 success, 1 the operation failed, 2 the command line is wrong. */
+export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
 export const EXIT_USAGE = 2;
 
-export type OptionSpecs = NonNullable<ParseArgsConfig["options"]>;
-export type OptionValues = Record<string, string | boolean | (string | boolean)[] | undefined>;
+export const EXIT_CODES_HELP = `Exit codes:
+  0  success
+  1  the operation failed (database unreachable, credentials refused, schema
+     missing or not migrated, ...); one line on stderr says why
+  2  the command line is wrong; one line on stderr says what to fix`;
 
-export interface Command {
-  readonly name: string;
-  /** One line, for the global help. */
-  readonly summary: string;
-  /** The command's full `--help` text. */
-  readonly help: string;
-  /** parseArgs options (strict); `--help` is added for every command. */
-  readonly options: OptionSpecs;
-  /** Does the work; resolves to the one-line summary printed on success. */
-  run(values: OptionValues, env: NodeJS.ProcessEnv): Promise<string>;
+/** What a command needs from the process, passed in so that tests and embedding need no globals. */
+export interface CliContext {
+  readonly env: NodeJS.ProcessEnv;
+  /** Writes to stdout. */
+  write(text: string): void;
 }
 
 /** A wrong command line: printed on one line, exit code 2. */
@@ -32,14 +31,34 @@ export class UsageError extends Error {
   override name = "UsageError";
 }
 
-export const CONNECTION_OPTIONS = {
-  "database-url": { type: "string" },
-  schema: { type: "string" },
-} as const satisfies OptionSpecs;
+/** The options of every command that connects. */
+export interface ConnectionFlags {
+  databaseUrl?: string;
+  schema: string;
+}
 
-export const CONNECTION_HELP = `  --database-url URL  Postgres connection string, postgres://user:password@host:port/database
-                      (default: the DATABASE_URL environment variable)
-  --schema NAME       Schema holding the tables and the migrations journal (default: socket_io)`;
+/** Adds `--database-url` and `--schema` to a command. */
+export function withConnectionOptions(command: Command): Command {
+  return command
+    .addOption(
+      new Option(
+        "--database-url <url>",
+        "Postgres connection string, postgres://user:password@host:port/database (default: the DATABASE_URL environment variable)",
+      ),
+    )
+    .addOption(
+      new Option("--schema <name>", "schema holding the tables and the migrations journal").default("socket_io"),
+    );
+}
+
+/** An option value that must be a positive integer (rows, ms). */
+export function positiveInteger(value: string): number {
+  const n = Number(value);
+  if (!/^[0-9]+$/.test(value) || !Number.isSafeInteger(n) || n < 1) {
+    throw new InvalidArgumentError("expected a positive integer.");
+  }
+  return n;
+}
 
 export interface Connection {
   readonly url: string;
@@ -49,9 +68,8 @@ export interface Connection {
 }
 
 /** Reads and checks --database-url / DATABASE_URL and --schema before anything connects. */
-export function connectionFrom(values: OptionValues, env: NodeJS.ProcessEnv): Connection {
-  const fromFlag = values["database-url"];
-  const url = typeof fromFlag === "string" ? fromFlag : env.DATABASE_URL;
+export function connectionFrom(flags: ConnectionFlags, env: NodeJS.ProcessEnv): Connection {
+  const url = flags.databaseUrl ?? env.DATABASE_URL;
   if (url === undefined || url === "") {
     throw new UsageError("no database given: pass --database-url URL or set DATABASE_URL");
   }
@@ -64,7 +82,7 @@ export function connectionFrom(values: OptionValues, env: NodeJS.ProcessEnv): Co
   if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
     throw new UsageError(`the database URL must start with postgres:// or postgresql://, not ${parsed.protocol}//`);
   }
-  const schema = values.schema ?? "socket_io";
+  const schema = flags.schema;
   if (!isValidIdentifier(schema)) {
     throw new UsageError(
       `invalid --schema ${JSON.stringify(schema)}: use a letter or _ followed by letters, digits or _, at most 63 characters`,

@@ -31,9 +31,20 @@ export class LogQueries {
     this.writers = qualifiedName(schema, "log_writers");
   }
 
-  /** Creates the namespace's row if needed; returns its id and current head. */
-  async namespace(name: string): Promise<NamespaceRow> {
-    await this.pool.query(`INSERT INTO ${this.namespaces} (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`, [name]);
+  /**
+   * Creates the namespace's row if needed; returns its id and current head.
+   * `retentionMs` (this node's log retention) raises the stored one, never
+   * lowers it: the operator's `prune` must keep what the longest-retaining
+   * node needs. The row is only updated when the value grows, so a restart
+   * does not take the row lock that serializes the namespace's writers.
+   */
+  async namespace(name: string, retentionMs?: number): Promise<NamespaceRow> {
+    await this.pool.query(
+      `INSERT INTO ${this.namespaces} AS n (name, retention_ms) VALUES ($1, $2)
+       ON CONFLICT (name) DO UPDATE SET retention_ms = EXCLUDED.retention_ms
+       WHERE EXCLUDED.retention_ms > COALESCE(n.retention_ms, -1)`,
+      [name, retentionMs ?? null],
+    );
     const { rows } = await this.pool.query<{ id: number; head: string }>(
       `SELECT id, head::text AS head FROM ${this.namespaces} WHERE name = $1`,
       [name],
@@ -111,20 +122,42 @@ export class LogQueries {
   /**
    * Committed entries with offsets in (after, upTo], oldest first, at most
    * `limit` of them. `upTo` undefined: up to the newest committed entry.
+   *
+   * `maxBytes` bounds what is read by stored size too: rows stop after the
+   * first one that brings the total over it (that row is included, so the
+   * caller sees the total exceed `maxBytes` and knows the range was cut).
+   * Sizes come from `octet_length`, which reads a payload's length without
+   * fetching the payload, so rows past the bound cost no transfer.
    */
   async range(
     namespaceId: number,
     after: number,
     upTo: number | undefined,
     limit: number,
+    maxBytes?: number,
   ): Promise<{ entries: LogEntry[] }> {
     // The text alias must not be named "offset": ORDER BY would then sort the text, not the number.
-    const { rows } = await this.pool.query<{ offset_text: string; payload: Buffer }>(
-      `SELECT "offset"::text AS offset_text, payload FROM ${this.log}
-       WHERE namespace_id = $1 AND "offset" > $2 AND ($3::bigint IS NULL OR "offset" <= $3)
-       ORDER BY "offset" LIMIT $4`,
-      [namespaceId, after, upTo ?? null, limit],
-    );
+    const { rows } =
+      maxBytes === undefined
+        ? await this.pool.query<{ offset_text: string; payload: Buffer }>(
+            `SELECT "offset"::text AS offset_text, payload FROM ${this.log}
+             WHERE namespace_id = $1 AND "offset" > $2 AND ($3::bigint IS NULL OR "offset" <= $3)
+             ORDER BY "offset" LIMIT $4`,
+            [namespaceId, after, upTo ?? null, limit],
+          )
+        : await this.pool.query<{ offset_text: string; payload: Buffer }>(
+            `SELECT r."offset"::text AS offset_text, l.payload
+             FROM (
+               SELECT "offset", sum(octet_length(payload)) OVER (ORDER BY "offset") - octet_length(payload) AS bytes_before
+               FROM ${this.log}
+               WHERE namespace_id = $1 AND "offset" > $2 AND ($3::bigint IS NULL OR "offset" <= $3)
+               ORDER BY "offset" LIMIT $4
+             ) AS r
+             JOIN ${this.log} AS l ON l.namespace_id = $1 AND l."offset" = r."offset"
+             WHERE r.bytes_before <= $5
+             ORDER BY r."offset"`,
+            [namespaceId, after, upTo ?? null, limit, maxBytes],
+          );
     return { entries: rows.map((row) => decodePacket(Number(row.offset_text), row.payload)) };
   }
 }

@@ -38,9 +38,30 @@ export class PruneQueries {
     await client.query("SELECT pg_advisory_unlock(hashtext($1))", [this.lockKey]);
   }
 
-  async namespaceIds(client: PoolClient): Promise<number[]> {
-    const { rows } = await client.query<{ id: number }>(`SELECT id FROM ${this.namespaces} ORDER BY id`);
-    return rows.map((r) => r.id);
+  /**
+   * Waits up to `timeoutMs` for the same lock (the CLI: a node's pass is short).
+   * False when it is still held by then.
+   */
+  async lock(client: PoolClient, timeoutMs: number): Promise<boolean> {
+    await client.query("SELECT set_config('lock_timeout', $1, false)", [`${timeoutMs}ms`]);
+    let locked: boolean;
+    try {
+      await client.query("SELECT pg_advisory_lock(hashtext($1))", [this.lockKey]);
+      locked = true;
+    } catch (err) {
+      if (!(typeof err === "object" && err !== null && "code" in err && err.code === "55P03")) throw err;
+      locked = false;
+    }
+    await client.query("RESET lock_timeout");
+    return locked;
+  }
+
+  /** Every namespace with the retention its nodes stored (null: none stored yet). */
+  async listNamespaces(client: PoolClient): Promise<Array<{ id: number; name: string; retentionMs: number | null }>> {
+    const { rows } = await client.query<{ id: number; name: string; retention_ms: string | null }>(
+      `SELECT id, name, retention_ms::text AS retention_ms FROM ${this.namespaces} ORDER BY name`,
+    );
+    return rows.map((r) => ({ id: r.id, name: r.name, retentionMs: r.retention_ms === null ? null : Number(r.retention_ms) }));
   }
 
   /**
@@ -59,12 +80,13 @@ export class PruneQueries {
     return result.rowCount ?? 0;
   }
 
-  /** Writers (adapters of past processes, mostly) idle for longer than `idleMs`. */
-  async pruneWriters(client: PoolClient, idleMs: number, limit: number): Promise<number> {
+  /** The namespace's writers (adapters of past processes, mostly) idle for longer than `idleMs`. */
+  async pruneWriters(client: PoolClient, namespaceId: number, idleMs: number, limit: number): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.writers} WHERE writer_id IN (
-         SELECT writer_id FROM ${this.writers} WHERE updated_at < now() - $1 * interval '1 millisecond' LIMIT $2)`,
-      [idleMs, limit],
+         SELECT writer_id FROM ${this.writers}
+          WHERE namespace_id = $1 AND updated_at < now() - $2 * interval '1 millisecond' LIMIT $3)`,
+      [namespaceId, idleMs, limit],
     );
     return result.rowCount ?? 0;
   }
@@ -86,6 +108,44 @@ export class PruneQueries {
       [maxAgeMs, limit],
     );
     return result.rowCount ?? 0;
+  }
+
+  // ---- counting what a pass would delete (dry run; same conditions, no batches)
+
+  /** Entries older than the retention: what the batched pruneLog loop removes. */
+  async countLog(client: PoolClient, namespaceId: number, retentionMs: number): Promise<number> {
+    return this.count(
+      client,
+      `SELECT count(*) AS n FROM ${this.log}
+        WHERE namespace_id = $1 AND created_at < now() - $2 * interval '1 millisecond'`,
+      [namespaceId, retentionMs],
+    );
+  }
+
+  async countWriters(client: PoolClient, namespaceId: number, idleMs: number): Promise<number> {
+    return this.count(
+      client,
+      `SELECT count(*) AS n FROM ${this.writers}
+        WHERE namespace_id = $1 AND updated_at < now() - $2 * interval '1 millisecond'`,
+      [namespaceId, idleMs],
+    );
+  }
+
+  async countSessions(client: PoolClient): Promise<number> {
+    return this.count(client, `SELECT count(*) AS n FROM ${this.sessions} WHERE expires_at < now()`, []);
+  }
+
+  async countAttachments(client: PoolClient, maxAgeMs: number): Promise<number> {
+    return this.count(
+      client,
+      `SELECT count(*) AS n FROM ${this.attachments} WHERE created_at < now() - $1 * interval '1 millisecond'`,
+      [maxAgeMs],
+    );
+  }
+
+  private async count(client: PoolClient, sql: string, params: unknown[]): Promise<number> {
+    const { rows } = await client.query<{ n: string }>(sql, params);
+    return Number(rows[0]?.n ?? 0);
   }
 
   async recordRun(client: PoolClient, startedAt: Date, result: string): Promise<void> {

@@ -65,30 +65,54 @@ export class SessionQueries {
   }
 
   /**
-   * Deletes and returns the session: a pid restores at most once, even when
-   * several reconnects race for it. Only the session's own namespace can take
-   * it, so a pid presented elsewhere leaves it intact.
+   * Deletes and returns the sessions of a batch of restores in one statement:
+   * a pid restores at most once, even when several reconnects race for it
+   * (the same pid twice in one batch: only the first gets it). Only the
+   * session's own namespace can take it, so a pid presented elsewhere leaves
+   * it intact. Results are in the order of `keys`.
    */
-  async take(pidHash: Buffer, namespaceId: number): Promise<TakenSession | undefined> {
+  async take(keys: ReadonlyArray<SessionKey>): Promise<Array<TakenSession | undefined>> {
     const { rows } = await this.pool.query<{
+      pid_hash: Buffer;
+      namespace_id: number;
       sid: string;
       floor_offset: string;
       last_offset: string;
       payload: Buffer;
       live: boolean;
     }>(
-      `DELETE FROM ${this.sessions} WHERE pid_hash = $1 AND namespace_id = $2
-       RETURNING sid, floor_offset::text, last_offset::text, payload, expires_at > now() AS live`,
-      [pidHash, namespaceId],
+      `DELETE FROM ${this.sessions} s
+       USING unnest($1::bytea[], $2::int[]) AS k(pid_hash, namespace_id)
+       WHERE s.pid_hash = k.pid_hash AND s.namespace_id = k.namespace_id
+       RETURNING s.pid_hash, s.namespace_id, s.sid, s.floor_offset::text, s.last_offset::text, s.payload,
+                 s.expires_at > now() AS live`,
+      [keys.map((k) => k.pidHash), keys.map((k) => k.namespaceId)],
     );
-    const row = rows[0];
-    if (!row) return undefined;
-    return {
-      sid: row.sid,
-      floorOffset: Number(row.floor_offset),
-      lastOffset: Number(row.last_offset),
-      payload: row.payload,
-      live: row.live,
-    };
+    const found = new Map<string, TakenSession>();
+    for (const row of rows) {
+      found.set(keyOf(row.pid_hash, row.namespace_id), {
+        sid: row.sid,
+        floorOffset: Number(row.floor_offset),
+        lastOffset: Number(row.last_offset),
+        payload: row.payload,
+        live: row.live,
+      });
+    }
+    return keys.map((k) => {
+      const key = keyOf(k.pidHash, k.namespaceId);
+      const session = found.get(key);
+      found.delete(key); // a second request for the same pid in this batch gets nothing
+      return session;
+    });
   }
+}
+
+/** Which session a restore asks for. */
+export interface SessionKey {
+  readonly pidHash: Buffer;
+  readonly namespaceId: number;
+}
+
+function keyOf(pidHash: Buffer, namespaceId: number): string {
+  return `${namespaceId}:${pidHash.toString("hex")}`;
 }

@@ -777,6 +777,8 @@ export interface Proxy {
   readonly url: string;
   /** Stops forwarding in both directions without closing anything (a dead network). */
   freeze(): void;
+  /** Forwards again (connections that lost data while frozen should be cut first). */
+  thaw(): void;
   /** Destroys every connection at once (a reset). */
   cut(): void;
   close(): Promise<void>;
@@ -812,6 +814,9 @@ export async function startProxy(targetPort: number): Promise<Proxy> {
     url: `http://127.0.0.1:${port}`,
     freeze() {
       frozen = true;
+    },
+    thaw() {
+      frozen = false;
     },
     cut() {
       for (const s of sockets) s.destroy();

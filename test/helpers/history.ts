@@ -25,6 +25,15 @@
  * `ev:<source>.<tag>:<n>` (the tag is random per History: the log table
  * outlives a test). An emission's offset is learned from any client that
  * received it, or from the log table (`logOffsets`) for those nobody received.
+ *
+ * Unlogged deliveries (a node in outage mode delivers to its own sockets,
+ * never logs the packet, and appends its cursor like a prime event, or
+ * nothing) are checked apart, with `{ unlogged: true, lookup }` and
+ * `unloggedViolations()`: a reception is unlogged when its id is not in the
+ * log (or it carries no offset). Each is delivered at most once per client,
+ * only to clients connected to the emitting node at that moment, never
+ * received as a logged packet (so never replayed), and its cursor never goes
+ * back.
  */
 import { randomBytes } from "node:crypto";
 import type pg from "pg";
@@ -60,7 +69,12 @@ export interface Reception {
   readonly rawOffset: unknown;
   readonly prime: boolean;
   readonly args: readonly unknown[];
+  /** The URL the client was connected to when it received this (set at each connection). */
+  readonly via: string;
 }
+
+type ReceptionTest = (r: Reception) => boolean;
+const NEVER: ReceptionTest = () => false;
 
 /** An offset, the offset of an emission (a marker) by id, or the track's start. */
 type Bound = number | { id: string } | "start";
@@ -106,6 +120,32 @@ export interface CheckOptions {
   requireResolved?: boolean;
   /** Check per-source offset order (default true). */
   sourceOrder?: boolean;
+  /**
+   * Packets delivered without an offset (outage mode) are not violations here
+   * (check them with `unloggedViolations`), and emissions neither logged nor
+   * received are not "unresolved". Default false: every packet needs an offset.
+   */
+  unlogged?: boolean;
+}
+
+/** Counts for a scenario's summary line. */
+export interface HistorySummary {
+  emitted: number;
+  /** Emissions found in the log. */
+  logged: number;
+  /** Emissions not in the log (outage mode, or lost before logging). */
+  notLogged: number;
+  /** Receptions of logged packets (with an offset). */
+  delivered: number;
+  /** Receptions without an offset (outage mode). */
+  unloggedDeliveries: number;
+  lost: number;
+  duplicated: number;
+  reordered: number;
+  /** Other violations (exactness, unknown, unresolved, prime...). */
+  other: number;
+  reconnections: number;
+  recovered: number;
 }
 
 export interface ClientHandle {
@@ -192,10 +232,12 @@ export class History {
     const reconnections: Array<{ recovered: boolean; sid: string }> = [];
     let awaitingConnect = true;
     let closed = false;
+    let via = "";
     const nsp = (socket as unknown as { nsp: string }).nsp;
     const onConnect = () => {
       if (!awaitingConnect || closed) return;
       awaitingConnect = false;
+      via = (socket.io as unknown as { uri?: string } | undefined)?.uri ?? "";
       const current = tracks[tracks.length - 1];
       if (current) reconnections.push({ recovered: socket.recovered, sid: socket.id ?? "" });
       if (current && socket.recovered && !current.ended) {
@@ -231,7 +273,7 @@ export class History {
       const first = args[0] as { id?: unknown } | undefined;
       const id = !prime && first && typeof first === "object" && typeof first.id === "string" ? first.id : undefined;
       const offset = parseOffset(rawOffset);
-      track.received.push({ event, id, offset, rawOffset, prime, args });
+      track.received.push({ event, id, offset, rawOffset, prime, args, via });
       if (prime && track.start === undefined && offset !== undefined) track.start = offset;
     });
     const handle: ClientHandle = {
@@ -293,13 +335,26 @@ export class History {
   }
 
   /** Offsets of every emission received by anyone (and conflicts). */
-  private resolveOffsets(lookup?: CheckOptions["lookup"]): { offsets: Map<string, number>; conflicts: string[] } {
+  /**
+   * Which receptions are unlogged deliveries (outage mode): a known id that is
+   * not in the log (`lookup`), or one that came without an offset string.
+   */
+  private unloggedTest(enabled: boolean | undefined, lookup?: CheckOptions["lookup"]): ReceptionTest {
+    if (!enabled) return NEVER;
+    return (r) =>
+      !r.prime && r.id !== undefined && this.byId.has(r.id) && (typeof r.rawOffset !== "string" || (lookup !== undefined && !lookup.has(r.id)));
+  }
+
+  private resolveOffsets(
+    lookup?: CheckOptions["lookup"],
+    isUnlogged: ReceptionTest = NEVER,
+  ): { offsets: Map<string, number>; conflicts: string[] } {
     const offsets = new Map<string, number>();
     const conflicts: string[] = [];
     for (const c of this.clients) {
       for (const t of c.tracks) {
         for (const r of t.received) {
-          if (r.id === undefined || r.offset === undefined) continue;
+          if (r.id === undefined || r.offset === undefined || isUnlogged(r)) continue;
           const known = offsets.get(r.id);
           if (known === undefined) offsets.set(r.id, r.offset);
           else if (known !== r.offset) conflicts.push(`${r.id} received with offsets ${known} and ${r.offset} (by ${c.label})`);
@@ -319,17 +374,18 @@ export class History {
   }
 
   /** Live tracks' emissions that are definitely addressed and not received yet (known offsets only). */
-  missing(lookup?: CheckOptions["lookup"]): string[] {
-    return this.violations({ lookup, requireResolved: false, sourceOrder: false }).filter((v) => v.startsWith("loss"));
+  missing(lookup?: CheckOptions["lookup"], unlogged = false): string[] {
+    return this.violations({ lookup, requireResolved: false, sourceOrder: false, unlogged }).filter((v) => v.startsWith("loss"));
   }
 
   /** Every violation of the guarantees, as readable lines. */
   violations(options: CheckOptions = {}): string[] {
-    const { offsets, conflicts } = this.resolveOffsets(options.lookup);
+    const isUnlogged = this.unloggedTest(options.unlogged, options.lookup);
+    const { offsets, conflicts } = this.resolveOffsets(options.lookup, isUnlogged);
     const out: string[] = conflicts.map((c) => `order: ${c}`);
     if (options.requireResolved !== false) {
       for (const e of this.emissions) {
-        if (!offsets.has(e.id)) out.push(`unresolved: ${e.id} (to ${describe(e)}) was received by nobody and not found in the log`);
+        if (!offsets.has(e.id) && !options.unlogged) out.push(`unresolved: ${e.id} (to ${describe(e)}) was received by nobody and not found in the log`);
       }
     }
     if (options.sourceOrder !== false) {
@@ -353,7 +409,7 @@ export class History {
     }
     for (const c of this.clients) {
       c.tracks.forEach((t, index) => {
-        out.push(...this.checkTrack(c, t, index, byNsp.get(t.nsp) ?? [], offsets));
+        out.push(...this.checkTrack(c, t, index, byNsp.get(t.nsp) ?? [], offsets, isUnlogged));
       });
     }
     return out;
@@ -365,6 +421,7 @@ export class History {
     index: number,
     emissions: ReadonlyArray<{ e: Emission; offset: number }>,
     offsets: Map<string, number>,
+    isUnlogged: ReceptionTest,
   ): string[] {
     const out: string[] = [];
     const who = `${c.label}#${index} (sid ${t.sid}, ${t.recoveries} recoveries)`;
@@ -388,6 +445,14 @@ export class History {
       }
       if (r.id === undefined || !this.byId.has(r.id)) {
         out.push(`unknown: ${who} received ${r.event} ${JSON.stringify(r.args).slice(0, 120)}`);
+        continue;
+      }
+      if (isUnlogged(r)) {
+        // Outage mode: it carries this node's cursor, like a prime (or nothing); see unloggedViolations.
+        if (r.offset !== undefined) {
+          if (last !== undefined && r.offset < last) out.push(`order: ${who} got unlogged ${r.id} with o${r.offset} after o${last}`);
+          last = Math.max(last ?? r.offset, r.offset);
+        }
         continue;
       }
       if (seen.has(r.id)) out.push(`duplicate: ${who} received ${r.id} (o${r.offset}) twice`);
@@ -433,7 +498,7 @@ export class History {
       return and(base, not(excluded));
     };
     const receivedIds = new Set<string>();
-    for (const r of t.received) if (r.id !== undefined) receivedIds.add(r.id);
+    for (const r of t.received) if (r.id !== undefined && r.offset !== undefined && !isUnlogged(r)) receivedIds.add(r.id);
     for (const { e, offset } of emissions) {
       const a = addressed(e, offset);
       const got = receivedIds.has(e.id);
@@ -450,6 +515,84 @@ export class History {
     return out;
   }
 
+  /**
+   * Violations of the rules for packets delivered without an offset:
+   * `urlOf(source)` is the URL of the node that emitted under that source name.
+   */
+  unloggedViolations(urlOf: (source: string) => string | undefined, lookup?: CheckOptions["lookup"]): string[] {
+    const out: string[] = [];
+    const isUnlogged = this.unloggedTest(true, lookup);
+    const withOffset = new Set<string>();
+    for (const c of this.clients) {
+      for (const t of c.tracks) for (const r of t.received) if (r.id !== undefined && r.offset !== undefined && !isUnlogged(r)) withOffset.add(r.id);
+    }
+    for (const c of this.clients) {
+      const seen = new Set<string>();
+      c.tracks.forEach((t, index) => {
+        const who = `${c.label}#${index} (sid ${t.sid})`;
+        for (const r of t.received) {
+          if (!isUnlogged(r)) continue;
+          const id = r.id!;
+          const e = this.byId.get(id);
+          if (!e) {
+            out.push(`unknown: ${who} received ${id} without an offset`);
+            continue;
+          }
+          if (seen.has(id)) out.push(`duplicate: ${who} received unlogged ${id} twice`);
+          seen.add(id);
+          const logged = lookup?.get(id);
+          if (logged) out.push(`unlogged: ${who} received ${id} without an offset, but it is in the log at o${logged.offset}`);
+          if (withOffset.has(id)) out.push(`unlogged: ${id} was received unlogged by ${c.label} and logged by someone`);
+          const from = urlOf(e.source);
+          if (origin(from) !== origin(r.via)) out.push(`unlogged: ${who} received ${id} from ${e.source} (${from}) while connected to ${r.via}`);
+          if (e.rooms.length > 0 && !e.rooms.some((room) => room === t.sid || t.memberships.some((m) => m.room === room))) {
+            out.push(`exactness: ${who} received unlogged ${id} (to ${describe(e)}) not addressed to it`);
+          }
+        }
+      });
+    }
+    return out;
+  }
+
+  /** Counts for a summary line; `violations` from `violations()` (and `unloggedViolations()`). */
+  summary(violations: readonly string[], lookup?: CheckOptions["lookup"], unlogged = false): HistorySummary {
+    const isUnlogged = this.unloggedTest(unlogged, lookup);
+    const { offsets } = this.resolveOffsets(lookup, isUnlogged);
+    let delivered = 0;
+    let unloggedDeliveries = 0;
+    let reconnections = 0;
+    let recovered = 0;
+    for (const c of this.clients) {
+      for (const t of c.tracks) {
+        for (const r of t.received) {
+          if (r.prime || r.id === undefined) continue;
+          if (isUnlogged(r)) unloggedDeliveries++;
+          else if (r.offset !== undefined) delivered++;
+        }
+      }
+      reconnections += c.reconnections.length;
+      recovered += c.reconnections.filter((r) => r.recovered).length;
+    }
+    const count = (prefix: string) => violations.filter((v) => v.startsWith(prefix)).length;
+    const logged = this.emissions.filter((e) => (lookup ? lookup.has(e.id) : offsets.has(e.id))).length;
+    const lost = count("loss");
+    const duplicated = count("duplicate");
+    const reordered = count("order") + count("source order");
+    return {
+      emitted: this.emissions.length,
+      logged,
+      notLogged: this.emissions.length - logged,
+      delivered,
+      unloggedDeliveries,
+      lost,
+      duplicated,
+      reordered,
+      other: violations.length - lost - duplicated - reordered,
+      reconnections,
+      recovered,
+    };
+  }
+
   /** Throws with the first violations when there are any. */
   assertClean(options: CheckOptions = {}): void {
     const v = this.violations(options);
@@ -460,16 +603,31 @@ export class History {
   }
 
   /** Waits (bounded) until no live track misses anything known to be addressed to it. */
-  async settle(options: { timeout?: number; lookup?: () => Promise<CheckOptions["lookup"]> } = {}): Promise<void> {
+  async settle(
+    options: {
+      timeout?: number;
+      lookup?: () => Promise<CheckOptions["lookup"]>;
+      /**
+       * Some emissions may never be logged (outage mode): those received without an
+       * offset count as resolved, and the others once nothing changed for `quietMs`.
+       */
+      unlogged?: { quietMs: number };
+    } = {},
+  ): Promise<void> {
     let missing: string[] = [];
     let unresolved = 0;
+    let lastChange = { unresolved: -1, at: Date.now() };
     await waitFor(
       async () => {
         const lookup = options.lookup ? await options.lookup() : undefined;
-        missing = this.missing(lookup);
-        const { offsets } = this.resolveOffsets(lookup);
-        unresolved = this.emissions.filter((e) => !offsets.has(e.id)).length;
-        return missing.length === 0 && (options.lookup === undefined || unresolved === 0);
+        missing = this.missing(lookup, options.unlogged !== undefined);
+        const isUnlogged = this.unloggedTest(options.unlogged !== undefined, lookup);
+        const { offsets } = this.resolveOffsets(lookup, isUnlogged);
+        const unloggedIds = this.idsReceived(isUnlogged);
+        unresolved = this.emissions.filter((e) => !offsets.has(e.id) && !unloggedIds.has(e.id)).length;
+        if (unresolved !== lastChange.unresolved) lastChange = { unresolved, at: Date.now() };
+        const quiet = options.unlogged !== undefined && Date.now() - lastChange.at >= options.unlogged.quietMs;
+        return missing.length === 0 && (options.lookup === undefined || unresolved === 0 || quiet);
       },
       {
         timeout: options.timeout ?? 10_000,
@@ -477,6 +635,13 @@ export class History {
         message: () => `history to settle: ${missing.length} missing (${missing.slice(0, 5).join("; ")}), ${unresolved} unresolved`,
       },
     );
+  }
+
+  /** Ids of the receptions that pass `test`. */
+  private idsReceived(test: ReceptionTest): Set<string> {
+    const ids = new Set<string>();
+    for (const c of this.clients) for (const t of c.tracks) for (const r of t.received) if (test(r)) ids.add(r.id!);
+    return ids;
   }
 
   /** Statistics for messages. */
@@ -494,6 +659,14 @@ export class History {
       refusals += c.reconnections.filter((r) => !r.recovered).length;
     }
     return { emissions: this.emissions.length, receptions, tracks, recoveries, refusals };
+  }
+}
+
+function origin(url: string | undefined): string {
+  try {
+    return url === undefined ? "?" : new URL(url).origin;
+  } catch {
+    return url ?? "?";
   }
 }
 

@@ -1,0 +1,58 @@
+/**
+ * Tells when a namespace's log writes have been failing (or hanging: a frozen
+ * network, an exhausted pool) long enough to stop holding events back: when
+ * no write has succeeded for `afterMs` since one started, the adapter switches
+ * to delivering new events to its own sockets, unlogged, rather than keeping
+ * every connected client waiting for a database that is away.
+ *
+ * Only the timing lives here; what "outage mode" does is the adapter's.
+ */
+export interface OutageMonitorOptions {
+  /** Continuous failure before outage mode; false: never (events wait in the queue). */
+  afterMs: number | false;
+  onStarted(failingForMs: number): void;
+  onEnded(): void;
+}
+
+export class OutageMonitor {
+  /** When the oldest write not yet followed by a success started. */
+  private failingSince: number | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private active = false;
+
+  constructor(private readonly opts: OutageMonitorOptions) {}
+
+  /** Whether new events are delivered unlogged. */
+  get inOutage(): boolean {
+    return this.active;
+  }
+
+  /** A log write attempt starts (a first one, or a retry). */
+  writeStarted(): void {
+    if (this.failingSince !== undefined || this.opts.afterMs === false) return;
+    this.failingSince = Date.now();
+    this.timer = setTimeout(() => this.start(), this.opts.afterMs);
+    this.timer.unref();
+  }
+
+  /** A log write committed: the database is back (or never left). */
+  writeSucceeded(): void {
+    if (this.failingSince === undefined) return;
+    clearTimeout(this.timer);
+    this.failingSince = undefined;
+    if (this.active) {
+      this.active = false;
+      this.opts.onEnded();
+    }
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+  }
+
+  private start(): void {
+    if (this.failingSince === undefined || this.active) return;
+    this.active = true;
+    this.opts.onStarted(Date.now() - this.failingSince);
+  }
+}

@@ -1,0 +1,68 @@
+/**
+ * A pruning pass on demand, for operators (`socket.io-postgres-recovery
+ * prune`). Unlike a node's scheduled pass it knows no node settings: each
+ * namespace's log is pruned with the retention its nodes stored
+ * (`namespaces.retention_ms`), and a namespace without one is skipped.
+ */
+import type pg from "pg";
+import { previewPrunePass, runPrunePass, type PrunePassReport, type PrunePlan } from "./pruner.js";
+import { requireMigratedSchema } from "./schema-ready.js";
+import { qualifiedName } from "./sql/identifiers.js";
+import { PruneQueries } from "./sql/prune-queries.js";
+
+const PREFIX = "socket.io-postgres-recovery:";
+
+export interface PruneOptions {
+  /** @default "socket_io" */
+  schema?: string;
+  /** Count what would be removed, in one read-only transaction; delete nothing. */
+  dryRun?: boolean;
+  /** Attachments table, unquoted `schema.table` (default: `socket_io_attachments` in `schema`). */
+  attachmentsTable?: { schema: string; table: string };
+  /** Age past which attachments go (ms); the adapter's `cleanupInterval`. @default 30000 */
+  attachmentsMaxAgeMs?: number;
+  /** Rows per DELETE. @default 5000 */
+  batchSize?: number;
+  /** How long to wait for a node's pass under way (ms). @default 10000 */
+  lockTimeoutMs?: number;
+}
+
+export interface PruneOutcome extends PrunePassReport {
+  readonly schema: string;
+  readonly dryRun: boolean;
+}
+
+export async function prune(pool: pg.Pool, options: PruneOptions = {}): Promise<PruneOutcome> {
+  const { schema } = await requireMigratedSchema(pool, options.schema);
+  const attachments = options.attachmentsTable ?? { schema, table: "socket_io_attachments" };
+  const queries = new PruneQueries(schema, qualifiedName(attachments.schema, attachments.table));
+  const plan: PrunePlan = {
+    retentionMs: (namespace) => namespace.storedRetentionMs ?? undefined,
+    sessions: true,
+    attachmentsMaxAgeMs: options.attachmentsMaxAgeMs ?? 30_000,
+    batchSize: options.batchSize ?? 5000,
+  };
+  const dryRun = options.dryRun === true;
+  const lockTimeoutMs = options.lockTimeoutMs ?? 10_000;
+  const client = await pool.connect();
+  let broken: Error | undefined;
+  try {
+    if (dryRun) return { schema, dryRun, ...(await previewPrunePass(client, queries, plan)) };
+    if (!(await queries.lock(client, lockTimeoutMs))) {
+      throw new Error(
+        `${PREFIX} another pruning pass on schema "${schema}" held the lock for ${lockTimeoutMs} ms; try again (see pg_locks for the session holding it)`,
+      );
+    }
+    try {
+      return { schema, dryRun, ...(await runPrunePass(client, queries, plan, "cli")) };
+    } finally {
+      await queries.unlock(client);
+    }
+  } catch (err) {
+    // A client that failed mid-pass may hold the lock or an open transaction: destroy it.
+    broken = err instanceof Error ? err : new Error(String(err));
+    throw err;
+  } finally {
+    client.release(broken);
+  }
+}

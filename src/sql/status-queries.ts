@@ -1,0 +1,138 @@
+/**
+ * SQL of `status`: read-only looks at one schema's tables. Ages and expiry
+ * are computed with the database's clock (`now()`), the one pruning uses.
+ * bigint columns come back as text and are converted by the caller.
+ */
+import type { PoolClient } from "pg";
+import { qualifiedName } from "./identifiers.js";
+
+export interface NamespaceStatusRow {
+  name: string;
+  head: string;
+  retention_ms: string | null;
+  oldest_offset: string | null;
+  oldest_created_at: Date | null;
+  oldest_age_ms: string | null;
+  entries: string;
+  entry_bytes: string;
+  sessions: string;
+  writers: string;
+}
+
+export interface SessionsStatusRow {
+  total: string;
+  live: string;
+  expired: string;
+  bytes: string;
+  earliest_expires_at: Date | null;
+  latest_expires_at: Date | null;
+}
+
+export interface TableSizeRow {
+  table_name: string;
+  rows_estimate: string;
+  total_bytes: string;
+  index_bytes: string;
+}
+
+export interface MaintenanceRow {
+  last_started_at: Date | null;
+  last_finished_at: Date | null;
+  finished_age_ms: string | null;
+  last_result: string | null;
+}
+
+/** The tables a deployment's migrations create, in the order `status` lists them. */
+export const STATUS_TABLES = [
+  "namespaces",
+  "log_entries",
+  "log_writers",
+  "sessions",
+  "socket_io_attachments",
+  "maintenance",
+] as const;
+
+export class StatusQueries {
+  private readonly namespaces: string;
+  private readonly log: string;
+  private readonly sessions: string;
+  private readonly writers: string;
+  private readonly maintenance: string;
+
+  constructor(private readonly schema: string) {
+    this.namespaces = qualifiedName(schema, "namespaces");
+    this.log = qualifiedName(schema, "log_entries");
+    this.sessions = qualifiedName(schema, "sessions");
+    this.writers = qualifiedName(schema, "log_writers");
+    this.maintenance = qualifiedName(schema, "maintenance");
+  }
+
+  async databaseNow(client: PoolClient): Promise<Date> {
+    const { rows } = await client.query<{ now: Date }>("SELECT now() AS now");
+    return rows[0]!.now;
+  }
+
+  /**
+   * One row per namespace. The oldest entry is found through the primary key
+   * (namespace_id, offset); counting and summing read the namespace's entries.
+   */
+  async namespaceRows(client: PoolClient): Promise<NamespaceStatusRow[]> {
+    const { rows } = await client.query<NamespaceStatusRow>(
+      `SELECT n.name, n.head::text AS head, n.retention_ms::text AS retention_ms,
+              oldest."offset"::text AS oldest_offset, oldest.created_at AS oldest_created_at,
+              (extract(epoch FROM now() - oldest.created_at) * 1000)::bigint::text AS oldest_age_ms,
+              totals.entries::text AS entries, totals.bytes::text AS entry_bytes,
+              (SELECT count(*) FROM ${this.sessions} s WHERE s.namespace_id = n.id)::text AS sessions,
+              (SELECT count(*) FROM ${this.writers} w WHERE w.namespace_id = n.id)::text AS writers
+         FROM ${this.namespaces} n
+         LEFT JOIN LATERAL (
+           SELECT e."offset", e.created_at FROM ${this.log} e
+            WHERE e.namespace_id = n.id ORDER BY e."offset" LIMIT 1
+         ) oldest ON true
+         CROSS JOIN LATERAL (
+           SELECT count(*) AS entries, COALESCE(sum(octet_length(e.payload)), 0) AS bytes
+             FROM ${this.log} e WHERE e.namespace_id = n.id
+         ) totals
+        ORDER BY n.name`,
+    );
+    return rows;
+  }
+
+  async sessionsRow(client: PoolClient): Promise<SessionsStatusRow> {
+    const { rows } = await client.query<SessionsStatusRow>(
+      `SELECT count(*)::text AS total,
+              count(*) FILTER (WHERE expires_at > now())::text AS live,
+              count(*) FILTER (WHERE expires_at <= now())::text AS expired,
+              COALESCE(sum(octet_length(payload)), 0)::text AS bytes,
+              min(expires_at) AS earliest_expires_at,
+              max(expires_at) AS latest_expires_at
+         FROM ${this.sessions}`,
+    );
+    return rows[0]!;
+  }
+
+  /** Sizes of the deployment's tables that exist (heap + TOAST + indexes, and indexes alone). */
+  async tableSizes(client: PoolClient): Promise<TableSizeRow[]> {
+    const { rows } = await client.query<TableSizeRow>(
+      `SELECT t.name AS table_name,
+              GREATEST(c.reltuples, 0)::bigint::text AS rows_estimate,
+              pg_total_relation_size(c.oid)::text AS total_bytes,
+              pg_indexes_size(c.oid)::text AS index_bytes
+         FROM unnest($2::text[]) WITH ORDINALITY AS t(name, ord)
+         JOIN pg_class c ON c.relname = t.name AND c.relkind IN ('r', 'p')
+         JOIN pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = $1
+        ORDER BY t.ord`,
+      [this.schema, [...STATUS_TABLES]],
+    );
+    return rows;
+  }
+
+  async lastPrune(client: PoolClient): Promise<MaintenanceRow | undefined> {
+    const { rows } = await client.query<MaintenanceRow>(
+      `SELECT last_started_at, last_finished_at, last_result,
+              (extract(epoch FROM now() - last_finished_at) * 1000)::bigint::text AS finished_age_ms
+         FROM ${this.maintenance} WHERE task = 'prune'`,
+    );
+    return rows[0];
+  }
+}
