@@ -14,11 +14,16 @@ function killAll(): void {
 }
 
 process.on("exit", killAll);
+// `on`, not `once`: Ctrl-C reaches this process twice (directly and relayed by the tsx CLI), and
+// without a listener left tsx's own handler would exit before the run's database is dropped.
+let aborting = false;
 for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-  process.once(signal, () => {
+  process.on(signal, () => {
     killAll();
+    if (aborting) return;
+    aborting = true;
     // Let run.ts' own handler (dropping the database) run; it exits the process.
-    process.emit("bench-abort" as never);
+    if (!process.emit("bench-abort" as never)) process.exit(130);
   });
 }
 
@@ -39,6 +44,8 @@ export async function startChild(script: string, opts: StartOptions): Promise<Ch
     stdio: ["ignore", "inherit", "pipe", "ipc"],
   });
   children.add(child);
+  // Sending to a child that just died (Ctrl-C reaches the whole process group) must not crash the run.
+  child.on("error", (err) => process.stderr.write(`[${opts.label}] ${err.message}\n`));
   child.once("exit", () => children.delete(child));
   child.stderr?.setEncoding("utf8");
   child.stderr?.on("data", (text: string) => {

@@ -72,7 +72,18 @@ export function call<T = unknown>(child: ChildProcess, cmd: string, args: unknow
         reject(e);
       },
     });
-    child.send({ id, cmd, args } satisfies Request);
+    if (!child.connected) {
+      map.delete(id);
+      clearTimeout(timer);
+      reject(new Error(`cannot send "${cmd}": the child is gone`));
+      return;
+    }
+    child.send({ id, cmd, args } satisfies Request, (err) => {
+      if (!err) return;
+      map.delete(id);
+      clearTimeout(timer);
+      reject(new Error(`cannot send "${cmd}": ${err.message}`));
+    });
   });
 }
 
