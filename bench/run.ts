@@ -213,9 +213,9 @@ async function main(): Promise<void> {
   }
   report.machine.loadavgEnd = loadavg();
   report.durationSeconds = Math.round((Date.now() - started) / 1000);
-  const text = markdown(report) + `\nRun took ${report.durationSeconds} s.\n`;
+  const profiles = profileDir ? `\n### CPU profiles of our nodes during the timed burst (repetition 1)\n\n${summariseProfiles(profileDir)}\n` : "";
+  const text = markdown(report) + `\nRun took ${report.durationSeconds} s.\n` + profiles;
   process.stdout.write(`\n${text}`);
-  if (profileDir) process.stdout.write(`\n${summariseProfiles(profileDir)}\n`);
   mkdirSync(new URL("./results/", import.meta.url), { recursive: true });
   const stamp = report.date.replace(/[:.]/g, "-").slice(0, 19);
   const file = new URL(`./results/${stamp}-${report.mode}.json`, import.meta.url);
