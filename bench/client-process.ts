@@ -1,0 +1,210 @@
+/**
+ * Many socket.io-client sockets in one process (websocket transport, one
+ * manager each), driven by bench/run.ts over IPC. Each socket keeps a
+ * ClientLedger of the bench events it receives; the answers carry only
+ * summaries, never per-event data.
+ *
+ * Environment: OFFSET_KIND ("ours" | "redis" | empty).
+ */
+import { io as connect, type Socket } from "socket.io-client";
+import { nowMs, push, serve } from "./lib/ipc.js";
+import { ClientLedger, percentile, type BenchPayload, type OffsetKind } from "./receipts.js";
+
+interface Client {
+  socket: Socket;
+  ledger: ClientLedger;
+  /** The room it joined (auth.room), "all" otherwise: expectations are given per group. */
+  group: string;
+  disconnectedAt?: number;
+  reconnectedAt?: number;
+  recovered?: boolean;
+}
+
+const offsetKind = (process.env.OFFSET_KIND || undefined) as OffsetKind;
+const clients: Client[] = [];
+let expectedTotal = 0;
+let completed = 0;
+let waiters: Array<() => void> = [];
+let firstDisconnectPushed = false;
+/** Self-check of the accounting: the Nth receipt of client 0 is dropped / recorded twice. */
+const inject = { dropAt: -1, dupAt: -1, seen: 0 };
+
+function onReceipt(client: Client, payload: BenchPayload, offset: unknown): void {
+  const at = nowMs();
+  const isClient0 = client === clients[0];
+  if (isClient0) {
+    inject.seen++;
+    if (inject.seen === inject.dropAt) return;
+  }
+  if (client.ledger.record(payload, typeof offset === "string" ? offset : undefined, at)) completed++;
+  if (isClient0 && inject.seen === inject.dupAt) client.ledger.record(payload, undefined, at);
+  if (completed === expectedTotal && waiters.length) {
+    const ready = waiters;
+    waiters = [];
+    ready.forEach((fn) => fn());
+  }
+}
+
+function recount(): void {
+  expectedTotal = clients.reduce((n, c) => n + c.ledger.expectedCount, 0);
+  completed = clients.reduce((n, c) => n + c.ledger.distinctExpected, 0);
+}
+
+type Expectations = Record<string, Record<number, number | { from: number; to: number }>>;
+
+function selected(indices?: number[]): Client[] {
+  return indices ? indices.map((i) => clients[i]!) : clients;
+}
+
+serve({
+  connect: async ({ url, count, rooms, reconnection = true }: { url: string; count: number; rooms?: string[]; reconnection?: boolean }) => {
+    const created: Client[] = [];
+    for (let i = 0; i < count; i++) {
+      const room = rooms?.[i % rooms.length];
+      const socket = connect(url, {
+        transports: ["websocket"],
+        forceNew: true,
+        reconnection,
+        auth: room === undefined ? {} : { room },
+      });
+      const client: Client = { socket, ledger: new ClientLedger(offsetKind), group: room ?? "all" };
+      socket.on("b", (payload: BenchPayload, offset: unknown) => onReceipt(client, payload, offset));
+      created.push(client);
+      clients.push(client);
+    }
+    await Promise.all(
+      created.map(
+        (c) =>
+          new Promise<void>((resolve, reject) => {
+            if (c.socket.connected) return resolve();
+            const timer = setTimeout(() => reject(new Error(`a client did not connect to ${url} within 30 s`)), 30_000);
+            c.socket.once("connect", () => {
+              clearTimeout(timer);
+              resolve();
+            });
+          }),
+      ),
+    );
+    return { first: clients.length - count, count };
+  },
+  arm: ({ epoch, expect, keepLatencies }: { epoch: number; expect: Expectations; keepLatencies?: boolean }) => {
+    for (const c of clients) c.ledger.arm(epoch, expect[c.group] ?? expect.all ?? {}, keepLatencies);
+    recount();
+    return { expectedTotal };
+  },
+  expect: ({ expect }: { expect: Expectations }) => {
+    for (const c of clients) c.ledger.expect(expect[c.group] ?? expect.all ?? {});
+    recount();
+    return { expectedTotal, completed };
+  },
+  /** Resolves when every expected event reached every client (or when `clients` did), or after timeoutMs. */
+  wait: async ({ timeoutMs, clients: indices }: { timeoutMs: number; clients?: number[] }) => {
+    const done = () =>
+      indices ? selected(indices).every((c) => c.ledger.distinctExpected === c.ledger.expectedCount) : completed >= expectedTotal;
+    const deadline = Date.now() + timeoutMs;
+    while (!done() && Date.now() < deadline) {
+      if (indices) await new Promise((resolve) => setTimeout(resolve, 5));
+      else await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.min(200, deadline - Date.now()));
+        waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+    const chosen = selected(indices);
+    return { complete: done(), lastAt: Math.max(0, ...chosen.map((c) => c.ledger.lastAt)), completed, expectedTotal };
+  },
+  summary: ({ splitAtSeq, clients: indices }: { splitAtSeq?: number; clients?: number[] }) => {
+    const chosen = selected(indices);
+    const sums = { received: 0, expected: 0, lost: 0, duplicated: 0, reordered: 0, lostUpTo: 0, lostAfter: 0, duplicatedUpTo: 0, duplicatedAfter: 0 };
+    let regressions: number | undefined;
+    let clientsWithLoss = 0;
+    const orders = new Set<string>();
+    const latencies: number[] = [];
+    for (const c of chosen) {
+      const s = c.ledger.summary(splitAtSeq);
+      for (const key of Object.keys(sums) as Array<keyof typeof sums>) sums[key] += s[key];
+      if (s.regressions !== undefined) regressions = (regressions ?? 0) + s.regressions;
+      if (s.lost > 0) clientsWithLoss++;
+      if (s.lost === 0 && s.duplicated === 0) orders.add(s.orderHash);
+      for (const l of c.ledger.latencies) latencies.push(l);
+    }
+    latencies.sort((a, b) => a - b);
+    return {
+      clients: chosen.length,
+      ...sums,
+      regressions,
+      clientsWithLoss,
+      /** Among clients that got exactly their expected set. */
+      distinctOrders: orders.size,
+      latency: latencies.length
+        ? { n: latencies.length, p50: percentile(latencies, 50), p90: percentile(latencies, 90), p99: percentile(latencies, 99), max: latencies.at(-1) }
+        : undefined,
+    };
+  },
+  /** From now on, a socket that loses its connection reconnects to `url` (socket.io-client 4.8 reads io.uri on reconnect). */
+  redirect: ({ url }: { url: string }) => {
+    for (const c of clients) {
+      c.socket.once("disconnect", () => {
+        c.disconnectedAt = nowMs();
+        (c.socket.io as unknown as { uri: string }).uri = url;
+        if (!firstDisconnectPushed) {
+          firstDisconnectPushed = true;
+          push("first-disconnect", c.disconnectedAt);
+        }
+        c.socket.once("connect", () => {
+          c.reconnectedAt = nowMs();
+          c.recovered = c.socket.recovered;
+        });
+      });
+    }
+    return null;
+  },
+  "recovery-stats": () => {
+    const gone = clients.filter((c) => c.disconnectedAt !== undefined);
+    const back = gone.filter((c) => c.reconnectedAt !== undefined);
+    return {
+      disconnected: gone.length,
+      reconnected: back.length,
+      recovered: back.filter((c) => c.recovered).length,
+      firstDisconnectAt: gone.length ? Math.min(...gone.map((c) => c.disconnectedAt!)) : null,
+      lastReconnectAt: back.length ? Math.max(...back.map((c) => c.reconnectedAt!)) : null,
+    };
+  },
+  /** Closes the transport of clients (the server sees "transport close" and stores their sessions). */
+  drop: ({ clients: indices }: { clients: number[] }) => {
+    for (const c of selected(indices)) c.socket.io.engine.close();
+    return null;
+  },
+  /** Reconnects clients created with reconnection: false; resolves once connected, with `recovered`. */
+  reconnect: async ({ clients: indices, url }: { clients: number[]; url?: string }) => {
+    const chosen = selected(indices);
+    if (url) for (const c of chosen) (c.socket.io as unknown as { uri: string }).uri = url;
+    await Promise.all(
+      chosen.map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            c.socket.once("connect", () => resolve());
+            c.socket.connect();
+          }),
+      ),
+    );
+    return chosen.map((c) => c.socket.recovered);
+  },
+  inject: ({ dropAt, dupAt }: { dropAt?: number; dupAt?: number }) => {
+    inject.dropAt = dropAt ?? -1;
+    inject.dupAt = dupAt ?? -1;
+    inject.seen = 0;
+    return null;
+  },
+  usage: () => {
+    const cpu = process.cpuUsage();
+    return { maxRssMb: process.resourceUsage().maxRSS / 1024, cpuMs: (cpu.user + cpu.system) / 1000 };
+  },
+  close: () => {
+    for (const c of clients) c.socket.close();
+    return null;
+  },
+});
+push("ready");

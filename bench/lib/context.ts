@@ -1,0 +1,74 @@
+/** What every workload gets from bench/run.ts, and the sizes of a run. */
+import type { Peer } from "../peers.js";
+import type { RunDatabase } from "./database.js";
+
+export interface Sizes {
+  w1Events: number;
+  w1ClientsPerNode: number;
+  w2Events: number;
+  w2IntervalMs: number;
+  w2Clients: number;
+  w3Clients: number;
+  w3Rooms: number;
+  w3MissedPerRoom: number;
+  w3StormIntervalMs: number;
+  w4Missed: number;
+  w5Rows: number;
+}
+
+export const FULL: Sizes = {
+  w1Events: 5000,
+  w1ClientsPerNode: 100,
+  w2Events: 2500,
+  w2IntervalMs: 2,
+  w2Clients: 20,
+  w3Clients: 500,
+  w3Rooms: 10,
+  w3MissedPerRoom: 50,
+  w3StormIntervalMs: 5,
+  w4Missed: 10_000,
+  w5Rows: 1_000_000,
+};
+
+/** `--quick`: the same workloads, smaller, under ~3 minutes in all. */
+export const QUICK: Sizes = {
+  ...FULL,
+  w1Events: 1000,
+  w1ClientsPerNode: 50,
+  w2Events: 750,
+  w3Clients: 200,
+  w5Rows: 200_000,
+};
+
+export interface RunContext {
+  peer: Peer;
+  sizes: Sizes;
+  db: RunDatabase;
+  redisUrl: string;
+  /** A fresh stream / key prefix per workload run for redis-streams. */
+  streamName: string;
+  rep: number;
+  /** Passed to the node processes of our adapter under W1 when profiling. */
+  cpuProfDir?: string;
+  nextEpoch(): number;
+}
+
+/** A workload's numbers for one peer in one repetition; null = not measurable here. */
+export type Metrics = Record<string, number | null>;
+
+export interface MetricDef {
+  key: string;
+  label: string;
+  /** Which way is better, for the ratio column (ours / peer). */
+  better?: "higher" | "lower";
+  digits?: number;
+}
+
+export interface Workload {
+  id: string;
+  title: string;
+  metrics: MetricDef[];
+  /** true, or why this peer cannot run it ("n/a: …"). */
+  applies(peer: Peer): true | string;
+  run(ctx: RunContext): Promise<Metrics>;
+}

@@ -1,0 +1,234 @@
+/**
+ * One Socket.IO node for one peer adapter, in its own process, driven by
+ * bench/run.ts over IPC (bench/lib/ipc.ts). Environment:
+ *   PEER (see peers.ts), DATABASE_URL (Postgres peers), REDIS_URL and
+ *   STREAM_NAME (redis-streams), NODE_INDEX.
+ *
+ * Every emitted event is `("b", { e: epoch, s: source, q: seq, t?: emittedAt, p: padding })`,
+ * about 100 bytes of JSON, so clients can account for each one.
+ */
+import { writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import { Session } from "node:inspector";
+import type { AddressInfo } from "node:net";
+import pg from "pg";
+import { Server, type ServerOptions } from "socket.io";
+import { nowMs, push, serve } from "./lib/ipc.js";
+import { PEERS, type PeerId } from "./peers.js";
+
+const peer = PEERS[process.env.PEER as PeerId];
+if (!peer) throw new Error(`PEER must be one of ${Object.keys(PEERS).join(", ")}`);
+const PADDING = "x".repeat(60);
+
+const cleanups: Array<() => Promise<void>> = [];
+const errors: string[] = [];
+function reportError(err: unknown): void {
+  const text = err instanceof Error ? `${err.message}${err.cause instanceof Error ? ` <- ${err.cause.message}` : ""}` : String(err);
+  if (errors.length < 50) errors.push(text);
+  process.stderr.write(`adapter error: ${text}\n`);
+}
+
+async function adapterFor(): Promise<ServerOptions["adapter"] | undefined> {
+  switch (peer.id) {
+    case "ours": {
+      const { createAdapter } = await import("../src/index.js");
+      const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 10 });
+      pool.on("error", reportError);
+      cleanups.push(() => pool.end());
+      return createAdapter(pool, { errorHandler: reportError }) as unknown as ServerOptions["adapter"];
+    }
+    case "upstream-pg": {
+      const { createAdapter } = await import("@socket.io/postgres-adapter");
+      const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 10 });
+      pool.on("error", reportError);
+      cleanups.push(() => pool.end());
+      return createAdapter(pool, { errorHandler: reportError }) as unknown as ServerOptions["adapter"];
+    }
+    case "redis-streams": {
+      const { createClient } = await import("redis");
+      const { createAdapter } = await import("@socket.io/redis-streams-adapter");
+      // No per-command timeout (commandOptions.timeout unset, no socketTimeout): with one, XADDs
+      // queued behind a burst time out and their events are silently dropped.
+      const client = createClient({ url: process.env.REDIS_URL, commandOptions: {}, maintNotifications: "disabled" });
+      client.on("error", reportError);
+      await client.connect();
+      cleanups.push(async () => {
+        await client.quit(); // after the queued commands (sessions being stored)
+      });
+      return createAdapter(client, {
+        streamName: process.env.STREAM_NAME ?? "bench",
+        sessionKeyPrefix: `${process.env.STREAM_NAME ?? "bench"}:session:`,
+        // Its default (10,000, trimmed approximately) would refuse W4's 10,000-event replay.
+        maxLen: 200_000,
+      }) as unknown as ServerOptions["adapter"];
+    }
+    case "in-memory":
+      return undefined;
+  }
+}
+
+let profiler: Session | undefined;
+function post(session: Session, method: string, params?: object): Promise<unknown> {
+  return new Promise((resolve, reject) =>
+    session.post(method, params ?? {}, (err, result) => (err ? reject(err) : resolve(result))),
+  );
+}
+
+async function main(): Promise<void> {
+  const adapter = await adapterFor();
+  const http = createServer();
+  const io = new Server(http, {
+    serveClient: false,
+    ...(adapter ? { adapter } : {}),
+    ...(peer.recovery ? { connectionStateRecovery: { maxDisconnectionDuration: 120_000, skipMiddlewares: true } } : {}),
+  });
+  const nsp = io.of("/");
+  let recoveredConnections = 0;
+  nsp.on("connection", (socket) => {
+    if (socket.recovered) {
+      recoveredConnections++;
+      return;
+    }
+    const room = (socket.handshake.auth as { room?: unknown }).room;
+    if (typeof room === "string") void socket.join(room);
+  });
+
+  // Time every restoreSession (Socket.IO calls it on the namespace's adapter).
+  const restores: number[] = [];
+  let restoresRestored = 0;
+  const refusals = new Map<string, number>();
+  const adapterObject = nsp.adapter as unknown as {
+    restoreSession?: (pid: string, offset: string) => Promise<unknown>;
+    on?: (event: string, fn: (e: { reason: string }) => void) => void;
+  };
+  const original = adapterObject.restoreSession?.bind(nsp.adapter);
+  if (original) {
+    adapterObject.restoreSession = async (pid: string, offset: string) => {
+      const started = nowMs();
+      try {
+        const session = await original(pid, offset);
+        if (session) restoresRestored++;
+        return session;
+      } finally {
+        restores.push(nowMs() - started);
+      }
+    };
+  }
+  adapterObject.on?.("restore-refused", ({ reason }) => {
+    const key = reason.replace(/\d+/g, "N");
+    refusals.set(key, (refusals.get(key) ?? 0) + 1);
+  });
+
+  await new Promise<void>((resolve) => http.listen(0, "127.0.0.1", resolve));
+  const port = (http.address() as AddressInfo).port;
+
+  let storm: { timer: NodeJS.Timeout; seqs: number[] } | undefined;
+  let closing: Promise<void> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      storm && clearInterval(storm.timer);
+      await io.close();
+      for (const cleanup of cleanups) await cleanup().catch(reportError);
+    })());
+
+  interface Burst {
+    epoch: number;
+    /** Emitted round-robin, one event of each in turn, synchronously. */
+    sources: Array<{ source: number; count: number; startSeq?: number; room?: string }>;
+  }
+
+  serve({
+    info: () => ({ port, pid: process.pid }),
+    "emit-burst": ({ epoch, sources }: Burst) => {
+      const startedAt = nowMs();
+      const next = sources.map((s) => s.startSeq ?? 1);
+      const ops = sources.map((s) => (s.room === undefined ? nsp : nsp.to(s.room)));
+      let left = true;
+      for (let i = 0; left; i++) {
+        left = false;
+        for (let k = 0; k < sources.length; k++) {
+          const s = sources[k]!;
+          if (i >= s.count) continue;
+          left = true;
+          ops[k]!.emit("b", { e: epoch, s: s.source, q: next[k]!++, p: PADDING });
+        }
+      }
+      return { startedAt, endedAt: nowMs() };
+    },
+    "emit-paced": async ({ epoch, source, count, intervalMs }: { epoch: number; source: number; count: number; intervalMs: number }) => {
+      // One event every intervalMs on a fixed schedule (a late tick does not shift the next ones).
+      const start = nowMs();
+      for (let q = 1; q <= count; q++) {
+        const due = start + (q - 1) * intervalMs;
+        const wait = due - nowMs();
+        if (wait > 0.5) await new Promise((resolve) => setTimeout(resolve, Math.floor(wait)));
+        nsp.emit("b", { e: epoch, s: source, q, t: nowMs(), p: PADDING.slice(0, 40) });
+      }
+      return { startedAt: start, endedAt: nowMs() };
+    },
+    "storm-start": ({ epoch, rooms, startSeq, intervalMs }: { epoch: number; rooms: string[]; startSeq: number[]; intervalMs: number }) => {
+      const seqs = [...startSeq];
+      let turn = 0;
+      const timer = setInterval(() => {
+        const r = turn++ % rooms.length;
+        nsp.to(rooms[r]!).emit("b", { e: epoch, s: r, q: seqs[r]!++, p: PADDING });
+      }, intervalMs);
+      storm = { timer, seqs };
+      return null;
+    },
+    "storm-stop": () => {
+      if (!storm) return null;
+      clearInterval(storm.timer);
+      // Last seq emitted per room.
+      return storm.seqs.map((next) => next - 1);
+    },
+    "drop-transports": () => {
+      // The transport closes under the socket: Socket.IO stores its session ("transport close").
+      for (const socket of nsp.sockets.values()) socket.conn.close();
+      return nsp.sockets.size;
+    },
+    sockets: () => nsp.sockets.size,
+    "restore-stats": () => ({
+      count: restores.length,
+      restored: restoresRestored,
+      meanMs: restores.length ? restores.reduce((a, b) => a + b, 0) / restores.length : null,
+      maxMs: restores.length ? Math.max(...restores) : null,
+      recoveredConnections,
+      refusals: Object.fromEntries(refusals),
+    }),
+    usage: () => {
+      const cpu = process.cpuUsage();
+      return { maxRssMb: process.resourceUsage().maxRSS / 1024, cpuMs: (cpu.user + cpu.system) / 1000, errors };
+    },
+    // CPU profile of a window (not of the process' startup): bench/profile-summary.ts reads it.
+    "profile-start": async () => {
+      profiler ??= new Session();
+      profiler.connect();
+      await post(profiler, "Profiler.enable");
+      await post(profiler, "Profiler.setSamplingInterval", { interval: 200 });
+      await post(profiler, "Profiler.start");
+      return null;
+    },
+    "profile-stop": async ({ file }: { file: string }) => {
+      if (!profiler) return null;
+      const { profile } = (await post(profiler, "Profiler.stop")) as { profile: unknown };
+      writeFileSync(file, JSON.stringify(profile));
+      profiler.disconnect();
+      return file;
+    },
+    close: async () => {
+      const started = nowMs();
+      await close();
+      return { closeMs: nowMs() - started };
+    },
+  });
+  process.on("SIGTERM", () => {
+    void close().finally(() => process.exit(0));
+  });
+  push("ready", { port });
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`node-process failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(2);
+});

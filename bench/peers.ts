@@ -1,0 +1,32 @@
+/**
+ * The adapters a bench run compares. Each has a stable id (used on the
+ * command line, in the table and in the JSON) and the facts the workloads
+ * need: how many nodes it can run, whether it recovers, what its offsets
+ * look like.
+ */
+export type PeerId = "ours" | "in-memory" | "upstream-pg" | "redis-streams";
+
+export interface Peer {
+  id: PeerId;
+  label: string;
+  /** 1 for the in-memory adapter: workloads needing two nodes run on one (W1) or say n/a. */
+  maxNodes: number;
+  /** Socket.IO's connectionStateRecovery on for this peer. */
+  recovery: boolean;
+  /** How to compare two offsets a client saw; undefined when the peer's offsets are not ordered. */
+  offsetKind?: "ours" | "redis";
+  /** Uses the run's Postgres database (pg_stat_database deltas mean something). */
+  postgres: boolean;
+}
+
+export const PEERS: Record<PeerId, Peer> = {
+  ours: { id: "ours", label: "ours (pg + recovery)", maxNodes: 2, recovery: true, offsetKind: "ours", postgres: true },
+  "in-memory": { id: "in-memory", label: "in-memory (1 node)", maxNodes: 1, recovery: true, postgres: false },
+  "upstream-pg": { id: "upstream-pg", label: "upstream pg (no recovery)", maxNodes: 2, recovery: false, postgres: true },
+  "redis-streams": { id: "redis-streams", label: "redis-streams", maxNodes: 2, recovery: true, offsetKind: "redis", postgres: false },
+};
+
+export const ALL_PEERS: PeerId[] = ["ours", "in-memory", "upstream-pg", "redis-streams"];
+
+/** The comparison's reference point: ratios are ours / peer. */
+export const OURS: PeerId = "ours";

@@ -1,0 +1,125 @@
+/**
+ * W3 recovery storm: clients in rooms on node 0, each holding an offset (one
+ * event per room first). Node 0 shuts down gracefully; its clients reconnect
+ * to node 1 (io.uri is switched on disconnect). As soon as the first client
+ * notices, node 1 emits missedPerRoom events to each room, then keeps emitting
+ * (one event every stormIntervalMs, rooms in turn) until every client is back.
+ *
+ * The in-memory adapter has no second node: there the transports of all
+ * sockets are closed under them and clients come back to the same node.
+ *
+ * Seqs per room: 1 = the event before the shutdown, 2..1+missed = emitted while
+ * away, beyond = during the storm. Lost/duplicated are split on that boundary.
+ */
+import { call, onEvent, nowMs } from "../lib/ipc.js";
+import { startCluster, sleep } from "../lib/cluster.js";
+import type { Metrics, RunContext, Workload } from "../lib/context.js";
+
+interface RecoveryStats {
+  disconnected: number;
+  reconnected: number;
+  recovered: number;
+  lastReconnectAt: number | null;
+}
+
+interface Summary {
+  lost: number;
+  duplicated: number;
+  lostUpTo: number;
+  lostAfter: number;
+  duplicatedUpTo: number;
+  duplicatedAfter: number;
+  reordered: number;
+  clientsWithLoss: number;
+}
+
+interface RestoreStats {
+  count: number;
+  restored: number;
+  meanMs: number | null;
+  maxMs: number | null;
+  refusals: Record<string, number>;
+}
+
+async function run(ctx: RunContext): Promise<Metrics> {
+  const { w3Clients, w3Rooms, w3MissedPerRoom: missed, w3StormIntervalMs } = ctx.sizes;
+  const cluster = await startCluster(ctx, 2);
+  try {
+    const { nodes, clients } = cluster;
+    const rooms = Array.from({ length: w3Rooms }, (_, r) => `room-${r}`);
+    const origin = nodes[0]!;
+    const target = nodes[nodes.length - 1]!;
+    await call(clients, "connect", { url: origin.url, count: w3Clients, rooms });
+
+    const epoch = ctx.nextEpoch();
+    const expectUpTo = (last: number[]) =>
+      Object.fromEntries(rooms.map((room, r) => [room, { [r]: { from: 1, to: last[r]! } }]));
+    await call(clients, "arm", { epoch, expect: expectUpTo(rooms.map(() => 1)) });
+    await call(origin.child, "emit-burst", { epoch, sources: rooms.map((room, r) => ({ source: r, count: 1, room })) });
+    const primed = await call<{ complete: boolean }>(clients, "wait", { timeoutMs: 30_000 }, 40_000);
+    if (!primed.complete) throw new Error("W3: clients did not all get their first event");
+
+    await call(clients, "redirect", { url: target.url });
+    // While away: missed events as soon as the first client noticed, then the storm.
+    let emitting: Promise<unknown> = Promise.resolve();
+    onEvent(clients, "first-disconnect", () => {
+      emitting = (async () => {
+        await call(target.child, "emit-burst", {
+          epoch,
+          sources: rooms.map((room, r) => ({ source: r, count: missed, startSeq: 2, room })),
+        });
+        await call(target.child, "storm-start", { epoch, rooms, startSeq: rooms.map(() => 2 + missed), intervalMs: w3StormIntervalMs });
+      })();
+    });
+    const t0 = nowMs();
+    if (nodes.length > 1) void call(origin.child, "close", {}, 30_000).catch(() => undefined);
+    else await call(origin.child, "drop-transports");
+
+    let stats: RecoveryStats;
+    const deadline = Date.now() + 60_000;
+    do {
+      await sleep(100);
+      stats = await call<RecoveryStats>(clients, "recovery-stats");
+    } while (stats.reconnected < w3Clients && Date.now() < deadline);
+    await emitting;
+    await sleep(500); // the storm goes on a little after the last reconnection
+    const last = await call<number[]>(target.child, "storm-stop");
+    await call(clients, "expect", { expect: expectUpTo(last) });
+    await call(clients, "wait", { timeoutMs: 15_000 }, 20_000);
+    const summary = await call<Summary>(clients, "summary", { splitAtSeq: 1 + missed });
+    const restore = await call<RestoreStats>(target.child, "restore-stats");
+    if (Object.keys(restore.refusals).length) process.stderr.write(`[${ctx.peer.id}] W3 refusals: ${JSON.stringify(restore.refusals)}\n`);
+    const allBack = stats.reconnected === w3Clients && stats.lastReconnectAt !== null;
+    return {
+      recoveredPct: (100 * stats.recovered) / w3Clients,
+      seconds: allBack ? (stats.lastReconnectAt! - t0) / 1000 : null,
+      restoreMeanMs: restore.meanMs,
+      restoreMaxMs: restore.maxMs,
+      lostMissed: summary.lostUpTo,
+      lostStorm: summary.lostAfter,
+      dupMissed: summary.duplicatedUpTo,
+      dupStorm: summary.duplicatedAfter,
+      reordered: summary.reordered,
+    };
+  } finally {
+    await cluster.stop();
+  }
+}
+
+export const w3: Workload = {
+  id: "W3",
+  title: "recovery storm (node 0 shuts down, clients move to node 1)",
+  metrics: [
+    { key: "recoveredPct", label: "recovered (%)", better: "higher", digits: 1 },
+    { key: "seconds", label: "time to all reconnected (s)", better: "lower", digits: 2 },
+    { key: "restoreMeanMs", label: "restoreSession mean (ms)", better: "lower", digits: 1 },
+    { key: "restoreMaxMs", label: "restoreSession max (ms)", better: "lower", digits: 1 },
+    { key: "lostMissed", label: "lost (missed while away)" },
+    { key: "lostStorm", label: "lost (storm-time)" },
+    { key: "dupMissed", label: "duplicated (missed while away)" },
+    { key: "dupStorm", label: "duplicated (storm-time)" },
+    { key: "reordered", label: "per-room reorderings" },
+  ],
+  applies: (peer) => (peer.recovery ? true : "n/a: no recovery"),
+  run,
+};
