@@ -14,9 +14,14 @@ export interface OutageMonitorOptions {
   onEnded(): void;
 }
 
+/** A timer this late means the event loop was blocked rather than the database away. */
+const LATE_TIMER_MS = 200;
+
 export class OutageMonitor {
   /** When the oldest write not yet followed by a success started. */
   private failingSince: number | undefined;
+  /** When the armed timer should fire. */
+  private due = 0;
   private timer: NodeJS.Timeout | undefined;
   private active = false;
 
@@ -31,8 +36,7 @@ export class OutageMonitor {
   writeStarted(): void {
     if (this.failingSince !== undefined || this.opts.afterMs === false) return;
     this.failingSince = Date.now();
-    this.timer = setTimeout(() => this.start(), this.opts.afterMs);
-    this.timer.unref();
+    this.arm(this.opts.afterMs);
   }
 
   /** A log write committed: the database is back (or never left). */
@@ -50,9 +54,29 @@ export class OutageMonitor {
     clearTimeout(this.timer);
   }
 
-  private start(): void {
-    if (this.failingSince === undefined || this.active) return;
-    this.active = true;
-    this.opts.onStarted(Date.now() - this.failingSince);
+  private arm(delayMs: number): void {
+    this.due = Date.now() + delayMs;
+    this.timer = setTimeout(() => this.check(), delayMs);
+    this.timer.unref();
+  }
+
+  /**
+   * The timer fired; decide after the I/O that is already waiting has been
+   * processed (setImmediate runs after the poll phase). A node whose event
+   * loop was blocked (a huge burst) would otherwise take its own successful
+   * write for an outage: the timer phase comes before the answer is read.
+   */
+  private check(): void {
+    const late = Date.now() - this.due;
+    setImmediate(() => {
+      if (this.failingSince === undefined || this.active) return;
+      if (late > LATE_TIMER_MS) {
+        // The loop was blocked: the write's answer may be queued behind the work. Look again shortly.
+        this.arm(LATE_TIMER_MS);
+        return;
+      }
+      this.active = true;
+      this.opts.onStarted(Date.now() - this.failingSince);
+    });
   }
 }

@@ -16,6 +16,16 @@ import type { LogEntry } from "./codec.js";
 import { asError } from "./errors.js";
 import { RecentEntries } from "./recent-entries.js";
 
+/**
+ * Most entries delivered in one go. A 1000-entry batch delivered at once to
+ * hundreds of sockets is hundreds of thousands of socket writes in a single
+ * tick: seconds during which nothing else runs (restores, acks, the database's
+ * answers), and a large memory peak. The rest follows on the next turn of the
+ * event loop; the cursor always names what was delivered, so restores and
+ * priming stay exact in between.
+ */
+const DELIVERY_SLICE = 32;
+
 export interface SequencerOptions {
   gapFillDelayMs: number;
   /** Size of the in-memory ring of delivered entries. */
@@ -44,6 +54,8 @@ export class Sequencer {
   private knownHead = 0;
   private readonly ahead = new Map<number, LogEntry>();
   private readonly recent: RecentEntries;
+  /** A continuation of drain() is scheduled (see DELIVERY_SLICE). */
+  private sliceScheduled = false;
   private waiters: Waiter[] = [];
   private gapTimer: NodeJS.Timeout | undefined;
   private reading: Promise<void> | undefined;
@@ -134,9 +146,15 @@ export class Sequencer {
   }
 
   private drain(): void {
-    if (this._cursor === undefined) return;
+    if (this._cursor === undefined || this.closed) return;
     let cursor = this._cursor;
+    let delivered = 0;
     for (let next = this.ahead.get(cursor + 1); next; next = this.ahead.get(cursor + 1)) {
+      if (delivered === DELIVERY_SLICE) {
+        this.continueSoon();
+        break;
+      }
+      delivered++;
       this.ahead.delete(next.offset);
       cursor = next.offset;
       this._cursor = cursor;
@@ -157,12 +175,23 @@ export class Sequencer {
         }
       }
     }
+    if (this.sliceScheduled) return; // the rest is here already: no gap to fill yet
     if (this.knownHead > cursor || this.ahead.size > 0) {
       this.readSoon(this.opts.gapFillDelayMs);
     } else {
       clearTimeout(this.gapTimer);
       this.gapTimer = undefined;
     }
+  }
+
+  /** Delivers the next slice on the next turn of the event loop (after pending I/O). */
+  private continueSoon(): void {
+    if (this.sliceScheduled) return;
+    this.sliceScheduled = true;
+    setImmediate(() => {
+      this.sliceScheduled = false;
+      this.drain();
+    });
   }
 
   private readSoon(delayMs: number): void {
