@@ -17,14 +17,17 @@ import { asError } from "./errors.js";
 import { RecentEntries } from "./recent-entries.js";
 
 /**
- * Most entries delivered in one go. A 1000-entry batch delivered at once to
- * hundreds of sockets is hundreds of thousands of socket writes in a single
- * tick: seconds during which nothing else runs (restores, acks, the database's
- * answers), and a large memory peak. The rest follows on the next turn of the
- * event loop; the cursor always names what was delivered, so restores and
- * priming stay exact in between.
+ * Longest a drain delivers before yielding to the event loop. A 1000-entry
+ * batch delivered at once to hundreds of sockets is hundreds of thousands of
+ * socket writes in a single tick: seconds during which nothing else runs
+ * (restores, acks, the database's answers), and a large memory peak. The rest
+ * follows on the next turn; the cursor always names what was delivered, so
+ * restores and priming stay exact in between. By time, not by count: a count
+ * small enough for many sockets made catching up with few sockets crawl.
  */
-const DELIVERY_SLICE = 32;
+const DELIVERY_SLICE_MS = 10;
+/** How many entries between two looks at the clock. */
+const CLOCK_EVERY = 16;
 
 export interface SequencerOptions {
   gapFillDelayMs: number;
@@ -54,8 +57,10 @@ export class Sequencer {
   private knownHead = 0;
   private readonly ahead = new Map<number, LogEntry>();
   private readonly recent: RecentEntries;
-  /** A continuation of drain() is scheduled (see DELIVERY_SLICE). */
+  /** A continuation of drain() is scheduled (see DELIVERY_SLICE_MS). */
   private sliceScheduled = false;
+  /** A read was asked for while slices were pending: it runs once they are delivered. */
+  private readAfterSlices = false;
   private waiters: Waiter[] = [];
   private gapTimer: NodeJS.Timeout | undefined;
   private reading: Promise<void> | undefined;
@@ -148,13 +153,13 @@ export class Sequencer {
   private drain(): void {
     if (this._cursor === undefined || this.closed) return;
     let cursor = this._cursor;
+    const started = performance.now();
     let delivered = 0;
     for (let next = this.ahead.get(cursor + 1); next; next = this.ahead.get(cursor + 1)) {
-      if (delivered === DELIVERY_SLICE) {
+      if (++delivered % CLOCK_EVERY === 0 && performance.now() - started > DELIVERY_SLICE_MS) {
         this.continueSoon();
         break;
       }
-      delivered++;
       this.ahead.delete(next.offset);
       cursor = next.offset;
       this._cursor = cursor;
@@ -176,6 +181,11 @@ export class Sequencer {
       }
     }
     if (this.sliceScheduled) return; // the rest is here already: no gap to fill yet
+    if (this.readAfterSlices) {
+      this.readAfterSlices = false;
+      this.readSoon(0);
+      return;
+    }
     if (this.knownHead > cursor || this.ahead.size > 0) {
       this.readSoon(this.opts.gapFillDelayMs);
     } else {
@@ -209,6 +219,12 @@ export class Sequencer {
 
   private read(): void {
     if (this.closed || this.reading || this._cursor === undefined) return;
+    if (this.sliceScheduled) {
+      // What a read would fetch from the cursor on is mostly here already, waiting for its slice:
+      // reading now would fetch it again (and again, for every read during a long catch-up).
+      this.readAfterSlices = true;
+      return;
+    }
     const wantsEnd = this.readToEnd;
     const behind = this.knownHead > this._cursor;
     if (!wantsEnd && !behind) return;
