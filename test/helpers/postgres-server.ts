@@ -7,11 +7,11 @@
  * Only global setup imports this (once per run, in the main vitest process).
  */
 import { mkdtemp, chmod, rm } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir, userInfo } from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { importEmbeddedPostgres } from "../../tools/embedded-postgres.js";
+import { freePort } from "../../tools/free-port.js";
 
 export type PostgresKind = "env" | "testcontainers" | "embedded";
 
@@ -145,21 +145,6 @@ async function startEmbedded(): Promise<PostgresServer> {
   });
 }
 
-/** A port nobody listens on right now (the OS picks it for a throwaway listener). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.unref();
-    probe.on("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const address = probe.address();
-      probe.close(() => {
-        if (address !== null && typeof address === "object") resolve(address.port);
-        else reject(new Error("could not read the probe's port"));
-      });
-    });
-  });
-}
 
 async function ping(url: string, source: string): Promise<void> {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
