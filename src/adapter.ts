@@ -337,13 +337,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
    * position instead of becoming the event's last string argument.
    */
   private deliverUnlogged(logged: LoggedPacket): void {
-    const cursor = this.sequencer?.cursor;
-    const data = cursor === undefined ? logged.data : [...logged.data, formatOffset(cursor)];
-    const opts: BroadcastOptions = { rooms: new Set<Room>(logged.rooms), except: new Set<Room>(logged.except), flags: {} };
-    Adapter.prototype.broadcast.call(this, { type: EVENT, data, nsp: this.nspName }, opts);
-    if (cursor !== undefined) {
-      (this as unknown as InMemoryInternals).apply(opts, (socket) => this.ledger.delivered(socket.id, cursor));
-    }
+    this.sendToLocalSockets(logged, this.sequencer?.cursor);
     this.unloggedPackets++;
   }
 
@@ -402,11 +396,21 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   private deliver(entry: LogEntry): void {
-    const packet = { type: EVENT, data: [...entry.data, formatOffset(entry.offset)], nsp: this.nspName };
-    const opts: BroadcastOptions = { rooms: new Set<Room>(entry.rooms), except: new Set<Room>(entry.except), flags: {} };
-    // The in-memory broadcast: delivery to this node's sockets only (the cluster already has the entry).
-    Adapter.prototype.broadcast.call(this, packet, opts);
-    (this as unknown as InMemoryInternals).apply(opts, (socket) => this.ledger.delivered(socket.id, entry.offset));
+    this.sendToLocalSockets(entry, entry.offset);
+  }
+
+  /**
+   * The in-memory broadcast: to this node's matching sockets only (the cluster
+   * has the entry already, or never gets it when unlogged), carrying `offset`
+   * as the last argument, which each receiver's ledger records.
+   */
+  private sendToLocalSockets(packet: LoggedPacket, offset: number | undefined): void {
+    const data = offset === undefined ? packet.data : [...packet.data, formatOffset(offset)];
+    const opts: BroadcastOptions = { rooms: new Set<Room>(packet.rooms), except: new Set<Room>(packet.except), flags: {} };
+    Adapter.prototype.broadcast.call(this, { type: EVENT, data, nsp: this.nspName }, opts);
+    if (offset !== undefined) {
+      (this as unknown as InMemoryInternals).apply(opts, (socket) => this.ledger.delivered(socket.id, offset));
+    }
   }
 
   // ---- cluster messages -----------------------------------------------------
@@ -594,26 +598,24 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       payload: stored.payload,
       ttlMs: this.recovery?.maxDisconnectionDuration ?? 0,
     };
+    let upTo: number;
+    let entries: LogEntry[];
     try {
       // The client may be ahead of this node: replay starts after its offset, so wait until we are there.
       await sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
+      upTo = sequencer.cursor ?? offset;
+      const tooLong = refuseRange(offset, upTo, this.ctx.opts);
+      if (tooLong) return { refused: tooLong };
+      // Bounded in count and bytes: a replay over either limit is refused below, so no more is read.
+      const { maxReplayEntries, maxReplayBytes } = this.ctx.opts;
+      entries =
+        sequencer.recentRange(offset, upTo) ??
+        (await this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes)).entries;
     } catch (err) {
-      if (attempt.abandoned) this.ctx.sessions.persist(taken);
+      // Failed or timed out (whichever of the two same-deadline timers fired first): nothing was
+      // restored, so the session goes back. A pid still restores at most once.
+      this.ctx.sessions.persist(taken);
       throw err;
-    }
-    const upTo = sequencer.cursor ?? offset;
-    const tooLong = refuseRange(offset, upTo, this.ctx.opts);
-    if (tooLong) return { refused: tooLong };
-    let entries = sequencer.recentRange(offset, upTo);
-    if (!entries) {
-      try {
-        // Bounded in count and bytes: a replay over either limit is refused below, so no more is read.
-        const { maxReplayEntries, maxReplayBytes } = this.ctx.opts;
-        entries = (await this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes)).entries;
-      } catch (err) {
-        if (attempt.abandoned) this.ctx.sessions.persist(taken);
-        throw err;
-      }
     }
     if (attempt.abandoned) {
       this.ctx.sessions.persist(taken);
