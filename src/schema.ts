@@ -11,6 +11,7 @@
 import {
   bigint,
   bigserial,
+  boolean,
   customType,
   index,
   integer,
@@ -82,8 +83,33 @@ export const sessions = pgTable(
     sid: text("sid").notNull(),
     /** The lowest offset the client may present (its session's first cursor). */
     floorOffset: bigint("floor_offset", { mode: "number" }).notNull(),
-    /** The node's delivery cursor when the socket disconnected: nothing after it reached the client. */
+    /**
+     * Offset of the last entry written to the socket before it disconnected:
+     * its client processed at most that far. For a `connected` row (the
+     * socket's node may have crashed) it is not known and equals the floor.
+     */
     lastOffset: bigint("last_offset", { mode: "number" }).notNull(),
+    /**
+     * The serving node's delivery cursor when the session was written at the
+     * disconnect: entries in (last_offset, cursor_offset] were delivered by
+     * that node and not addressed to the socket; every entry after it may be.
+     * NULL for rows written before this column existed (read as last_offset).
+     */
+    cursorOffset: bigint("cursor_offset", { mode: "number" }),
+    /**
+     * `connected`: the durable skeleton of a socket still served by `node_id`
+     * (restorable once that node is dead); `disconnected`: the session written
+     * at the disconnect; `taken`: restored, kept as a fence until it expires.
+     */
+    state: text("state").notNull().default("disconnected"),
+    /** The node that serves (or served) the socket (`nodes.node_id`). */
+    nodeId: text("node_id"),
+    /** Bumped by every take: a write carrying an older generation is refused (zombies, late retries). */
+    generation: bigint("generation", { mode: "number" }).notNull().default(0),
+    /** Order of the owner's writes within one generation: an older write never overwrites a newer one. */
+    version: bigint("version", { mode: "number" }).notNull().default(0),
+    /** maxDisconnectionDuration of the serving node: a crashed node's skeleton lives that long after its last heartbeat. */
+    ttlMs: bigint("ttl_ms", { mode: "number" }),
     /** msgpack of { rooms: [room, joinedAtOffset][], data }: see `codec.ts`. */
     payload: bytea("payload").notNull(),
     disconnectedAt: timestamp("disconnected_at", { withTimezone: true }).notNull().defaultNow(),
@@ -92,8 +118,25 @@ export const sessions = pgTable(
   (t) => [
     index("sessions_expires_at_idx").on(t.expiresAt),
     index("sessions_namespace_sid_idx").on(t.namespaceId, t.sid),
+    index("sessions_node_id_idx").on(t.nodeId),
   ],
 );
+
+/**
+ * Liveness of the nodes: each running node refreshes its heartbeat on the
+ * database clock. A node whose heartbeat is older than its `dead_after_ms` is
+ * dead, and the skeletons of its sockets can be restored elsewhere; the take
+ * that does so sets `declared_dead`, so a node that was only paused learns it
+ * at its next heartbeat and stops serving what was taken. Clean shutdown
+ * deletes the row.
+ */
+export const nodes = pgTable("nodes", {
+  nodeId: text("node_id").primaryKey(),
+  startedAt: timestamp("started_at", { withTimezone: true }).notNull().defaultNow(),
+  heartbeatAt: timestamp("heartbeat_at", { withTimezone: true }).notNull().defaultNow(),
+  deadAfterMs: bigint("dead_after_ms", { mode: "number" }).notNull(),
+  declaredDead: boolean("declared_dead").notNull().default(false),
+});
 
 /**
  * `@socket.io/postgres-adapter`'s attachments table (same columns), for

@@ -144,6 +144,7 @@ describe("status", () => {
       "log_entries",
       "log_writers",
       "sessions",
+      "nodes",
       "socket_io_attachments",
       "maintenance",
     ]);

@@ -48,6 +48,7 @@ export const STATUS_TABLES = [
   "log_entries",
   "log_writers",
   "sessions",
+  "nodes",
   "socket_io_attachments",
   "maintenance",
 ] as const;
