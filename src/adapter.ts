@@ -362,7 +362,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   override persistSession(session: { sid: SocketId; pid: PrivateSessionId; rooms: Room[]; data: unknown }): void {
     const cursor = this.sequencer?.cursor;
     const snapshot = cursor === undefined ? undefined : this.ledger.snapshot(session.sid, session.rooms, cursor);
-    if (!this.recovery || !snapshot || this.namespaceId === undefined) {
+    if (!this.recovery || !snapshot || cursor === undefined || this.namespaceId === undefined) {
       debug("not persisting session of %s: namespace not started or socket unknown", session.sid);
       return;
     }
@@ -379,6 +379,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       sid: session.sid,
       floorOffset: snapshot.floor,
       lastOffset: snapshot.lastDelivered,
+      cursorOffset: cursor,
       payload,
       ttlMs: this.recovery.maxDisconnectionDuration,
     });

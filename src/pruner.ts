@@ -191,13 +191,16 @@ export class Pruner {
         return report;
       }
       try {
-        // A node prunes every namespace with its own retention (the longest of its namespaces').
+        // Each namespace keeps what the longest-retaining node declared (namespaces.retention_ms,
+        // only ever raised), and at least this node's own retention: a node configured shorter
+        // must not prune entries a session on another node still needs.
         const retentionMs = this.settings.retentionMs();
         const pass = await runPrunePass(
           client,
           this.queries,
           {
-            retentionMs: () => retentionMs,
+            retentionMs: (namespace) =>
+              retentionMs === undefined ? undefined : Math.max(retentionMs, namespace.storedRetentionMs ?? 0),
             sessions: retentionMs !== undefined,
             attachmentsMaxAgeMs: this.settings.attachmentsMaxAgeMs,
             batchSize: this.settings.batchSize,

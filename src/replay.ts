@@ -46,15 +46,42 @@ export type ReplayPlan =
   | { readonly refused?: undefined; readonly entries: LogEntry[]; readonly lastReplayed: number };
 
 /**
+ * What the node that served the socket knew when it wrote the session at the
+ * disconnect. Undefined after a crash: nothing was written then.
+ */
+export interface SessionEnd {
+  /** Offset of the last entry written to the socket: its client processed at most that far. */
+  readonly lastDelivered: number;
+  /**
+   * That node's delivery cursor at the disconnect (>= lastDelivered). Each
+   * entry in (lastDelivered, cursor] was delivered by that node while the
+   * socket was connected and not written to it: it was not addressed to it.
+   */
+  readonly cursor: number;
+}
+
+/**
  * The entries to replay, out of `entries` = the log's (offset, upTo] as still
- * stored (dense, in order). `lastDelivered` is the last offset written to the
- * socket before it disconnected.
+ * stored (dense, in order).
+ *
+ * Every entry the replay may need must still be stored; a missing offset
+ * (offsets are dense) means it was pruned, and the restore is refused rather
+ * than replaying less. Needed are all of (offset, upTo] except the entries
+ * known not to be addressed to the socket, (lastDelivered, cursor]:
+ * - (offset, lastDelivered]: written to the socket, maybe not processed;
+ * - (cursor, upTo]: delivered after the disconnect, while the client was
+ *   away: any of them may be addressed to it. Only the node that wrote the
+ *   session knows which, so a missing one cannot be judged harmless (a node
+ *   with a shorter retention pruning them used to make the restore replay
+ *   less under `recovered === true`).
+ * After a crash (`end` undefined) nothing is known about the range: all of it
+ * is needed.
  */
 export function planReplay(
   entries: readonly LogEntry[],
   offset: number,
   upTo: number,
-  lastDelivered: number,
+  end: SessionEnd | undefined,
   member: Membership,
   limits: ReplayLimits,
 ): ReplayPlan {
@@ -62,15 +89,32 @@ export function planReplay(
   if (bytes > limits.maxReplayBytes) {
     return { refused: `${bytes} bytes to replay exceed maxReplayBytes (${limits.maxReplayBytes})` };
   }
-  // Entries written to the socket that its client had not processed, (offset, lastDelivered], must
-  // all still be in the log. Offsets are dense, so a missing one means it was pruned: the
-  // retention did not cover the time this dead connection went unnoticed. Older entries may be
-  // gone (an idle client), but never these.
-  const mustHave = Math.min(lastDelivered, upTo);
-  const present = entries.filter((entry) => entry.offset <= mustHave).length;
-  if (mustHave > offset && present !== mustHave - offset) {
-    return { refused: `entries written to the socket after offset ${offset} were pruned (retentionMarginMs too short?)` };
+  const missing = firstMissing(entries, offset, upTo, end);
+  if (missing !== undefined) {
+    return { refused: `entry ${missing}, which the replay after offset ${offset} needs, was pruned (retention too short for this session?)` };
   }
   const replayed = entries.filter((entry) => isAddressedTo(entry, member));
   return { entries: replayed, lastReplayed: replayed.at(-1)?.offset ?? offset };
+}
+
+/** The first offset in (offset, upTo] that the replay needs and `entries` lacks, or undefined. */
+export function firstMissing(
+  entries: readonly LogEntry[],
+  offset: number,
+  upTo: number,
+  end: SessionEnd | undefined,
+): number | undefined {
+  // The first needed offset in [from, to), skipping the window known not to be addressed.
+  const firstNeeded = (from: number, to: number): number | undefined => {
+    const n = end !== undefined && from > end.lastDelivered && from <= end.cursor ? end.cursor + 1 : from;
+    return n < to ? n : undefined;
+  };
+  let expected = offset + 1;
+  for (const entry of entries) {
+    if (entry.offset < expected || entry.offset > upTo) continue;
+    const missing = firstNeeded(expected, entry.offset);
+    if (missing !== undefined) return missing;
+    expected = entry.offset + 1;
+  }
+  return firstNeeded(expected, upTo + 1);
 }

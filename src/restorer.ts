@@ -155,6 +155,7 @@ export class Restorer {
       sid: stored.sid,
       floorOffset: stored.floorOffset,
       lastOffset: stored.lastOffset,
+      cursorOffset: stored.cursorOffset,
       payload: stored.payload,
       ttlMs: this.sessionTtlMs,
     };
@@ -184,7 +185,7 @@ export class Restorer {
     const { rooms, data } = decodeSession(stored.payload);
     const joinedAt = new Map<Room, number>(rooms);
     const membership: Membership = { joinedAt, memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
-    const plan = planReplay(entries, offset, upTo, stored.lastOffset, membership, this.ctx.opts);
+    const plan = planReplay(entries, offset, upTo, { lastDelivered: stored.lastOffset, cursor: stored.cursorOffset }, membership, this.ctx.opts);
     if (plan.refused !== undefined) return { refused: plan.refused };
     const missedPackets = plan.entries.map((entry) => [...entry.data, formatOffset(entry.offset)]);
     const { lastReplayed } = plan;
@@ -269,8 +270,12 @@ export class Restorer {
     if (stitch.joined) {
       // Restored, then discarded before it connected (the connection dropped during the
       // middlewares): Socket.IO persists nothing for it, so put the taken session back.
-      // The client may hold any offset up to the replay's end.
-      this.ctx.sessions.persist({ ...stitch.taken, lastOffset: Math.max(stitch.taken.lastOffset, stitch.lastReplayed) });
+      // The client may hold any offset up to the replay's end; nothing in (lastReplayed, upTo] was addressed to it.
+      this.ctx.sessions.persist({
+        ...stitch.taken,
+        lastOffset: Math.max(stitch.taken.lastOffset, stitch.lastReplayed),
+        cursorOffset: Math.max(stitch.taken.cursorOffset, stitch.upTo),
+      });
     }
   }
 }

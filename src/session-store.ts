@@ -92,6 +92,7 @@ export class SessionStore {
         sid: queued.record.sid,
         floorOffset: queued.record.floorOffset,
         lastOffset: queued.record.lastOffset,
+        cursorOffset: queued.record.cursorOffset,
         payload: queued.record.payload,
         live: queued.expiresAt > Date.now(),
       };

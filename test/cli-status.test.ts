@@ -6,6 +6,7 @@
 import pg from "pg";
 import { describe, expect, it } from "vitest";
 import type { RecoveryStatus } from "../src/index.js";
+import { knownMigrations } from "../src/migrate.js";
 import {
   closedPort,
   expectOneLineFailure,
@@ -18,6 +19,12 @@ import {
 } from "./helpers/cli.js";
 import { Cluster, goOffline, join, waitForHead, waitForSession } from "./helpers/cluster.js";
 import { useClusterSuite } from "./fixtures/suite.js";
+
+/** Every migration this version ships, in order (the lists below follow new ones). */
+const TAGS = knownMigrations().map((m) => m.tag);
+const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+/** `(a, b, c)` of the tags, escaped for a RegExp. */
+const tagList = (tags: readonly string[]) => escape(`(${tags.join(", ")})`);
 
 const db = useClusterSuite("cli_status");
 
@@ -105,7 +112,7 @@ describe("status", () => {
     const facts = await namespaceFacts(schema);
 
     expect(status.schema).toBe(schema);
-    expect(status.migrations).toEqual({ applied: ["0000_init", "0001_namespace_retention"], pending: [] });
+    expect(status.migrations).toEqual({ applied: TAGS, pending: [] });
     expect(status.namespaces.map((n) => n.name)).toEqual(["/", "/chat"]);
     expect(facts.map((f) => f.name)).toEqual(["/", "/chat"]);
     for (const [i, fact] of facts.entries()) {
@@ -169,7 +176,7 @@ describe("status", () => {
     expectSuccess(run);
     const lines = run.stdout.trimEnd().split("\n");
     expect(lines[0]).toMatch(
-      /^schema "status_\d+" on 127\.0\.0\.1:\d+\/t_cli_status_\w+: up to date, 2 migrations applied \(0000_init, 0001_namespace_retention\)$/,
+      new RegExp(`^schema "status_\\d+" on 127\\.0\\.0\\.1:\\d+/t_cli_status_\\w+: up to date, ${TAGS.length} migrations applied ${tagList(TAGS)}$`),
     );
     const header = lines.findIndex((l) => /^\s+NAME\s+HEAD\s+OLDEST\s+OLDEST AGE\s+ENTRIES\s+BYTES\s+RETENTION\s+SESSIONS\s+WRITERS$/.test(l));
     expect(header).toBeGreaterThan(0);
@@ -211,9 +218,9 @@ describe("status failures (exit 1, one line)", () => {
     await withClient((c) => c.query("CREATE SCHEMA empty_schema"));
     await migratePartially(db.url, "older_schema", 1);
     const empty = await runCli(["status", "--json", "--database-url", db.url, "--schema", "empty_schema"]);
-    expectOneLineFailure(empty, 1, /schema "empty_schema" lacks 2 migration\(s\) \(0000_init, 0001_namespace_retention\): run `socket\.io-postgres-recovery migrate`/);
+    expectOneLineFailure(empty, 1, new RegExp(`schema "empty_schema" lacks ${TAGS.length} migration\\(s\\) ${tagList(TAGS)}: run \`socket\\.io-postgres-recovery migrate\``));
     const older = await runCliInProcess(["status", "--database-url", db.url, "--schema", "older_schema"]);
-    expectOneLineFailure(older, 1, /schema "older_schema" lacks 1 migration\(s\) \(0001_namespace_retention\)/);
+    expectOneLineFailure(older, 1, new RegExp(`schema "older_schema" lacks ${TAGS.length - 1} migration\\(s\\) ${tagList(TAGS.slice(1))}`));
   });
 
   it("refuses a schema migrated by a newer version", async () => {

@@ -58,6 +58,9 @@ async function deadConnectionScenario(retentionMarginMs: number): Promise<{ reco
     adapter: { retentionMarginMs, pruneIntervalMs: 100 },
   });
   const pool = cluster.node(0).pool;
+  // Pruning keeps the longest retention any node declared, only ever raised: earlier tests of
+  // this file declared longer ones. Here the nodes' own retention is the longest.
+  await pool.query(`UPDATE socket_io.namespaces SET retention_ms = $1 WHERE name = '/'`, [2000 + retentionMarginMs]);
   const proxy = await startProxy(cluster.node(0).port);
   const client = await cluster.connect(proxy, { rooms: ["dead"] });
   const got = recordEvents(client);

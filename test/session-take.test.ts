@@ -35,6 +35,7 @@ describe("session takes", () => {
     sid,
     floorOffset: 1,
     lastOffset: 5,
+    cursorOffset: 5,
     payload: Buffer.from(sid),
     ttlMs: 60_000,
   });

@@ -9,6 +9,8 @@ export interface SessionRecord {
   readonly sid: string;
   readonly floorOffset: number;
   readonly lastOffset: number;
+  /** The node's cursor when the session was written: entries in (lastOffset, cursorOffset] were not addressed to the socket. */
+  readonly cursorOffset: number;
   /** encodeSession() of rooms and data. */
   readonly payload: Buffer;
   /** Time to live from the write, i.e. the server's maxDisconnectionDuration. */
@@ -20,6 +22,7 @@ export interface TakenSession {
   readonly sid: string;
   readonly floorOffset: number;
   readonly lastOffset: number;
+  readonly cursorOffset: number;
   readonly payload: Buffer;
   /** False when found but past its expiry (then it is deleted all the same). */
   readonly live: boolean;
@@ -43,14 +46,14 @@ export class SessionQueries {
     const batch = [...latest.values()];
     await this.pool.query(
       `INSERT INTO ${this.sessions}
-         (pid_hash, namespace_id, sid, floor_offset, last_offset, payload, expires_at)
-       SELECT s.pid_hash, s.namespace_id, s.sid, s.floor_offset, s.last_offset, s.payload,
+         (pid_hash, namespace_id, sid, floor_offset, last_offset, cursor_offset, payload, expires_at)
+       SELECT s.pid_hash, s.namespace_id, s.sid, s.floor_offset, s.last_offset, s.cursor_offset, s.payload,
               now() + s.ttl_ms * interval '1 millisecond'
-       FROM unnest($1::bytea[], $2::int[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[], $7::bigint[])
-         AS s(pid_hash, namespace_id, sid, floor_offset, last_offset, payload, ttl_ms)
+       FROM unnest($1::bytea[], $2::int[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[], $7::bigint[], $8::bigint[])
+         AS s(pid_hash, namespace_id, sid, floor_offset, last_offset, payload, ttl_ms, cursor_offset)
        ON CONFLICT (pid_hash) DO UPDATE SET
          namespace_id = EXCLUDED.namespace_id, sid = EXCLUDED.sid,
-         floor_offset = EXCLUDED.floor_offset, last_offset = EXCLUDED.last_offset,
+         floor_offset = EXCLUDED.floor_offset, last_offset = EXCLUDED.last_offset, cursor_offset = EXCLUDED.cursor_offset,
          payload = EXCLUDED.payload, disconnected_at = now(), expires_at = EXCLUDED.expires_at`,
       [
         batch.map((r) => r.pidHash),
@@ -60,6 +63,7 @@ export class SessionQueries {
         batch.map((r) => r.lastOffset),
         batch.map((r) => r.payload),
         batch.map((r) => r.ttlMs),
+        batch.map((r) => r.cursorOffset),
       ],
     );
   }
@@ -78,13 +82,15 @@ export class SessionQueries {
       sid: string;
       floor_offset: string;
       last_offset: string;
+      cursor_offset: string;
       payload: Buffer;
       live: boolean;
     }>(
       `DELETE FROM ${this.sessions} s
        USING unnest($1::bytea[], $2::int[]) AS k(pid_hash, namespace_id)
        WHERE s.pid_hash = k.pid_hash AND s.namespace_id = k.namespace_id
-       RETURNING s.pid_hash, s.namespace_id, s.sid, s.floor_offset::text, s.last_offset::text, s.payload,
+       RETURNING s.pid_hash, s.namespace_id, s.sid, s.floor_offset::text, s.last_offset::text,
+                 COALESCE(s.cursor_offset, s.last_offset)::text AS cursor_offset, s.payload,
                  s.expires_at > now() AS live`,
       [keys.map((k) => k.pidHash), keys.map((k) => k.namespaceId)],
     );
@@ -94,6 +100,7 @@ export class SessionQueries {
         sid: row.sid,
         floorOffset: Number(row.floor_offset),
         lastOffset: Number(row.last_offset),
+        cursorOffset: Number(row.cursor_offset),
         payload: row.payload,
         live: row.live,
       });
