@@ -31,6 +31,7 @@ import { LogWriter, type LogWriterHost } from "./log-writer.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
+import { SessionDurability, type DurabilityHost } from "./session-durability.js";
 import { hashPid } from "./session-store.js";
 import { SocketLedger, UNSTARTED } from "./socket-ledger.js";
 
@@ -60,6 +61,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly sequencer: Sequencer | undefined;
   private readonly writer: LogWriter | undefined;
   private readonly restorer: Restorer | undefined;
+  /** Skeletons of this namespace's sockets, for restores after a crash. */
+  private readonly durability: SessionDurability | undefined;
   private namespaceId: number | undefined;
   private readonly ledger = new SocketLedger();
   private readonly ready: Promise<void>;
@@ -96,6 +99,12 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       });
       this.writer = new LogWriter(this.logWriterHost(), ctx, this.sequencer);
       this.restorer = new Restorer(this.restorerHost(), ctx, this.sequencer, this.ledger, this.recovery.maxDisconnectionDuration);
+      this.durability = new SessionDurability(
+        this.durabilityHost(),
+        ctx.skeletons,
+        this.recovery.maxDisconnectionDuration,
+        ctx.opts.checkpointIntervalMs,
+      );
     }
     ctx.add(this);
     this.closeDeadline = new Promise<void>((resolve) => {
@@ -224,8 +233,33 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       isConnected: (id) => this.namespace.sockets.has(id),
       sendTo: (id, data) => this.sendToSocket(id, data),
       disconnect: (id) => this.namespace.sockets.get(id)?.disconnect(true),
+      taken: (sid, pid, generation, durable) => this.durability?.expectRestored(sid, pid, generation, durable),
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };
+  }
+
+  private durabilityHost(): DurabilityHost {
+    return {
+      skeletonOf: (id) => {
+        const socket = this.namespace.sockets.get(id);
+        const cursor = this.sequencer?.cursor;
+        const namespaceId = this.namespaceId;
+        if (!socket || cursor === undefined || namespaceId === undefined) return undefined;
+        const snapshot = this.ledger.snapshot(id, [...socket.rooms], cursor);
+        if (!snapshot) return undefined;
+        return { namespaceId, rooms: snapshot.rooms, floor: snapshot.floor, data: socket.data };
+      },
+      release: (id, data, offset) => {
+        this.sendToSocket(id, data);
+        this.ledger.delivered(id, offset);
+      },
+      disconnect: (id) => this.namespace.sockets.get(id)?.disconnect(true),
+      reportError: (err) => this.ctx.reportError(err),
+    };
+  }
+
+  onRevived(): Promise<void> {
+    return this.durability?.revived() ?? Promise.resolve();
   }
 
   /**
@@ -268,6 +302,18 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private sendToLocalSockets(packet: LoggedPacket, offset: number | undefined): void {
     const data = offset === undefined ? packet.data : [...packet.data, formatOffset(offset)];
     const opts: BroadcastOptions = { rooms: new Set<Room>(packet.rooms), except: new Set<Room>(packet.except), flags: {} };
+    if (offset !== undefined && this.durability?.holding) {
+      // Sockets whose room change is not durable yet get the entry once it is (session-durability.ts).
+      const durability = this.durability;
+      const held: SocketId[] = [];
+      (this as unknown as InMemoryInternals).apply(opts, (socket) => {
+        if (durability.isHeld(socket.id)) held.push(socket.id);
+      });
+      for (const id of held) {
+        durability.hold(id, data, offset);
+        opts.except!.add(id);
+      }
+    }
     Adapter.prototype.broadcast.call(this, { type: EVENT, data, nsp: this.nspName }, opts);
     if (offset !== undefined) {
       (this as unknown as InMemoryInternals).apply(opts, (socket) => this.ledger.delivered(socket.id, offset));
@@ -316,6 +362,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.restorer?.onJoin(id, cursor);
     this.ledger.join(id, rooms, cursor);
     super.addAll(id, rooms);
+    const connected = this.namespace.sockets.get(id);
+    // Joining its own room is how every socket connects, not a room change.
+    if (connected) this.durability?.changed(id, pidOf(connected), !(rooms.size === 1 && rooms.has(id)));
     if (!this.ledger.has(id)) {
       const socket = this.namespace.sockets.get(id);
       if (socket && !socket.recovered) {
@@ -328,9 +377,12 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   override del(id: SocketId, room: Room): void {
     this.ledger.leave(id, room);
     super.del(id, room);
+    // Leaving its own room is part of leaving the namespace (delAll follows).
+    if (room !== id && this.namespace.sockets.has(id)) this.durability?.changed(id, undefined, true);
   }
 
   override delAll(id: SocketId): void {
+    this.durability?.left(id);
     this.ledger.forget(id);
     this.restorer?.onLeave(id);
     super.delAll(id);
@@ -366,6 +418,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       debug("not persisting session of %s: namespace not started or socket unknown", session.sid);
       return;
     }
+    // Entries held back for a room change that never became durable were not written to the socket.
+    const firstHeld = this.durability?.firstHeld(session.sid);
+    const fence = this.durability?.disconnected(session.sid);
     let payload: Buffer;
     try {
       payload = encodeSession({ rooms: snapshot.rooms, data: session.data });
@@ -379,7 +434,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       sid: session.sid,
       floorOffset: snapshot.floor,
       lastOffset: snapshot.lastDelivered,
-      cursorOffset: cursor,
+      cursorOffset: firstHeld === undefined ? cursor : Math.max(snapshot.lastDelivered, firstHeld - 1),
+      nodeId: this.ctx.sessions.nodeId,
+      generation: fence?.generation ?? 0,
       payload,
       ttlMs: this.recovery.maxDisconnectionDuration,
     });
@@ -405,6 +462,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.gaveUp = true; // nothing left that needs the namespace to start
       super.close();
       this.sequencer?.close();
+      this.durability?.close();
       await this.ctx.remove(this);
     })();
     return this.closing;
@@ -428,6 +486,12 @@ interface ServerInternals {
 
 function serverInternals(nsp: Namespace): ServerInternals {
   return nsp.server as unknown as ServerInternals;
+}
+
+/** The private session id Socket.IO gives a socket when connection state recovery is on (private in its types). */
+function pidOf(socket: unknown): string | undefined {
+  const pid = (socket as { pid?: unknown }).pid;
+  return typeof pid === "string" ? pid : undefined;
 }
 
 function isLogged(packet: Packet, opts: BroadcastOptions): boolean {

@@ -10,10 +10,13 @@ import { ClusterBus } from "./cluster-bus.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import { Listener } from "./listener.js";
+import { NodeLiveness } from "./node-liveness.js";
 import type { ResolvedOptions } from "./options.js";
 import { Pruner, type PruneReport } from "./pruner.js";
+import { SkeletonWriter } from "./session-durability.js";
 import { SessionStore } from "./session-store.js";
 import { qualifiedName } from "./sql/identifiers.js";
+import { LivenessQueries } from "./sql/liveness-queries.js";
 import { LogQueries } from "./sql/log-queries.js";
 import { PruneQueries } from "./sql/prune-queries.js";
 import { SessionQueries } from "./sql/session-queries.js";
@@ -27,11 +30,16 @@ export interface NamespaceMember {
   onClusterMessage(message: ClusterMessage | ClusterResponse): void;
   onLogNotification(from: number, count: number, inline: string): void;
   onListenerReconnected(): void;
+  /** This node was declared dead and registered again: drop the sockets restored elsewhere. */
+  onRevived(): Promise<void>;
 }
 
 export class NodeContext {
   readonly log: LogQueries;
   readonly sessions: SessionStore;
+  /** Skeletons of connected sockets, for restores after this node crashes. */
+  readonly skeletons: SkeletonWriter;
+  readonly liveness: NodeLiveness;
   readonly listener: Listener;
   readonly bus: ClusterBus;
   private readonly pruner: Pruner;
@@ -47,7 +55,22 @@ export class NodeContext {
   ) {
     const report = (err: Error) => this.reportError(err);
     this.log = new LogQueries(pool, opts.schema, { preparedStatements: opts.preparedStatements });
-    this.sessions = new SessionStore(new SessionQueries(pool, opts.schema), {
+    const sessionQueries = new SessionQueries(pool, opts.schema);
+    this.liveness = new NodeLiveness(new LivenessQueries(pool, opts.schema), {
+      nodeId: sessionQueries.nodeId,
+      intervalMs: opts.nodeHeartbeatIntervalMs,
+      deadAfterMs: opts.nodeDeadAfterMs,
+      onRevived: async () => {
+        for (const member of this.members.values()) await member.onRevived();
+      },
+      onError: report,
+    });
+    this.skeletons = new SkeletonWriter(sessionQueries, {
+      maxBatchSize: opts.maxBatchSize,
+      ready: () => this.liveness.ready(),
+      onError: report,
+    });
+    this.sessions = new SessionStore(sessionQueries, {
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPendingWrites,
       onError: report,
@@ -128,6 +151,9 @@ export class NodeContext {
   private close(): Promise<void> {
     this.closing ??= (async () => {
       await this.sessions.close(this.opts.closeTimeoutMs);
+      await this.skeletons.close(this.opts.closeTimeoutMs);
+      // After the sessions: a row gone makes this node's remaining skeletons restorable at once.
+      await this.liveness.stop();
       await this.pruner.stop();
       await this.bus.idle();
       await this.listener.close();

@@ -196,6 +196,31 @@ export interface RecoveryOptions {
    * @default 10000
    */
   recentEntries?: number;
+  /**
+   * Crash safety: how often each connected socket's `socket.data` is compared
+   * with what was last made durable, and written when it changed. Rooms are
+   * written when they change; `socket.data` (mutated in place, with no hook)
+   * only at this interval and at the disconnect. After a crash, a restored
+   * socket's `data` is at most this old (plus one write).
+   * @default 5000
+   */
+  checkpointIntervalMs?: number;
+  /**
+   * Crash safety: how often this node refreshes its heartbeat row (on the
+   * database clock).
+   * @default 1000
+   */
+  nodeHeartbeatIntervalMs?: number;
+  /**
+   * Crash safety: a node whose heartbeat is older than this is dead, and its
+   * sockets can be restored on other nodes. Each node declares its own; a
+   * restore waits for it (within `restoreTimeoutMs`). A node paused for
+   * longer (GC, SIGSTOP) finds out at its next heartbeat and drops the
+   * sockets restored elsewhere meanwhile. At least twice
+   * `nodeHeartbeatIntervalMs`.
+   * @default 3000
+   */
+  nodeDeadAfterMs?: number;
 }
 
 export type PostgresRecoveryAdapterOptions = UpstreamCompatibleOptions & RecoveryOptions;
@@ -229,6 +254,9 @@ export interface ResolvedOptions {
   readonly recentEntries: number;
   readonly unloggedDeliveryAfterMs: number | false;
   readonly preparedStatements: boolean;
+  readonly checkpointIntervalMs: number;
+  readonly nodeHeartbeatIntervalMs: number;
+  readonly nodeDeadAfterMs: number;
   /** NOTIFY channel of the message log (one per schema). */
   readonly logChannel: string;
 }
@@ -266,6 +294,9 @@ const INTEGER_RULES = {
   closeTimeoutMs: { min: 0, max: 600_000, unit: "ms" },
   // At least what a node delivers while a restore reads the table (see advanceStitch).
   recentEntries: { min: 1000, max: 10_000_000, unit: "entries" },
+  checkpointIntervalMs: { min: 100, max: DAY_MS, unit: "ms" },
+  nodeHeartbeatIntervalMs: { min: 50, max: 600_000, unit: "ms" },
+  nodeDeadAfterMs: { min: 100, max: 3_600_000, unit: "ms" },
 } satisfies Record<string, IntegerRule>;
 
 type IntegerOption = keyof typeof INTEGER_RULES;
@@ -388,6 +419,13 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     fail("maxEntryBytes", `at most maxReplayBytes (${maxReplayBytes})`, maxEntryBytes);
   }
 
+  const nodeHeartbeatIntervalMs = integer(opts, "nodeHeartbeatIntervalMs", 1000);
+  const nodeDeadAfterMs = integer(opts, "nodeDeadAfterMs", Math.max(3000, 2 * nodeHeartbeatIntervalMs));
+  if (nodeDeadAfterMs < 2 * nodeHeartbeatIntervalMs) {
+    // One late heartbeat must not make a running node dead.
+    fail("nodeDeadAfterMs", `at least twice nodeHeartbeatIntervalMs (${2 * nodeHeartbeatIntervalMs} ms)`, nodeDeadAfterMs);
+  }
+
   const logChannel = `${channelPrefix}:${schema}:log`;
   if (Buffer.byteLength(logChannel) > 63) {
     fail("schema", `short enough that "${logChannel}" fits in 63 bytes (shorten it or channelPrefix)`, schema);
@@ -419,6 +457,9 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     recentEntries: integer(opts, "recentEntries", 10_000),
     unloggedDeliveryAfterMs: unloggedDeliveryAfterMs as number | false,
     preparedStatements,
+    checkpointIntervalMs: integer(opts, "checkpointIntervalMs", 5000),
+    nodeHeartbeatIntervalMs,
+    nodeDeadAfterMs,
     logChannel,
   });
 }

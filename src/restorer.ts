@@ -49,6 +49,11 @@ export interface RestorerHost {
   sendTo(id: SocketId, data: unknown[]): void;
   /** Closes a local socket server-side. */
   disconnect(id: SocketId): void;
+  /**
+   * The session of `sid` was taken in `generation` and its socket connects
+   * next; `durable`: a row a crash-restore could use still holds its rooms.
+   */
+  taken(sid: SocketId, pid: PrivateSessionId, generation: number, durable: boolean): void;
   emit(event: "session-restored", payload: RestoredEvent): void;
   emit(event: "restore-refused", payload: RefusedEvent): void;
 }
@@ -143,11 +148,16 @@ export class Restorer {
     const namespaceId = this.host.namespaceId();
     if (namespaceId === undefined) return { refused: "namespace not started" };
     const pidHash = hashPid(pid);
-    const stored = await this.ctx.sessions.take(pidHash, namespaceId, this.ctx.opts.sessionWaitMs);
-    if (!stored) return { refused: "unknown pid (never stored, already restored, pruned, or another namespace's)" };
+    // While the socket's node is alive its session is the skeleton: wait (up to the restore's
+    // deadline) for that node to write the session at the disconnect, or to be declared dead.
+    const stored = await this.ctx.sessions.take(pidHash, namespaceId, this.ctx.opts.sessionWaitMs, deadline - 50);
+    if (!stored) return { refused: "unknown pid (never stored, already restored, pruned, or another namespace's; or its node is still alive)" };
     if (!stored.live) return { refused: "session expired" };
-    if (offset < stored.floorOffset || offset > stored.lastOffset) {
-      return { refused: `offset ${offset} outside the session's range [${stored.floorOffset}, ${stored.lastOffset}]` };
+    // After a crash, the last offset written to the socket is unknown: the client's offset may be
+    // anywhere from the floor to the head (waitFor below bounds it by what was committed).
+    const upper = stored.crashed ? Number.MAX_SAFE_INTEGER : stored.lastOffset;
+    if (offset < stored.floorOffset || offset > upper) {
+      return { refused: `offset ${offset} outside the session's range [${stored.floorOffset}, ${stored.crashed ? "head" : upper}]` };
     }
     const taken: SessionRecord = {
       pidHash,
@@ -158,6 +168,10 @@ export class Restorer {
       cursorOffset: stored.cursorOffset,
       payload: stored.payload,
       ttlMs: this.sessionTtlMs,
+      // Put back (the restore failed after the take), a crashed skeleton stays one whose end is unknown.
+      state: stored.crashed ? "orphaned" : "disconnected",
+      nodeId: this.ctx.sessions.nodeId,
+      generation: stored.generation,
     };
     let upTo: number;
     let entries: LogEntry[];
@@ -185,8 +199,12 @@ export class Restorer {
     const { rooms, data } = decodeSession(stored.payload);
     const joinedAt = new Map<Room, number>(rooms);
     const membership: Membership = { joinedAt, memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
-    const plan = planReplay(entries, offset, upTo, { lastDelivered: stored.lastOffset, cursor: stored.cursorOffset }, membership, this.ctx.opts);
+    const end = stored.crashed ? undefined : { lastDelivered: stored.lastOffset, cursor: stored.cursorOffset };
+    const plan = planReplay(entries, offset, upTo, end, membership, this.ctx.opts);
     if (plan.refused !== undefined) return { refused: plan.refused };
+    // Its skeleton continues in the generation taken. A session taken from this node's own queue
+    // (never written) leaves this node's skeleton of the same generation in the table.
+    this.host.taken(stored.sid, pid, stored.generation, stored.fromQueue === true);
     const missedPackets = plan.entries.map((entry) => [...entry.data, formatOffset(entry.offset)]);
     const { lastReplayed } = plan;
     // Socket.IO joins the rooms and sends missedPackets right after this resolves; entries this

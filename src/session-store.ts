@@ -13,10 +13,21 @@
 import { createHash } from "node:crypto";
 import { Batcher } from "./batcher.js";
 import { isTransientDatabaseError } from "./errors.js";
-import type { SessionKey, SessionQueries, SessionRecord, TakenSession } from "./sql/session-queries.js";
+import type { SessionKey, SessionQueries, SessionRecord, TakenSession, TakeOutcome } from "./sql/session-queries.js";
 
 export function hashPid(pid: string): Buffer {
   return createHash("sha256").update(pid).digest();
+}
+
+let lastVersion = 0;
+
+/**
+ * The version of this process' next session write. Within one generation only
+ * one node writes a session, so a counter per process orders its writes: a
+ * retried or late write never overwrites a newer one.
+ */
+export function nextVersion(): number {
+  return ++lastVersion;
 }
 
 export interface SessionStoreOptions {
@@ -33,7 +44,7 @@ interface QueuedSession {
 
 export class SessionStore {
   private readonly writes: Batcher<QueuedSession, void>;
-  private readonly takes: Batcher<SessionKey, TakenSession | undefined>;
+  private readonly takes: Batcher<SessionKey, TakeOutcome>;
 
   constructor(
     private readonly queries: SessionQueries,
@@ -60,8 +71,8 @@ export class SessionStore {
       onError: (err) =>
         opts.onError(new Error("socket.io-postgres-recovery: writing sessions failed", { cause: err })),
     });
-    this.takes = new Batcher<SessionKey, TakenSession | undefined>({
-      write: (keys) => this.queries.take(keys),
+    this.takes = new Batcher<SessionKey, TakeOutcome>({
+      write: (keys) => this.queries.takeOrWait(keys),
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPending,
       // Not retried here: the restore fails closed and the client starts afresh.
@@ -74,17 +85,27 @@ export class SessionStore {
 
   /** Queues a session; a failure is reported to the error handler (the session is then not restorable). */
   persist(record: SessionRecord): void {
-    this.writes.add({ record, expiresAt: Date.now() + record.ttlMs }).catch(() => {
+    // Newer than every write made for this session so far (skeletons, an earlier attempt).
+    const versioned = { ...record, version: nextVersion() };
+    this.writes.add({ record: versioned, expiresAt: Date.now() + record.ttlMs }).catch(() => {
       // Already reported by the batcher's onError, or refused because closed/full:
       // the session is simply not restorable, which fails closed.
     });
   }
 
+  /** This node's id in the `nodes` table, which its session writes and takes name. */
+  get nodeId(): string {
+    return this.queries.nodeId;
+  }
+
   /**
    * Takes the session of `pidHash` in `namespaceId`, at most once cluster-wide.
    * `waitMs`: how long to keep looking for a session another node may still be writing.
+   * `heldUntil`: while the session is the skeleton of a socket whose node is
+   * alive, it is looked for until then (that node writes the session at the
+   * disconnect, or is declared dead).
    */
-  async take(pidHash: Buffer, namespaceId: number, waitMs: number): Promise<TakenSession | undefined> {
+  async take(pidHash: Buffer, namespaceId: number, waitMs: number, heldUntil = 0): Promise<TakenSession | undefined> {
     const mine = (q: QueuedSession) => q.record.namespaceId === namespaceId && q.record.pidHash.equals(pidHash);
     const [queued] = this.writes.take(mine);
     if (queued) {
@@ -95,18 +116,22 @@ export class SessionStore {
         cursorOffset: queued.record.cursorOffset,
         payload: queued.record.payload,
         live: queued.expiresAt > Date.now(),
+        crashed: (queued.record.state ?? "disconnected") !== "disconnected",
+        generation: queued.record.generation ?? 0,
+        fromQueue: true,
       };
     }
     if (this.writes.isWriting(mine)) await this.writes.flush();
     const deadline = Date.now() + waitMs;
     for (let attempt = 0; ; attempt++) {
-      const taken = await this.takes.add({ pidHash, namespaceId });
+      const { taken, held } = await this.takes.add({ pidHash, namespaceId });
       if (taken) return taken;
-      const left = deadline - Date.now();
+      const left = (held ? Math.max(deadline, heldUntil) : deadline) - Date.now();
       if (left <= 0) return undefined;
       // Short steps: takes are batched, so many restores polling together still cost one
-      // statement per step, and a session written meanwhile is found within ~20 ms.
-      await new Promise((resolve) => setTimeout(resolve, Math.min(5 * 2 ** attempt, 20, left)));
+      // statement per step, and a session written meanwhile is found within ~20 ms. Waiting
+      // for a live node to die or to write the session goes in longer steps.
+      await new Promise((resolve) => setTimeout(resolve, Math.min(5 * 2 ** attempt, held ? 100 : 20, left)));
     }
   }
 

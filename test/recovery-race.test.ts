@@ -186,6 +186,9 @@ describe("recovery under concurrency", () => {
       adapter: { retentionMarginMs: 200, pruneIntervalMs: 200 },
     });
     const pool = cluster.node(0).pool;
+    // Pruning keeps the longest retention any node declared (only ever raised): earlier tests of
+    // this file declared longer ones. Here the nodes' own retention is the longest.
+    await pool.query(`UPDATE socket_io.namespaces SET retention_ms = 1200 WHERE name = '/'`);
     const busy = await cluster.connect(1, { rooms: ["busy"] });
     const gotBusy = recordEvents(busy);
     for (let i = 0; i < 20; i++) cluster.node(1).io.to("busy").emit("ev", { n: i });

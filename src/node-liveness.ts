@@ -1,0 +1,90 @@
+/**
+ * Node liveness in Postgres. Each node keeps a row in `nodes` and refreshes
+ * its heartbeat every `nodeHeartbeatIntervalMs` (database clock); it is dead
+ * once the heartbeat is older than `nodeDeadAfterMs`, and other nodes may then
+ * restore its sockets from their skeletons. A clean shutdown deletes the row.
+ *
+ * A node can be declared dead while it still runs (a long GC pause, a
+ * partition from the database, SIGSTOP). Its next heartbeat tells it so: it
+ * registers again (so nothing more is taken from it), then asks its sockets'
+ * owners to drop whatever was restored elsewhere meanwhile (`onRevived`).
+ */
+import { debug } from "./debug.js";
+import { asError } from "./errors.js";
+import type { LivenessQueries } from "./sql/liveness-queries.js";
+
+export interface NodeLivenessOptions {
+  nodeId: string;
+  intervalMs: number;
+  deadAfterMs: number;
+  /** The node was declared dead and registered again: check what it still holds. */
+  onRevived(): Promise<void>;
+  onError(err: Error): void;
+}
+
+export class NodeLiveness {
+  private timer: NodeJS.Timeout | undefined;
+  private registered: Promise<void> | undefined;
+  private beating: Promise<void> | undefined;
+  private stopped = false;
+
+  constructor(
+    private readonly queries: LivenessQueries,
+    private readonly opts: NodeLivenessOptions,
+  ) {}
+
+  /** Registers the row (retried until it succeeds); resolves once it exists. */
+  start(): Promise<void> {
+    this.registered ??= (async () => {
+      for (let attempt = 1; !this.stopped; attempt++) {
+        try {
+          await this.queries.register(this.opts.nodeId, this.opts.deadAfterMs);
+          break;
+        } catch (err) {
+          this.opts.onError(new Error("socket.io-postgres-recovery: registering this node's liveness failed; retrying", { cause: asError(err) }));
+          await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 2000)).unref());
+        }
+      }
+      if (this.stopped) return;
+      this.timer = setInterval(() => {
+        this.beating ??= this.beat().finally(() => {
+          this.beating = undefined;
+        });
+      }, this.opts.intervalMs);
+      this.timer.unref();
+    })();
+    return this.registered;
+  }
+
+  /** Resolves once the node's row exists (skeletons must not be written before). */
+  ready(): Promise<void> {
+    return this.start();
+  }
+
+  private async beat(): Promise<void> {
+    try {
+      if (await this.queries.heartbeat(this.opts.nodeId)) return;
+      if (this.stopped) return;
+      debug("node %s was declared dead; registering again and dropping what was taken", this.opts.nodeId);
+      await this.queries.register(this.opts.nodeId, this.opts.deadAfterMs);
+      await this.opts.onRevived();
+    } catch (err) {
+      this.opts.onError(new Error("socket.io-postgres-recovery: node heartbeat failed", { cause: asError(err) }));
+    }
+  }
+
+  /** Stops the heartbeat and deletes the row (clean shutdown). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.timer);
+    if (!this.registered) return; // never registered: this node wrote no skeleton
+    await this.registered;
+    await this.beating;
+    try {
+      await this.queries.remove(this.opts.nodeId);
+    } catch (err) {
+      // The row then looks dead after nodeDeadAfterMs: skeletons left become restorable, as after a crash.
+      this.opts.onError(new Error("socket.io-postgres-recovery: removing this node's liveness row failed", { cause: asError(err) }));
+    }
+  }
+}

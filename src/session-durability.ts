@@ -1,0 +1,382 @@
+/**
+ * Crash safety: durable session skeletons, written lazily.
+ *
+ * For each connected socket with recovery, the `sessions` table holds what a
+ * restore needs should its node die without a word (SIGKILL, OOM, host loss):
+ * pid hash, sid, floor, rooms with their join cursors, `socket.data`, and the
+ * node that serves it (`state = 'connected'`). Skeletons are written in
+ * batches, one statement per batch for every namespace of the node (group
+ * commit), coalesced per socket: a socket marked again while queued is
+ * written once, with its state at the time of the write. They are written at
+ * connect, on room changes, and when `socket.data` changed, which is checked
+ * every `checkpointIntervalMs` (it is mutated in place, with no hook). Never a
+ * write per event, never a query on the connection path.
+ *
+ * Exactness after a crash (docs/design.md, "Crash safety"): once a socket has
+ * a durable skeleton, a room change makes it *pending* until the skeleton
+ * that contains it commits. Meanwhile every logged entry for that socket is
+ * held back, in order, and sent when the change is durable. So the client
+ * never receives an entry its durable membership does not account for: a
+ * change lost in a crash is rolled back as if the crash came first.
+ *
+ * Fencing: every write carries the generation the node holds the session in.
+ * A write refused because the row belongs to another node or generation
+ * means the session was restored elsewhere (this node was declared dead):
+ * the socket is disconnected here.
+ */
+import type { Room, SocketId } from "socket.io-adapter";
+import { encodeSession } from "./codec.js";
+import { asError } from "./errors.js";
+import { hashPid, nextVersion } from "./session-store.js";
+import type { SessionQueries, SessionRecord } from "./sql/session-queries.js";
+
+/** What a skeleton records of a socket, from the adapter's ledger. */
+export interface SkeletonState {
+  readonly namespaceId: number;
+  readonly rooms: ReadonlyArray<readonly [Room, number]>;
+  readonly floor: number;
+  readonly data: unknown;
+}
+
+export interface DurabilityHost {
+  /** The socket's current skeleton, or undefined when the namespace has not started yet. */
+  skeletonOf(id: SocketId): SkeletonState | undefined;
+  /** Sends an entry that was held back for `id` (its offset is the last element of `data`). */
+  release(id: SocketId, data: unknown[], offset: number): void;
+  /** Closes a local socket whose session was restored elsewhere. */
+  disconnect(id: SocketId): void;
+  reportError(err: Error): void;
+}
+
+/** How a restore handed a socket over, so its skeleton continues the right generation. */
+interface Expected {
+  readonly pidHash: Buffer;
+  readonly generation: number;
+  /** Whether a row a crash-restore could use already holds this socket's membership. */
+  readonly durable: boolean;
+  readonly at: number;
+}
+
+/** One socket's durability, owned by its namespace's `SessionDurability`. */
+export class TrackedSocket {
+  /** Bumped by every change to write. */
+  changeSeq = 0;
+  /** `changeSeq` of the last room change. */
+  membershipSeq = 0;
+  /** `changeSeq` of the last committed skeleton. */
+  durableSeq = 0;
+  /** A restorable row with this generation holds (an earlier state of) this socket. */
+  durable: boolean;
+  /** msgpack of `socket.data` as last written. */
+  lastData: Buffer | undefined;
+  /** Entries held back while a room change is not durable, in offset order. */
+  readonly held: Array<{ data: unknown[]; offset: number }> = [];
+  /** Left the namespace without a session: the skeleton is to be deleted. */
+  gone = false;
+  /** In the node's write queue. */
+  queued = false;
+
+  constructor(
+    readonly owner: SessionDurability,
+    readonly id: SocketId,
+    readonly pidHash: Buffer,
+    readonly generation: number,
+    durable: boolean,
+  ) {
+    this.durable = durable;
+  }
+
+  get pending(): boolean {
+    return this.durable && this.membershipSeq > this.durableSeq;
+  }
+}
+
+/** A write or a removal of one skeleton, built when its batch is written. */
+type SkeletonWrite =
+  | { readonly socket: TrackedSocket; readonly seq: number; readonly record: SessionRecord; readonly data: Buffer }
+  | { readonly socket: TrackedSocket; readonly remove: true };
+
+export interface SkeletonWriterOptions {
+  maxBatchSize: number;
+  /** Resolves once this node's liveness row exists (a skeleton must never name a node without one). */
+  ready(): Promise<void>;
+  onError(err: Error): void;
+}
+
+/**
+ * The node-wide queue of skeletons to write: one write at a time, each
+ * taking whatever was marked meanwhile (group commit), retried until the
+ * database answers or the node closes.
+ */
+export class SkeletonWriter {
+  private readonly queue = new Set<TrackedSocket>();
+  private writing: Promise<void> | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly queries: SessionQueries,
+    private readonly opts: SkeletonWriterOptions,
+  ) {}
+
+  get nodeId(): string {
+    return this.queries.nodeId;
+  }
+
+  mark(socket: TrackedSocket): void {
+    if (this.closed || socket.queued) return;
+    socket.queued = true;
+    this.queue.add(socket);
+    this.writing ??= this.drain().finally(() => {
+      this.writing = undefined;
+      if (this.queue.size > 0 && !this.closed) this.writing ??= this.drain();
+    });
+  }
+
+  /** Of `sockets`, those whose rows another node or generation holds now. */
+  lost(sockets: readonly TrackedSocket[]): Promise<Buffer[]> {
+    return this.queries.lost(sockets.map((s) => ({ pidHash: s.pidHash, generation: s.generation })));
+  }
+
+  private async drain(): Promise<void> {
+    await this.opts.ready();
+    for (let failures = 0; this.queue.size > 0 && !this.closed; ) {
+      const batch = [...this.queue].slice(0, this.opts.maxBatchSize);
+      const writes: SkeletonWrite[] = [];
+      for (const socket of batch) {
+        // Unqueued as its state is taken: a change from now on queues it for the next batch.
+        socket.queued = false;
+        this.queue.delete(socket);
+        // Nothing to write now (namespace not started): the next checkpoint marks it again.
+        const write = socket.owner.snapshot(socket, this.nodeId);
+        if (write) writes.push(write);
+      }
+      try {
+        await this.write(writes);
+        failures = 0;
+      } catch (err) {
+        for (const write of writes) this.mark(write.socket);
+        failures++;
+        this.opts.onError(new Error("socket.io-postgres-recovery: writing session skeletons failed; retrying", { cause: asError(err) }));
+        await new Promise((resolve) => setTimeout(resolve, Math.min(50 * 2 ** failures, 2000)).unref());
+      }
+    }
+  }
+
+  private async write(writes: readonly SkeletonWrite[]): Promise<void> {
+    const upserts = writes.filter((w): w is Extract<SkeletonWrite, { record: SessionRecord }> => "record" in w);
+    const removals = writes.filter((w) => !("record" in w));
+    if (upserts.length > 0) {
+      const outcomes = await this.queries.write(upserts.map((w) => w.record));
+      upserts.forEach((w, i) => {
+        const outcome = outcomes[i]!;
+        if (outcome.written) w.socket.owner.committed(w.socket, w.seq, w.data);
+        else if (!outcome.owned) w.socket.owner.taken(w.socket);
+      });
+    }
+    if (removals.length > 0) {
+      await this.queries.remove(removals.map((w) => ({ pidHash: w.socket.pidHash, nodeId: this.nodeId, generation: w.socket.generation })));
+    }
+  }
+
+  /** Refuses new marks and waits (at most `timeoutMs`) for the write under way. */
+  async close(timeoutMs: number): Promise<void> {
+    const writing = this.writing;
+    this.closed = true;
+    this.queue.clear();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      writing?.catch(() => undefined),
+      new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+    ]);
+    clearTimeout(timer);
+  }
+}
+
+/** The skeletons of one namespace's sockets on this node. */
+export class SessionDurability {
+  private readonly sockets = new Map<SocketId, TrackedSocket>();
+  private readonly expected = new Map<SocketId, Expected>();
+  /** Sockets with entries held back or a pending room change. */
+  private readonly pendingSockets = new Set<TrackedSocket>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly host: DurabilityHost,
+    private readonly writer: SkeletonWriter,
+    private readonly ttlMs: number,
+    checkpointIntervalMs: number,
+  ) {
+    this.timer = setInterval(() => this.checkpoint(), checkpointIntervalMs);
+    this.timer.unref();
+  }
+
+  /** Whether any local socket has entries held back (fast path of delivery). */
+  get holding(): boolean {
+    return this.pendingSockets.size > 0;
+  }
+
+  /** Whether entries for `id` are held back now. */
+  isHeld(id: SocketId): boolean {
+    const socket = this.sockets.get(id);
+    return socket !== undefined && (socket.pending || socket.held.length > 0);
+  }
+
+  hold(id: SocketId, data: unknown[], offset: number): void {
+    this.sockets.get(id)?.held.push({ data, offset });
+  }
+
+  /** Offset of the first entry held back for `id`, if any. */
+  firstHeld(id: SocketId): number | undefined {
+    return this.sockets.get(id)?.held[0]?.offset;
+  }
+
+  /** A restore took the session of `sid` in `generation`; its socket connects next. */
+  expectRestored(sid: SocketId, pid: string, generation: number, durable: boolean): void {
+    this.expected.set(sid, { pidHash: hashPid(pid), generation, durable, at: Date.now() });
+  }
+
+  /**
+   * The socket is connected and its rooms changed (or it just connected, with
+   * `pid` set). The first call tracks it; every call marks it to write.
+   */
+  changed(id: SocketId, pid: string | undefined, membership: boolean): void {
+    let socket = this.sockets.get(id);
+    if (!socket) {
+      if (pid === undefined) return;
+      const expected = this.expected.get(id);
+      this.expected.delete(id);
+      socket = expected
+        ? new TrackedSocket(this, id, expected.pidHash, expected.generation, expected.durable)
+        : new TrackedSocket(this, id, hashPid(pid), 0, false);
+      this.sockets.set(id, socket);
+    }
+    socket.changeSeq++;
+    if (membership) {
+      socket.membershipSeq = socket.changeSeq;
+      if (socket.pending) this.pendingSockets.add(socket);
+    }
+    this.writer.mark(socket);
+  }
+
+  /**
+   * The socket disconnected and its session is written now: it is no longer
+   * tracked (entries held back are dropped: the session's replay sends them).
+   * Returns the generation to write the session in.
+   */
+  disconnected(id: SocketId): { generation: number } | undefined {
+    const socket = this.sockets.get(id);
+    if (!socket) return undefined;
+    this.forget(socket);
+    return { generation: socket.generation };
+  }
+
+  /** The socket left the namespace for good (no session): its skeleton is deleted. */
+  left(id: SocketId): void {
+    const socket = this.sockets.get(id);
+    this.expected.delete(id);
+    if (!socket) return;
+    this.forget(socket);
+    socket.gone = true;
+    this.writer.mark(socket);
+  }
+
+  private forget(socket: TrackedSocket): void {
+    this.sockets.delete(socket.id);
+    this.pendingSockets.delete(socket);
+    socket.held.length = 0;
+  }
+
+  /** What to write for `socket` now (called by the writer when its batch goes out). */
+  snapshot(socket: TrackedSocket, nodeId: string): SkeletonWrite | undefined {
+    if (socket.gone) return socket.durable || socket.durableSeq > 0 || socket.changeSeq > 0 ? { socket, remove: true } : undefined;
+    if (!this.sockets.has(socket.id)) return undefined; // disconnected meanwhile: its session supersedes it
+    const state = this.host.skeletonOf(socket.id);
+    if (!state) return undefined;
+    let payload: Buffer;
+    let data: Buffer;
+    try {
+      payload = encodeSession({ rooms: state.rooms, data: state.data });
+      data = encodeData(state.data);
+    } catch (err) {
+      this.host.reportError(new Error(`socket.io-postgres-recovery: socket.data of ${socket.id} does not serialize; its skeleton keeps the last one that did`, { cause: asError(err) }));
+      return undefined;
+    }
+    const record: SessionRecord = {
+      pidHash: socket.pidHash,
+      namespaceId: state.namespaceId,
+      sid: socket.id,
+      floorOffset: state.floor,
+      lastOffset: state.floor,
+      cursorOffset: state.floor,
+      payload,
+      ttlMs: this.ttlMs,
+      state: "connected",
+      nodeId,
+      generation: socket.generation,
+      version: nextVersion(),
+    };
+    return { socket, seq: socket.changeSeq, record, data };
+  }
+
+  /** A skeleton committed: changes up to `seq` are durable; what was held for them goes out. */
+  committed(socket: TrackedSocket, seq: number, data: Buffer): void {
+    socket.durableSeq = Math.max(socket.durableSeq, seq);
+    socket.durable = true;
+    socket.lastData = data;
+    if (this.sockets.get(socket.id) !== socket) return;
+    if (socket.pending) return;
+    this.pendingSockets.delete(socket);
+    const held = socket.held.splice(0);
+    for (const { data: packet, offset } of held) this.host.release(socket.id, packet, offset);
+  }
+
+  /** The row belongs to another node or generation: the session was restored elsewhere. */
+  taken(socket: TrackedSocket): void {
+    if (this.sockets.get(socket.id) !== socket) return;
+    this.forget(socket);
+    this.host.reportError(new Error(`socket.io-postgres-recovery: the session of ${socket.id} was restored on another node (this node was declared dead); disconnecting it here`));
+    this.host.disconnect(socket.id);
+  }
+
+  /** This node was declared dead and is back: drops the sockets whose sessions were taken meanwhile. */
+  async revived(): Promise<void> {
+    const durable = [...this.sockets.values()].filter((s) => s.durable);
+    const lost = new Set((await this.writer.lost(durable)).map((h) => h.toString("hex")));
+    for (const socket of durable) if (lost.has(socket.pidHash.toString("hex"))) this.taken(socket);
+  }
+
+  /** Writes the sockets whose `socket.data` changed, or whose last write did not go through. */
+  private checkpoint(): void {
+    const now = Date.now();
+    for (const [sid, expected] of this.expected) if (now - expected.at > 60_000) this.expected.delete(sid);
+    for (const socket of this.sockets.values()) {
+      if (socket.queued) continue;
+      if (socket.changeSeq > socket.durableSeq) {
+        this.writer.mark(socket);
+        continue;
+      }
+      const state = this.host.skeletonOf(socket.id);
+      if (!state) continue;
+      let data: Buffer;
+      try {
+        data = encodeData(state.data);
+      } catch {
+        continue; // reported when written
+      }
+      if (!socket.lastData || !data.equals(socket.lastData)) {
+        socket.changeSeq++;
+        this.writer.mark(socket);
+      }
+    }
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    for (const socket of this.sockets.values()) socket.held.length = 0;
+    this.pendingSockets.clear();
+  }
+}
+
+function encodeData(data: unknown): Buffer {
+  return encodeSession({ rooms: [], data });
+}

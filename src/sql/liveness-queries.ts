@@ -1,0 +1,43 @@
+/** SQL of node liveness: one row per running node, its heartbeat on the database clock. */
+import type { Pool } from "pg";
+import { qualifiedName } from "./identifiers.js";
+
+export class LivenessQueries {
+  private readonly nodes: string;
+
+  constructor(
+    private readonly pool: Pool,
+    schema: string,
+  ) {
+    this.nodes = qualifiedName(schema, "nodes");
+  }
+
+  /** Creates (or revives) the node's row: alive from now on, not declared dead. */
+  async register(nodeId: string, deadAfterMs: number): Promise<void> {
+    await this.pool.query(
+      `INSERT INTO ${this.nodes} (node_id, dead_after_ms) VALUES ($1, $2)
+       ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), declared_dead = false,
+         dead_after_ms = EXCLUDED.dead_after_ms`,
+      [nodeId, deadAfterMs],
+    );
+  }
+
+  /**
+   * Refreshes the heartbeat. False when the node was declared dead (a take
+   * marked it so) or its row is gone: what it held may have been taken.
+   * Takes lock the row to declare it dead, so a heartbeat either commits
+   * before such a take (which then sees the node alive) or sees the mark.
+   */
+  async heartbeat(nodeId: string): Promise<boolean> {
+    const { rowCount } = await this.pool.query(
+      `UPDATE ${this.nodes} SET heartbeat_at = now() WHERE node_id = $1 AND NOT declared_dead`,
+      [nodeId],
+    );
+    return rowCount === 1;
+  }
+
+  /** Clean shutdown: the node's sockets left with their sessions written. */
+  async remove(nodeId: string): Promise<void> {
+    await this.pool.query(`DELETE FROM ${this.nodes} WHERE node_id = $1`, [nodeId]);
+  }
+}
