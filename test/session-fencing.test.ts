@@ -1,0 +1,107 @@
+/**
+ * Crash safety at the SQL level: a connected socket's skeleton is taken only
+ * once its node is dead; the take declares that node dead so its next
+ * heartbeat learns it; and every write is fenced by generation and version, so
+ * neither a zombie node nor a late retry resurrects or overwrites a session
+ * restored elsewhere.
+ */
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { hashPid } from "../src/session-store.js";
+import { LivenessQueries } from "../src/sql/liveness-queries.js";
+import { SessionQueries, type SessionRecord } from "../src/sql/session-queries.js";
+import { createTestDatabase, type TestDatabase } from "./helpers/database.js";
+
+describe("session fencing", () => {
+  let db: TestDatabase;
+  let pool: pg.Pool;
+  let namespaceId: number;
+
+  beforeAll(async () => {
+    db = await createTestDatabase("session_fencing", { migrated: true });
+    pool = new pg.Pool({ connectionString: db.url, max: 3 });
+    const { rows } = await pool.query<{ id: number }>(`INSERT INTO socket_io.namespaces (name) VALUES ('/') RETURNING id`);
+    namespaceId = rows[0]!.id;
+  });
+
+  afterAll(async () => {
+    await pool.end();
+    await db?.drop();
+  });
+
+  const skeleton = (pid: string, nodeId: string, generation: number, version: number, sid = "s"): SessionRecord => ({
+    pidHash: hashPid(pid),
+    namespaceId,
+    sid,
+    floorOffset: 3,
+    lastOffset: 3,
+    cursorOffset: 3,
+    payload: Buffer.from(sid),
+    ttlMs: 60_000,
+    state: "connected",
+    nodeId,
+    generation,
+    version,
+  });
+
+  const row = async (pid: string) =>
+    (
+      await pool.query<{ state: string; node_id: string; generation: string; sid: string }>(
+        `SELECT state, node_id, generation::text, sid FROM socket_io.sessions WHERE pid_hash = $1`,
+        [hashPid(pid)],
+      )
+    ).rows[0];
+
+  it("takes a skeleton only once its node is dead, declares it dead, and fences the zombie's writes", async () => {
+    const a = new SessionQueries(pool, "socket_io", "node-a");
+    const b = new SessionQueries(pool, "socket_io", "node-b");
+    const liveness = new LivenessQueries(pool, "socket_io");
+    await liveness.register("node-a", 1000);
+    expect(await a.write([skeleton("p1", "node-a", 0, 1)])).toEqual([{ written: true, owned: true }]);
+
+    // Node A is alive: the restore is told to wait, and nothing changes.
+    const key = { pidHash: hashPid("p1"), namespaceId };
+    expect(await b.takeOrWait([key])).toEqual([{ taken: undefined, held: true }]);
+    expect(await row("p1")).toMatchObject({ state: "connected", node_id: "node-a", generation: "0" });
+
+    // Its heartbeat is now older than its dead_after_ms: B takes it, in generation 1.
+    await pool.query(`UPDATE socket_io.nodes SET heartbeat_at = now() - interval '2 seconds' WHERE node_id = 'node-a'`);
+    const [outcome] = await b.takeOrWait([key]);
+    expect(outcome?.taken).toMatchObject({ sid: "s", crashed: true, live: true, generation: 1 });
+    expect(await row("p1")).toMatchObject({ state: "taken", node_id: "node-b", generation: "1" });
+    // Single use.
+    expect(await b.takeOrWait([key])).toEqual([{ taken: undefined, held: false }]);
+
+    // A was only paused: its heartbeat fails (declared dead), its late writes are refused as not owned.
+    expect(await liveness.heartbeat("node-a")).toBe(false);
+    expect(await a.write([skeleton("p1", "node-a", 0, 2, "zombie")])).toEqual([{ written: false, owned: false }]);
+    expect(await a.write([{ ...skeleton("p1", "node-a", 0, 3, "zombie"), state: "disconnected" }])).toEqual([
+      { written: false, owned: false },
+    ]);
+    expect(await row("p1")).toMatchObject({ state: "taken", node_id: "node-b", sid: "s" });
+    expect((await a.lost([{ pidHash: hashPid("p1"), generation: 0 }])).length).toBe(1);
+
+    // B's writes in generation 1 go through; a late retry of an older version does not overwrite a newer one.
+    expect(await b.write([skeleton("p1", "node-b", 1, 5, "b5")])).toEqual([{ written: true, owned: true }]);
+    expect(await b.write([skeleton("p1", "node-b", 1, 4, "b4")])).toEqual([{ written: false, owned: true }]);
+    expect(await row("p1")).toMatchObject({ state: "connected", node_id: "node-b", generation: "1", sid: "b5" });
+
+    // Registering again revives A. B has no liveness row (never registered, or shut down cleanly):
+    // its skeleton is takeable at once.
+    await liveness.register("node-a", 1000);
+    expect(await liveness.heartbeat("node-a")).toBe(true);
+    const [again] = await a.takeOrWait([key]);
+    expect(again?.taken).toMatchObject({ sid: "b5", generation: 2 });
+  });
+
+  it("a session written at the disconnect is taken at once, and a skeleton of a node without a row too", async () => {
+    const a = new SessionQueries(pool, "socket_io", "node-c");
+    await a.write([{ ...skeleton("p2", "node-c", 0, 1), state: "disconnected", lastOffset: 7, cursorOffset: 9 }]);
+    const [taken] = await a.take([{ pidHash: hashPid("p2"), namespaceId }]);
+    expect(taken).toMatchObject({ crashed: false, lastOffset: 7, cursorOffset: 9, generation: 1 });
+    // node-d never registered (or deleted its row): its skeleton is an orphan.
+    await a.write([skeleton("p3", "node-d", 0, 1)]);
+    const [orphan] = await a.take([{ pidHash: hashPid("p3"), namespaceId }]);
+    expect(orphan).toMatchObject({ crashed: true, generation: 1 });
+  });
+});
