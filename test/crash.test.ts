@@ -8,7 +8,7 @@
 import type pg from "pg";
 import { describe, expect, it } from "vitest";
 import { decodeSession } from "../src/codec.js";
-import { Cluster, comeBack, goOffline, moveTo, recoveryFields, spawnNode, waitFor, type WhoAmI } from "./helpers/cluster.js";
+import { Cluster, comeBack, goOffline, moveTo, recordEvents, recoveryFields, spawnNode, waitFor, type WhoAmI } from "./helpers/cluster.js";
 import { History, logOffsets, type ClientHandle } from "./helpers/history.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
@@ -156,5 +156,67 @@ describe("crash", () => {
     await history.settle({ lookup, timeout: 10_000 });
     history.assertClean({ lookup: await lookup() });
     expect(await zombie.stop("SIGTERM")).toBe(0);
+  });
+
+  it("an entry reaches a socket through a room change only once the change is durable; a change lost in a crash is rolled back", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1, adapter: CRASH_OPTIONS });
+    const survivor = cluster.node(0);
+    const victim = await spawnNode({ databaseUrl: db.url, name: "victim", adapter: CRASH_OPTIONS });
+    const socket = await cluster.connect(victim, { rooms: ["base"], reconnectionDelay: 100 });
+    const got = recordEvents(socket);
+    // A peer on the same node, already in the rooms: it shows when the victim delivers.
+    const peer = await cluster.connect(victim, { rooms: ["late", "later"] });
+    const peerGot = recordEvents(peer);
+    const sid = socket.id!;
+    await skeletonsWritten(survivor.pool, [sid, peer.id!]);
+
+    // The test holds the socket's row: the victim's next skeleton write for it waits.
+    const blocker = await survivor.pool.connect();
+    const block = async () => {
+      await blocker.query("BEGIN");
+      await blocker.query(`SELECT 1 FROM socket_io.sessions WHERE sid = $1 FOR UPDATE`, [sid]);
+    };
+    try {
+      // 1. Join "late" (not durable yet): an entry to it is held back, then sent once durable.
+      await block();
+      await socket.timeout(3000).emitWithAck("join", "late");
+      survivor.io.to("late").emit("ev", "e1");
+      await waitFor(() => peerGot.some((r) => r.args[0] === "e1"), { message: "the peer to get e1" });
+      survivor.io.to("base").emit("ev", "e1b");
+      await waitFor(() => peerGot.length >= 1);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(got.map((r) => r.args[0])).toEqual([]);
+      await blocker.query("ROLLBACK");
+      await waitFor(() => got.length === 2, { message: () => `e1 and e1b after the write (got ${JSON.stringify(got.map((r) => r.args[0]))})` });
+      expect(got.map((r) => r.args[0])).toEqual(["e1", "e1b"]);
+
+      // 2. Join "later" (not durable), entries to it and to everyone are held; the node dies before the write.
+      await block();
+      await socket.timeout(3000).emitWithAck("join", "later");
+      survivor.io.to("later").emit("ev", "e2");
+      survivor.io.emit("ev", "e3");
+      await waitFor(() => peerGot.some((r) => r.args[0] === "e3"), { message: "the peer to get e3" });
+      expect(got.map((r) => r.args[0])).toEqual(["e1", "e1b"]);
+      moveTo(socket, survivor.url);
+      await victim.stop("SIGKILL");
+      // The victim's write still waits on the lock in Postgres: end it, so it never lands.
+      await survivor.pool.query(
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()`,
+      );
+    } finally {
+      await blocker.query("ROLLBACK").catch(() => undefined);
+      blocker.release();
+    }
+    await waitFor(() => socket.connected && socket.recovered, { timeout: 10_000, message: "recovered after the crash" });
+    // Rolled back as if the crash came before the join of "later": not in it, e2 never received;
+    // e3 (to everyone) is replayed.
+    const who = (await socket.timeout(3000).emitWithAck("whoami")) as WhoAmI;
+    expect(who.rooms.sort()).toEqual(["base", "late", sid].sort());
+    await waitFor(() => got.length >= 3);
+    survivor.io.to("later").emit("ev", "e4");
+    survivor.io.to("late").emit("ev", "e5");
+    await waitFor(() => got.length >= 4);
+    expect(got.map((r) => r.args[0])).toEqual(["e1", "e1b", "e3", "e5"]);
   });
 });
