@@ -1,7 +1,8 @@
 /**
  * Sessions are written lazily and read once.
  *
- * Nothing is written at connect. A disconnect queues the session; queued
+ * (What is written while the socket is connected, for crashes, is the
+ * skeleton: see session-durability.ts.) A disconnect queues the session; queued
  * sessions go out in batches (one statement each). A restore takes the session
  * from this node's queue when it has not been written yet, waits for it when
  * it is being written, and otherwise deletes it from the table, retrying for a
