@@ -112,7 +112,10 @@ export async function runPrunePass(
     report.logEntries += logEntries;
     report.writers += writers;
   }
-  if (plan.sessions) report.sessions = await drain(batchSize, () => queries.pruneSessions(client, batchSize));
+  if (plan.sessions) {
+    report.sessions = await drain(batchSize, () => queries.pruneSessions(client, batchSize));
+    await queries.pruneNodes(client);
+  }
   report.attachments = await drain(batchSize, () =>
     queries.pruneAttachments(client, plan.attachmentsMaxAgeMs, batchSize),
   );

@@ -9,6 +9,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { hashPid } from "../src/session-store.js";
 import { LivenessQueries } from "../src/sql/liveness-queries.js";
+import { PruneQueries } from "../src/sql/prune-queries.js";
 import { SessionQueries, type SessionRecord } from "../src/sql/session-queries.js";
 import { createTestDatabase, type TestDatabase } from "./helpers/database.js";
 
@@ -103,5 +104,40 @@ describe("session fencing", () => {
     await a.write([skeleton("p3", "node-d", 0, 1)]);
     const [orphan] = await a.take([{ pidHash: hashPid("p3"), namespaceId }]);
     expect(orphan).toMatchObject({ crashed: true, generation: 1 });
+  });
+
+  it("prunes the skeletons of a dead node once their sessions would have expired, then the node's row", async () => {
+    const a = new SessionQueries(pool, "socket_io", "node-e");
+    const liveness = new LivenessQueries(pool, "socket_io");
+    await liveness.register("node-e", 1000);
+    await a.write([{ ...skeleton("p4", "node-e", 0, 1), ttlMs: 500 }, { ...skeleton("p5", "node-e", 0, 2), ttlMs: 60_000 }]);
+    const prune = new PruneQueries("socket_io", "socket_io.socket_io_attachments");
+    const client = await pool.connect();
+    try {
+      // Alive: nothing goes.
+      expect(await prune.pruneSessions(client, 100)).toBe(0);
+      await pool.query(`UPDATE socket_io.nodes SET heartbeat_at = now() - interval '2 seconds' WHERE node_id = 'node-e'`);
+      // Dead 2 s ago: p4 (500 ms of life) is gone, p5 (60 s) stays and keeps the node's row.
+      expect(await prune.pruneSessions(client, 100)).toBe(1);
+      expect(await row("p4")).toBeUndefined();
+      expect(await prune.pruneNodes(client)).toBe(0);
+      await pool.query(`DELETE FROM socket_io.sessions WHERE pid_hash = $1`, [hashPid("p5")]);
+      expect(await prune.pruneNodes(client)).toBe(1);
+    } finally {
+      client.release();
+    }
+  });
+
+  it("a clean shutdown deletes the node's row, or makes it dead at once when a skeleton is left", async () => {
+    const liveness = new LivenessQueries(pool, "socket_io");
+    await liveness.register("node-f", 60_000);
+    await liveness.remove("node-f");
+    expect((await pool.query(`SELECT 1 FROM socket_io.nodes WHERE node_id = 'node-f'`)).rowCount).toBe(0);
+    await liveness.register("node-g", 60_000);
+    const g = new SessionQueries(pool, "socket_io", "node-g");
+    await g.write([skeleton("p6", "node-g", 0, 1)]);
+    await liveness.remove("node-g");
+    const [taken] = await g.take([{ pidHash: hashPid("p6"), namespaceId }]);
+    expect(taken).toMatchObject({ crashed: true, live: true });
   });
 });

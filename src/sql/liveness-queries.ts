@@ -4,12 +4,14 @@ import { qualifiedName } from "./identifiers.js";
 
 export class LivenessQueries {
   private readonly nodes: string;
+  private readonly sessions: string;
 
   constructor(
     private readonly pool: Pool,
     schema: string,
   ) {
     this.nodes = qualifiedName(schema, "nodes");
+    this.sessions = qualifiedName(schema, "sessions");
   }
 
   /** Creates (or revives) the node's row: alive from now on, not declared dead. */
@@ -36,8 +38,25 @@ export class LivenessQueries {
     return rowCount === 1;
   }
 
-  /** Clean shutdown: the node's sockets left with their sessions written. */
+  /**
+   * Clean shutdown: the node's sockets left with their sessions written, and
+   * its row goes. Should a skeleton be left (its session could not be
+   * written), the row stays, dead from now on, so that skeleton is restorable
+   * at once and pruned when its session would have expired.
+   */
   async remove(nodeId: string): Promise<void> {
-    await this.pool.query(`DELETE FROM ${this.nodes} WHERE node_id = $1`, [nodeId]);
+    // Two statements: one statement cannot both update and delete the same row.
+    const { rowCount } = await this.pool.query(
+      `DELETE FROM ${this.nodes} n WHERE n.node_id = $1
+         AND NOT EXISTS (SELECT 1 FROM ${this.sessions} s WHERE s.node_id = $1 AND s.state = 'connected')`,
+      [nodeId],
+    );
+    if (rowCount === 0) {
+      await this.pool.query(
+        `UPDATE ${this.nodes} SET declared_dead = true, heartbeat_at = now() - dead_after_ms * interval '1 millisecond'
+         WHERE node_id = $1`,
+        [nodeId],
+      );
+    }
   }
 }

@@ -11,6 +11,7 @@ export class PruneQueries {
   private readonly sessions: string;
   private readonly maintenance: string;
   private readonly writers: string;
+  private readonly nodes: string;
   private readonly lockKey: string;
 
   constructor(
@@ -22,6 +23,7 @@ export class PruneQueries {
     this.sessions = qualifiedName(schema, "sessions");
     this.maintenance = qualifiedName(schema, "maintenance");
     this.writers = qualifiedName(schema, "log_writers");
+    this.nodes = qualifiedName(schema, "nodes");
     this.lockKey = `socket.io-postgres-recovery:prune:${schema}`;
   }
 
@@ -91,11 +93,32 @@ export class PruneQueries {
     return result.rowCount ?? 0;
   }
 
+  /**
+   * Sessions past expiry, and skeletons of dead nodes whose sockets' sessions
+   * would have expired by now (`ttl_ms` after the node's last heartbeat): a
+   * skeleton's own `expires_at` is infinite while its node lives.
+   */
   async pruneSessions(client: PoolClient, limit: number): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.sessions} WHERE pid_hash IN (
-         SELECT pid_hash FROM ${this.sessions} WHERE expires_at < now() LIMIT $1)`,
+         (SELECT pid_hash FROM ${this.sessions} WHERE expires_at < now() LIMIT $1)
+         UNION ALL
+         (SELECT s.pid_hash FROM ${this.nodes} n
+            JOIN ${this.sessions} s ON s.node_id = n.node_id AND s.state = 'connected'
+           WHERE n.heartbeat_at < now() - n.dead_after_ms * interval '1 millisecond'
+             AND n.heartbeat_at + COALESCE(s.ttl_ms, 0) * interval '1 millisecond' < now()
+           LIMIT $1))`,
       [limit],
+    );
+    return result.rowCount ?? 0;
+  }
+
+  /** Rows of dead nodes that no skeleton names any more. */
+  async pruneNodes(client: PoolClient): Promise<number> {
+    const result = await client.query(
+      `DELETE FROM ${this.nodes} n
+        WHERE n.heartbeat_at < now() - n.dead_after_ms * interval '1 millisecond'
+          AND NOT EXISTS (SELECT 1 FROM ${this.sessions} s WHERE s.node_id = n.node_id AND s.state = 'connected')`,
     );
     return result.rowCount ?? 0;
   }
@@ -132,7 +155,15 @@ export class PruneQueries {
   }
 
   async countSessions(client: PoolClient): Promise<number> {
-    return this.count(client, `SELECT count(*) AS n FROM ${this.sessions} WHERE expires_at < now()`, []);
+    return this.count(
+      client,
+      `SELECT (SELECT count(*) FROM ${this.sessions} WHERE expires_at < now())
+            + (SELECT count(*) FROM ${this.nodes} n
+                 JOIN ${this.sessions} s ON s.node_id = n.node_id AND s.state = 'connected'
+                WHERE n.heartbeat_at < now() - n.dead_after_ms * interval '1 millisecond'
+                  AND n.heartbeat_at + COALESCE(s.ttl_ms, 0) * interval '1 millisecond' < now()) AS n`,
+      [],
+    );
   }
 
   async countAttachments(client: PoolClient, maxAgeMs: number): Promise<number> {
