@@ -53,8 +53,7 @@ export class LivenessQueries {
     );
     if (rowCount === 0) {
       await this.pool.query(
-        `UPDATE ${this.nodes} SET declared_dead = true, heartbeat_at = now() - dead_after_ms * interval '1 millisecond'
-         WHERE node_id = $1`,
+        `UPDATE ${this.nodes} SET declared_dead = true, heartbeat_at = now() WHERE node_id = $1`,
         [nodeId],
       );
     }
