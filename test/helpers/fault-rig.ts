@@ -31,8 +31,10 @@ export function seededRandom(seed: number): () => number {
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export interface RigOptions {
-  postgres: OwnedPostgres;
-  proxy: PostgresProxy;
+  /** The suite's own Postgres (for `terminate`); the crash suite uses the test database's server. */
+  postgres?: OwnedPostgres;
+  /** Nodes reach Postgres through it when given (faults that cut the network). */
+  proxy?: PostgresProxy;
   /** Database URL (direct, not through the proxy). */
   databaseUrl: string;
   random: () => number;
@@ -69,7 +71,7 @@ export class FaultRig {
 
   static async start(opts: RigOptions): Promise<FaultRig> {
     const rig = new FaultRig(opts);
-    const nodeUrl = opts.proxy.through(opts.databaseUrl);
+    const nodeUrl = opts.proxy ? opts.proxy.through(opts.databaseUrl) : opts.databaseUrl;
     const count = opts.nodes ?? 3;
     const started = await Promise.allSettled(
       Array.from({ length: count }, (_, i) =>
@@ -113,7 +115,7 @@ export class FaultRig {
     this.trafficOn = true;
     this.traffic = (async () => {
       while (this.trafficOn) {
-        this.tick = Promise.all(this.nodes.filter((n) => n.process.exitCode === null && !this.retired.has(n)).map((n) => this.emitOne(n)));
+        this.tick = Promise.all(this.nodes.filter((n) => isRunning(n) && !this.retired.has(n)).map((n) => this.emitOne(n)));
         await this.tick;
         await sleep(intervalMs);
       }
@@ -153,7 +155,7 @@ export class FaultRig {
     const results = await Promise.all(
       [...picked].map(async (c) => {
         const current = (c.socket.io as unknown as { uri: string }).uri;
-        const others = this.nodes.filter((n) => n.process.exitCode === null && !current.startsWith(n.url));
+        const others = this.nodes.filter((n) => isRunning(n) && !current.startsWith(n.url));
         const target = others[Math.floor(this.opts.random() * others.length)] ?? this.nodes[0]!;
         goOffline(c.socket);
         await sleep(50 + Math.floor(this.opts.random() * 200));
@@ -179,6 +181,7 @@ export class FaultRig {
     const database = new URL(this.opts.databaseUrl).pathname.slice(1);
     const condition = which === "listener" ? "application_name = $2" : "application_name NOT IN ($2, $3)";
     const params = which === "listener" ? [database, LISTENER_APPLICATION_NAME] : [database, LISTENER_APPLICATION_NAME, ADMIN_APPLICATION_NAME];
+    if (!this.opts.postgres) throw new Error("terminate() needs the suite's own Postgres");
     return withAdminClient(this.opts.postgres.adminUrl, async (client) => {
       const { rows } = await client.query<{ killed: boolean }>(
         `SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity
@@ -191,7 +194,7 @@ export class FaultRig {
 
   /** Listener connections open through the proxy and not frozen. */
   liveListeners(): number {
-    return this.opts.proxy.connections().filter((c) => c.applicationName === LISTENER_APPLICATION_NAME && !c.frozen).length;
+    return (this.opts.proxy?.connections() ?? []).filter((c) => c.applicationName === LISTENER_APPLICATION_NAME && !c.frozen).length;
   }
 
   /** Every node runs `count` slow queries on its own pool (exhausting it) for `ms`. */
@@ -203,7 +206,7 @@ export class FaultRig {
   async errors(): Promise<Map<string, string[]>> {
     const out = new Map<string, string[]>();
     for (const n of this.nodes) {
-      if (n.process.exitCode !== null) continue;
+      if (!isRunning(n)) continue;
       out.set(n.name, (await n.command({ cmd: "errors" })).errors as string[]);
     }
     return out;
@@ -219,7 +222,7 @@ export class FaultRig {
     await waitFor(
       async () => {
         open = [];
-        for (const n of this.nodes.filter((x) => x.process.exitCode === null)) {
+        for (const n of this.nodes.filter((x) => isRunning(x))) {
           const events = await this.adapterEvents(n);
           const started = events.filter((e) => e.event === "outage-started").length;
           const ended = events.filter((e) => e.event === "outage-ended").length;
@@ -257,6 +260,7 @@ export class FaultRig {
     const problems: string[] = [];
     await Promise.all(
       this.nodes.map(async (n) => {
+        if (n.process.signalCode !== null) return; // killed on purpose (the crash scenarios)
         const code = n.process.exitCode ?? (await n.stop("SIGTERM", 30_000));
         if (code !== 0) problems.push(`${n.name} exited with ${code}`);
         const stderr = n.stderr.join("");
@@ -284,6 +288,11 @@ export function formatSummary(scenario: string, s: HistorySummary, extra = ""): 
     `delivered ${s.delivered}, unlogged deliveries ${s.unloggedDeliveries}, lost ${s.lost}, ` +
     `duplicated ${s.duplicated}, reordered ${s.reordered}, other violations ${s.other}, recovered ${rate}${extra ? `, ${extra}` : ""}`
   );
+}
+
+/** Whether a child node is still running (a node killed by a signal has no exit code, only a signal). */
+export function isRunning(node: ChildNode): boolean {
+  return node.process.exitCode === null && node.process.signalCode === null;
 }
 
 function withApplicationName(url: string): string {
