@@ -89,6 +89,10 @@ async function main(): Promise<void> {
     cors: { origin: origins },
     adapter: createAdapter(pool, {
       pruneIntervalMs: 30_000,
+      // A crashed node is declared dead 2 s after its last heartbeat; its tabs recover meanwhile.
+      nodeHeartbeatIntervalMs: 500,
+      nodeDeadAfterMs: 2000,
+      restoreTimeoutMs: 8000,
       errorHandler: (err) => {
         process.stderr.write(`[${name}] adapter error: ${err.message}\n`);
         report({ type: "error", message: err.message });

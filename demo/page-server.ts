@@ -4,6 +4,7 @@
  * JSON API for the cluster panel:
  *   GET  /api/cluster               -> whatever `cluster()` returns
  *   POST /api/nodes/<name>/restart  -> 202 (the restart goes on), 404, 409
+ *   POST /api/nodes/<name>/crash    -> 202 (SIGKILLed: it writes nothing), 404, 409
  */
 import { readFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -30,6 +31,8 @@ export interface PageApi {
   cluster(): Promise<unknown>;
   /** Starts a restart; "unknown" or "busy" when it cannot. */
   restart(name: string): "started" | "unknown" | "busy";
+  /** SIGKILLs the node (a crash: it writes nothing); "unknown" or "busy" when it cannot. */
+  crash(name: string): "started" | "unknown" | "busy";
 }
 
 export interface PageServer {
@@ -48,15 +51,15 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
 
 async function handle(req: IncomingMessage, res: ServerResponse, api: PageApi): Promise<void> {
   const url = new URL(req.url ?? "/", "http://page");
-  const restart = /^\/api\/nodes\/([\w-]+)\/restart$/.exec(url.pathname);
-  if (req.method === "POST" && restart) {
-    // Only the page itself restarts nodes: another site open in the browser could POST here too.
+  const action = /^\/api\/nodes\/([\w-]+)\/(restart|crash)$/.exec(url.pathname);
+  if (req.method === "POST" && action) {
+    // Only the page itself restarts or crashes nodes: another site open in the browser could POST here too.
     const origin = req.headers.origin;
     if (origin !== undefined && origin !== `http://${req.headers.host}`) {
       sendJson(res, 403, { error: "cross-origin request" });
       return;
     }
-    const outcome = api.restart(restart[1]!);
+    const outcome = action[2] === "crash" ? api.crash(action[1]!) : api.restart(action[1]!);
     sendJson(res, outcome === "started" ? 202 : outcome === "unknown" ? 404 : 409, { outcome });
   } else if (req.method === "GET" && url.pathname === "/api/cluster") {
     sendJson(res, 200, await api.cluster());

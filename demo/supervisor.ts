@@ -95,6 +95,18 @@ function restart(name: string): "started" | "unknown" | "busy" {
   return "started";
 }
 
+function crash(name: string): "started" | "unknown" | "busy" {
+  const node = nodes.find((n) => n.name === name);
+  if (!node) return "unknown";
+  if (stopRequests > 0 || node.state !== "up") return "busy";
+  say(`${name}: SIGKILL (a crash: it writes nothing; its tabs recover on another node once it is declared dead)`);
+  node.stop({ force: true }).then(
+    () => say(`${name} is down; the page's start button starts it again`),
+    (err: unknown) => say(`${name}: crash failed: ${err instanceof Error ? err.message : String(err)}`),
+  );
+  return "started";
+}
+
 async function cluster(): Promise<unknown> {
   // What the database holds (heads, retained entries, sessions, last prune): the CLI's `status`.
   const db = statusPool && readStatus ? await readStatus(statusPool).catch((err: Error) => ({ error: err.message })) : null;
@@ -109,7 +121,7 @@ async function cluster(): Promise<unknown> {
 
 async function start(): Promise<void> {
   const { port, nodeCount } = readSettings();
-  page = await startPageServer(port, port !== 0, { cluster, restart });
+  page = await startPageServer(port, port !== 0, { cluster, restart, crash });
   // Postgres starts while the nodes load their modules; they get its URL once it is migrated.
   databaseStarting = demoDatabase();
   const libraries = Promise.all([import("pg"), import("../src/index.js")]);

@@ -9,6 +9,8 @@
  * - Dropping a tab's connection, then moving it to another node: it recovers
  *   each time, the same way.
  * - A node restarted from the page (graceful): its tabs recover the same way.
+ * - A node crashed from the page (SIGKILL, nothing written): its tabs recover
+ *   on the other nodes, the same way.
  * - Ctrl-C (SIGINT) stops the demo cleanly: exit 0, no node process left.
  *
  * Screenshots go to test-artifacts/demo-page/ (ignored by git).
@@ -281,6 +283,44 @@ describe("the npm start demo page", () => {
       message: "recoveries counted in the cluster panel",
     });
     await reference.screenshot({ path: path.join(ARTIFACTS, "restart-reference-tab.png"), fullPage: true });
+  });
+
+  it("a node crashed from the page (SIGKILL): its tabs come back recovered on another node, every event in order", async () => {
+    const reference = await openTab(browser!, demo!.url, "node-1");
+    const tabs = [await openTab(browser!, demo!.url, "node-2"), await openTab(browser!, demo!.url, "node-2")];
+    const before = await Promise.all(tabs.map(state));
+
+    // The first tab moves away as its node dies; the second finds its node down and fails over.
+    await tabs[0]!.click("#crash-mine");
+    await waitFor(async () => (await reference.getAttribute('#nodes tr[data-node="node-2"]', "data-state")) === "down", {
+      ...WAIT,
+      message: "node-2 shown down",
+    });
+    const during = `sent while node-2 is dead ${Date.now()}`;
+    await sendChat(reference, during);
+    for (const [i, tab] of tabs.entries()) {
+      await waitFor(async () => {
+        const s = await state(tab);
+        return s.welcomes > before[i]!.welcomes && !s.awaitingWelcome && s.offsets.length > before[i]!.offsets.length;
+      }, { ...WAIT, message: `tab ${i} back after the crash` });
+    }
+    await Promise.all(tabs.map((tab) => referenceCaughtUp(reference, tab)));
+    const seen = await rows(reference);
+    for (const [i, tab] of tabs.entries()) {
+      const after = await snapshot(tab);
+      expect(after.node).not.toBe("node-2");
+      expect(after.id).toBe(before[i]!.id);
+      expect(after.recovered).toBe(true);
+      const shown = after.rows;
+      expect(shown.map((r) => r.offset)).toEqual(after.offsets);
+      expectContiguous(after.offsets, `crashed node's tab ${i}`);
+      expect([after.gaps, after.duplicates]).toEqual([0, 0]);
+      expect(shown.filter((r) => r.text.endsWith(during))).toHaveLength(1);
+      expectSameStream(shown, seen, `crashed node's tab ${i}`);
+      await tab.screenshot({ path: path.join(ARTIFACTS, `crash-tab-${i}-recovered.png`), fullPage: true });
+    }
+    await reference.close();
+    for (const tab of tabs) await tab.close();
   });
 
   it("Ctrl-C stops it cleanly: exit code 0, no node process left", async () => {

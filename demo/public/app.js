@@ -130,8 +130,17 @@ function connect(node) {
     if (!demo.offlineTimer) setConnection(`disconnected (${reason}), reconnecting…`);
   });
   socket.io.on("reconnect_attempt", () => {
+    failOver();
     if (!demo.offlineTimer) setConnection("reconnecting…");
   });
+}
+
+// Like a load balancer: a tab whose node is not up reconnects to one that is.
+function failOver() {
+  const current = nodes.find((n) => n.url === socket.io.uri);
+  if (current && current.state === "up") return;
+  const up = nodes.filter((n) => n.state === "up" && n !== current);
+  if (up.length > 0) socket.io.uri = up[Math.floor(Math.random() * up.length)].url;
 }
 
 function dropConnection() {
@@ -262,6 +271,14 @@ async function refreshCluster() {
   }
 }
 
+// The tab moves to another node first (as a load balancer would), then its node is SIGKILLed.
+async function crashNode(name) {
+  const others = nodes.filter((n) => n.name !== name && n.state === "up");
+  if (others.length > 0) socket.io.uri = others[Math.floor(Math.random() * others.length)].url;
+  await api(`/api/nodes/${encodeURIComponent(name)}/crash`, { method: "POST" });
+  await refreshCluster();
+}
+
 async function restartNode(name) {
   await api(`/api/nodes/${encodeURIComponent(name)}/restart`, { method: "POST" });
   await refreshCluster();
@@ -280,6 +297,7 @@ async function main() {
   $("drop").addEventListener("click", dropConnection);
   $("move").addEventListener("click", () => moveTo($("move-target").value));
   $("restart-mine").addEventListener("click", () => demo.node && restartNode(demo.node));
+  $("crash-mine").addEventListener("click", () => demo.node && crashNode(demo.node));
   $("offline").addEventListener("click", () => {
     if (demo.offlineTimer) comeBack();
     else goOffline(Math.max(1, Math.min(120, Number($("offline-seconds").value) || 5)));
