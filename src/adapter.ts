@@ -395,6 +395,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.closing ??= (async () => {
       this.startCloseTimer();
       const { closeTimeoutMs } = this.ctx.opts;
+      // One deadline for every step, the node context's included (see NodeContext.close).
+      const deadline = Date.now() + closeTimeoutMs;
       try {
         await this.writer?.close(closeTimeoutMs);
       } catch (err) {
@@ -404,7 +406,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.gaveUp = true; // nothing left that needs the namespace to start
       super.close();
       this.sequencer?.close();
-      await this.ctx.remove(this);
+      await this.ctx.remove(this, deadline);
     })();
     return this.closing;
   }

@@ -152,7 +152,10 @@ export class LogWriter {
     }
   }
 
-  /** Writes what is queued, within `timeoutMs`; refuses new events from now on. */
+  /**
+   * Writes what is queued, within `timeoutMs` (the batcher gives up on the
+   * rest then, even on a write that never answers); refuses new events from now on.
+   */
   async close(timeoutMs: number): Promise<void> {
     this.outage.stop();
     await this.batcher.close(timeoutMs);

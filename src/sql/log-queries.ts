@@ -1,7 +1,7 @@
 /** SQL of the message log: namespaces' heads, appending batches, reading ranges. */
 import { createHash } from "node:crypto";
-import type { Pool, PoolClient } from "pg";
 import { decodePacket, type LogEntry } from "../codec.js";
+import type { Queryable } from "./bounded-queries.js";
 import { qualifiedName } from "./identifiers.js";
 
 export interface NamespaceRow {
@@ -23,9 +23,9 @@ export class LogQueries {
   private readonly writers: string;
   private readonly appendSql: string;
 
-  /** `db` is normally the pool; a client inside a transaction works too (tests use that). */
+  /** `pool` is normally the pool with a query timeout (bounded-queries.ts); a client inside a transaction works too (tests use that). */
   constructor(
-    private readonly pool: Pool | PoolClient,
+    private readonly pool: Queryable,
     schema: string,
     { preparedStatements = true }: { preparedStatements?: boolean } = {},
   ) {
