@@ -27,6 +27,7 @@ import {
 import { Batcher, BatcherFullError, BatcherTakenError } from "./batcher.js";
 import {
   decodeBatchFromNotify,
+  decodeLoggedPacket,
   decodePacket,
   decodeSession,
   encodeBatchForNotify,
@@ -41,6 +42,7 @@ import { debug } from "./debug.js";
 import { asError, isMissingSchemaError, isTransientDatabaseError } from "./errors.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
 import { OutageMonitor } from "./outage.js";
+import { normalizeEventData } from "./payload.js";
 import { isAddressedTo, planReplay, refuseRange, type Membership } from "./replay.js";
 import { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
@@ -273,8 +275,14 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     if (!this.writer || !isLogged(packet, opts)) return super.broadcast(packet, opts);
     let queued: QueuedEntry;
     try {
-      const logged: LoggedPacket = { data: packet.data, rooms: [...opts.rooms], except: [...(opts.except ?? [])] };
-      queued = { packet: logged, payload: encodePacket(logged) };
+      // Normalised once, here, to what a client decodes (JSON semantics, binary kept): see payload.ts.
+      const logged: LoggedPacket = {
+        data: normalizeEventData(this.namespace, packet.data),
+        rooms: [...opts.rooms],
+        except: [...(opts.except ?? [])],
+      };
+      const payload = encodePacket(logged);
+      queued = { packet: decodeLoggedPacket(payload), payload };
     } catch (err) {
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: cannot log an event of "${this.nspName}": its arguments do not serialize`, { cause: err }));
       return;
