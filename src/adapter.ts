@@ -27,11 +27,9 @@ import {
 import { Batcher, BatcherFullError, BatcherTakenError } from "./batcher.js";
 import {
   decodeBatchFromNotify,
-  decodeLoggedPacket,
   decodePacket,
   decodeSession,
   encodeBatchForNotify,
-  encodePacket,
   encodeSession,
   formatOffset,
   parseOffset,
@@ -42,7 +40,7 @@ import { debug } from "./debug.js";
 import { asError, isMissingSchemaError, isTransientDatabaseError } from "./errors.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
 import { OutageMonitor } from "./outage.js";
-import { normalizeEventData } from "./payload.js";
+import { prepareLoggedPacket } from "./payload.js";
 import { isAddressedTo, planReplay, refuseRange, type Membership } from "./replay.js";
 import { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
@@ -276,13 +274,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     let queued: QueuedEntry;
     try {
       // Normalised once, here, to what a client decodes (JSON semantics, binary kept): see payload.ts.
-      const logged: LoggedPacket = {
-        data: normalizeEventData(this.namespace, packet.data),
-        rooms: [...opts.rooms],
-        except: [...(opts.except ?? [])],
-      };
-      const payload = encodePacket(logged);
-      queued = { packet: decodeLoggedPacket(payload), payload };
+      queued = prepareLoggedPacket(this.namespace, packet.data, [...opts.rooms], [...(opts.except ?? [])]);
     } catch (err) {
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: cannot log an event of "${this.nspName}": its arguments do not serialize`, { cause: err }));
       return;

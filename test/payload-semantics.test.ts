@@ -174,6 +174,18 @@ describe("payload semantics of logged events", () => {
     expect(texts[0]).toBe(`${"x".repeat(100)}\ufffd`);
   });
 
+  it("a Buffer the application reuses right after emit() is delivered as it was at emit, on every node", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const got = [recordEvents(await cluster.connect(0, { rooms: ["r"] })), recordEvents(await cluster.connect(1, { rooms: ["r"] }))];
+    const reused = Buffer.from([1, 2, 3]);
+    const view = new Uint8Array([4, 5, 6]);
+    cluster.node(0).io.to("r").emit("ev", reused, { view });
+    reused.fill(0);
+    view.fill(0);
+    await waitFor(() => got.every((g) => g.length === 1));
+    for (const g of got) expect(g[0]!.args.slice(0, -1)).toStrictEqual([Buffer.from([1, 2, 3]), { view: Buffer.from([4, 5, 6]) }]);
+  });
+
   it("an argument Socket.IO cannot encode (a cycle) is refused and reported, as Socket.IO throws; the log flows on", async () => {
     const cycle: Record<string, unknown> = { a: 1 };
     cycle.self = cycle;
