@@ -12,6 +12,7 @@ import { asError } from "./errors.js";
 import { Listener } from "./listener.js";
 import type { ResolvedOptions } from "./options.js";
 import { Pruner, type PruneReport } from "./pruner.js";
+import { Semaphore } from "./semaphore.js";
 import { SessionStore } from "./session-store.js";
 import { qualifiedName } from "./sql/identifiers.js";
 import { LogQueries } from "./sql/log-queries.js";
@@ -34,6 +35,8 @@ export class NodeContext {
   readonly sessions: SessionStore;
   readonly listener: Listener;
   readonly bus: ClusterBus;
+  /** Restores reading the table at once, over all namespaces of this node. */
+  readonly restoreReads: Semaphore;
   private readonly pruner: Pruner;
   private readonly members = new Map<string, NamespaceMember>();
   /** Cluster ids of this node's adapters: messages from them are our own. */
@@ -47,6 +50,7 @@ export class NodeContext {
   ) {
     const report = (err: Error) => this.reportError(err);
     this.log = new LogQueries(pool, opts.schema, { preparedStatements: opts.preparedStatements });
+    this.restoreReads = new Semaphore(opts.maxConcurrentRestoreReads, "maxConcurrentRestoreReads");
     this.sessions = new SessionStore(new SessionQueries(pool, opts.schema), {
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPendingWrites,

@@ -213,6 +213,16 @@ export interface RecoveryOptions {
    * @default 33554432 (32 MiB)
    */
   maxBufferedBytes?: number;
+  /**
+   * Most restores of a node reading the table at the same time (restores
+   * served from memory do not count). Others wait their turn within
+   * `restoreTimeoutMs`, past which they are refused as any slow restore.
+   * Larger: a reconnection storm restores faster if the database keeps up;
+   * smaller: fewer pooled connections and less memory taken by replays
+   * (each read is up to `maxReplayBytes`).
+   * @default 4
+   */
+  maxConcurrentRestoreReads?: number;
 }
 
 export type PostgresRecoveryAdapterOptions = UpstreamCompatibleOptions & RecoveryOptions;
@@ -246,6 +256,7 @@ export interface ResolvedOptions {
   readonly recentEntries: number;
   readonly maxBufferedEntries: number;
   readonly maxBufferedBytes: number;
+  readonly maxConcurrentRestoreReads: number;
   readonly unloggedDeliveryAfterMs: number | false;
   readonly preparedStatements: boolean;
   /** NOTIFY channel of the message log (one per schema). */
@@ -287,6 +298,7 @@ const INTEGER_RULES = {
   recentEntries: { min: 1000, max: 10_000_000, unit: "entries" },
   maxBufferedEntries: { min: 100, max: 10_000_000, unit: "entries" },
   maxBufferedBytes: { min: 64 * 1024, max: 2 ** 31, unit: "bytes" },
+  maxConcurrentRestoreReads: { min: 1, max: 1000, unit: "reads" },
 } satisfies Record<string, IntegerRule>;
 
 type IntegerOption = keyof typeof INTEGER_RULES;
@@ -440,6 +452,7 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     recentEntries: integer(opts, "recentEntries", 10_000),
     maxBufferedEntries: integer(opts, "maxBufferedEntries", 20_000),
     maxBufferedBytes: integer(opts, "maxBufferedBytes", 32 * 1024 * 1024),
+    maxConcurrentRestoreReads: integer(opts, "maxConcurrentRestoreReads", 4),
     unloggedDeliveryAfterMs: unloggedDeliveryAfterMs as number | false,
     preparedStatements,
     logChannel,
