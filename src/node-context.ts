@@ -108,9 +108,18 @@ export class NodeContext {
     this.byNamespaceId.set(id, member);
   }
 
-  /** Removes a namespace; the last one out closes the shared resources. */
+  /**
+   * Removes a namespace; the last one out closes the shared resources. A
+   * namespace removed while others stay (a dynamic namespace Socket.IO closed
+   * with `cleanupEmptyChildNamespaces`) gives up its channel, unless a new
+   * adapter of the same name took its place meanwhile: thousands of dynamic
+   * namespaces must not leave thousands of channels behind.
+   */
   async remove(member: NamespaceMember): Promise<void> {
-    if (this.members.get(member.nspName) === member) this.members.delete(member.nspName);
+    if (this.members.get(member.nspName) === member) {
+      this.members.delete(member.nspName);
+      if (this.members.size > 0) await this.listener.unlisten(this.bus.channelOf(member.nspName));
+    }
     this.ownUids.delete(member.serverUid());
     for (const [id, m] of this.byNamespaceId) if (m === member) this.byNamespaceId.delete(id);
     if (this.members.size === 0) await this.close();
