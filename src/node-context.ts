@@ -11,7 +11,7 @@ import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import { Listener } from "./listener.js";
 import type { ResolvedOptions } from "./options.js";
-import { Pruner, type PruneReport } from "./pruner.js";
+import { NAMESPACE_ACTIVITY_INTERVAL_MS, Pruner, type PruneReport } from "./pruner.js";
 import { Semaphore } from "./semaphore.js";
 import { SessionStore } from "./session-store.js";
 import { qualifiedName } from "./sql/identifiers.js";
@@ -42,6 +42,8 @@ export class NodeContext {
   /** Cluster ids of this node's adapters: messages from them are our own. */
   private readonly ownUids = new Set<string>();
   private readonly byNamespaceId = new Map<number, NamespaceMember>();
+  /** Marks this node's namespaces active, so pruning never deletes their rows (see `touchNamespaces`). */
+  private readonly activityTimer: NodeJS.Timeout;
   private closing: Promise<void> | undefined;
 
   constructor(
@@ -93,6 +95,13 @@ export class NodeContext {
     this.listener.start();
     void this.listener.listen(opts.logChannel);
     this.pruner.start(opts.pruneIntervalMs);
+    const activityMs = Math.min(opts.pruneIntervalMs, NAMESPACE_ACTIVITY_INTERVAL_MS);
+    this.activityTimer = setInterval(() => {
+      this.log.touchNamespaces([...this.byNamespaceId.keys()], activityMs / 2).catch((err: unknown) => {
+        report(new Error("socket.io-postgres-recovery: marking this node's namespaces active failed; retrying next interval", { cause: err }));
+      });
+    }, activityMs);
+    this.activityTimer.unref();
   }
 
   get closed(): boolean {
@@ -140,6 +149,7 @@ export class NodeContext {
 
   private close(): Promise<void> {
     this.closing ??= (async () => {
+      clearInterval(this.activityTimer);
       await this.sessions.close(this.opts.closeTimeoutMs);
       await this.pruner.stop();
       await this.bus.idle();

@@ -42,6 +42,13 @@ export const namespaces = pgTable("namespaces", {
    * nodes' settings; NULL until a node with recovery starts.
    */
   retentionMs: bigint("retention_ms", { mode: "number" }),
+  /**
+   * Last time a node started or held this namespace: set when a node starts
+   * it, refreshed periodically while a node holds it. Pruning deletes a row
+   * only when it is long past (see `pruneNamespace` in sql/prune-queries.ts),
+   * so the head of a namespace some node still serves never goes back to 0.
+   */
+  activeAt: timestamp("active_at", { withTimezone: true }).notNull().defaultNow(),
 });
 
 /** The message log: one row per logged broadcast, addressed by (namespace, offset). */

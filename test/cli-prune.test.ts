@@ -130,6 +130,7 @@ describe("prune", () => {
       sessions: 1,
       attachments: 1,
       writers: 1,
+      namespaceRows: 0,
       namespaces: [{ name: "/", retentionMs: RETENTION_MS, logEntries: 4, writers: 1 }],
       skipped: ["/legacy"],
     };
@@ -166,7 +167,7 @@ describe("prune", () => {
 
     // Recorded for `status`, with who ran it.
     const status = JSON.parse((await runCliInProcess(["status", "--json", "--schema", schema], { DATABASE_URL: db.url })).stdout) as RecoveryStatus;
-    expect(JSON.parse(status.lastPrune!.result!)).toEqual({ source: "cli", logEntries: 4, sessions: 1, attachments: 1, writers: 1 });
+    expect(JSON.parse(status.lastPrune!.result!)).toEqual({ source: "cli", logEntries: 4, sessions: 1, attachments: 1, writers: 1, namespaceRows: 0 });
 
     // Nothing left to do: a second pass removes nothing.
     const again = await runCliInProcess(["prune", "--schema", schema], { DATABASE_URL: db.url });

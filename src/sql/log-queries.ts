@@ -47,23 +47,38 @@ export class LogQueries {
    * Creates the namespace's row if needed; returns its id and current head.
    * `retentionMs` (this node's log retention) raises the stored one, never
    * lowers it: the operator's `prune` must keep what the longest-retaining
-   * node needs. The row is only updated when the value grows, so a restart
-   * does not take the row lock that serializes the namespace's writers.
+   * node needs.
+   *
+   * It also marks the row active, in the same statement that reads its id:
+   * pruning deletes rows of namespaces unused for long (`pruneNamespace`),
+   * and a row deleted after a node read its id would leave that node
+   * appending to a row that is gone. Marking takes the row's lock for a
+   * moment, so a start waits for an append in flight, no longer.
    */
   async namespace(name: string, retentionMs?: number): Promise<NamespaceRow> {
-    await this.pool.query(
+    const { rows } = await this.pool.query<{ id: number; head: string }>(
       `INSERT INTO ${this.namespaces} AS n (name, retention_ms) VALUES ($1, $2)
-       ON CONFLICT (name) DO UPDATE SET retention_ms = EXCLUDED.retention_ms
-       WHERE EXCLUDED.retention_ms > COALESCE(n.retention_ms, -1)`,
+       ON CONFLICT (name) DO UPDATE SET retention_ms = GREATEST(n.retention_ms, EXCLUDED.retention_ms), active_at = now()
+       RETURNING id, head::text AS head`,
       [name, retentionMs ?? null],
     );
-    const { rows } = await this.pool.query<{ id: number; head: string }>(
-      `SELECT id, head::text AS head FROM ${this.namespaces} WHERE name = $1`,
-      [name],
-    );
     const row = rows[0];
-    if (!row) throw new Error(`socket.io-postgres-recovery: namespace row for "${name}" vanished`);
+    if (!row) throw new Error(`socket.io-postgres-recovery: namespace row for "${name}" was neither created nor found`);
     return { id: row.id, head: Number(row.head) };
+  }
+
+  /**
+   * Marks namespaces this node holds as active (see `namespace`), skipping
+   * rows marked within `freshMs` (by this node or another), so that a
+   * cluster writes each row about once per interval.
+   */
+  async touchNamespaces(ids: readonly number[], freshMs: number): Promise<void> {
+    if (ids.length === 0) return;
+    await this.pool.query(
+      `UPDATE ${this.namespaces} SET active_at = now()
+       WHERE id = ANY($1::int[]) AND active_at < now() - $2 * interval '1 millisecond'`,
+      [ids, freshMs],
+    );
   }
 
   /** Creates the writer's row (before its first batch, and before each retry: see `append`). */
