@@ -86,8 +86,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         // A restore over maxReplayBytes is refused, so the ring never needs more (see recent-entries.ts).
         recentBytes: ctx.opts.maxReplayBytes,
         readBatchSize: 5000,
-        maxAheadEntries: ctx.opts.maxBufferedEntries,
-        maxAheadBytes: ctx.opts.maxBufferedBytes,
+        maxBufferedEntries: ctx.opts.maxBufferedEntries,
+        maxBufferedBytes: ctx.opts.maxBufferedBytes,
         deliver: (entry) => this.deliver(entry),
         read: async (after, upTo, limit, maxBytes) => {
           const id = this.namespaceId;

@@ -12,8 +12,8 @@
  * Delivery is synchronous (one loop, no awaits, no promise resolved per
  * entry), so nothing can interleave between two deliveries.
  *
- * Bounded: what waits ahead of the cursor is at most `maxAheadEntries`
- * offsets past it and `maxAheadBytes` of payload. Beyond that an entry is
+ * Bounded: what waits ahead of the cursor is at most `maxBufferedEntries`
+ * offsets past it and `maxBufferedBytes` of payload. Beyond that an entry is
  * dropped, not lost: its offset is committed (`knownHead` says so), so it is
  * read from the table once delivery has made room. Reads fetch only what is
  * not held (after the end of the run held from the cursor), so a catch-up
@@ -48,12 +48,12 @@ export interface SequencerOptions {
    * Most offsets held ahead of the cursor: an entry more than this past the
    * cursor is dropped (and read from the table later).
    */
-  maxAheadEntries: number;
+  maxBufferedEntries: number;
   /**
    * Most payload bytes held ahead of the cursor, plus the entry that crosses
    * it (the entry right after the cursor is always taken).
    */
-  maxAheadBytes: number;
+  maxBufferedBytes: number;
   /** Sends one entry to this node's sockets. Must not throw (errors are reported if it does). */
   deliver(entry: LogEntry): void;
   /**
@@ -152,10 +152,10 @@ export class Sequencer {
     if (previous) return "ignored"; // the same committed entry again (a read after a NOTIFY)
     const next = cursor === undefined ? undefined : cursor + 1;
     if (entry.offset !== next) {
-      if (cursor !== undefined && entry.offset > cursor + this.opts.maxAheadEntries) return "dropped";
-      if (cursor === undefined && this.ahead.size >= this.opts.maxAheadEntries) return "dropped";
+      if (cursor !== undefined && entry.offset > cursor + this.opts.maxBufferedEntries) return "dropped";
+      if (cursor === undefined && this.ahead.size >= this.opts.maxBufferedEntries) return "dropped";
       // Like a read's byte bound, the entry that crosses the bound is kept: one always fits.
-      if (this.aheadTotal >= this.opts.maxAheadBytes) return "dropped";
+      if (this.aheadTotal >= this.opts.maxBufferedBytes) return "dropped";
     }
     this.ahead.set(entry.offset, entry);
     this.aheadTotal += entry.bytes;
@@ -189,7 +189,7 @@ export class Sequencer {
       new Error(
         `socket.io-postgres-recovery: this node delivers slower than the log grows: ${this.ahead.size} entries ` +
           `(${this.aheadTotal} bytes) wait ahead of its cursor ${this._cursor ?? "(not started)"}, the bound ` +
-          `(maxAheadEntries ${this.opts.maxAheadEntries}, maxAheadBytes ${this.opts.maxAheadBytes}); ` +
+          `(maxBufferedEntries ${this.opts.maxBufferedEntries}, maxBufferedBytes ${this.opts.maxBufferedBytes}); ` +
           `${dropped} entries beyond it are read from the table later (nothing is lost)`,
       ),
     );
@@ -359,8 +359,8 @@ export class Sequencer {
       const after = this.heldThrough();
       const upTo = toEnd ? undefined : this.knownHead;
       if (upTo !== undefined && upTo <= after) return;
-      const room = cursor + this.opts.maxAheadEntries - after;
-      const bytesLeft = this.opts.maxAheadBytes - this.aheadTotal;
+      const room = cursor + this.opts.maxBufferedEntries - after;
+      const bytesLeft = this.opts.maxBufferedBytes - this.aheadTotal;
       if (room <= 0 || (bytesLeft <= 0 && after > cursor)) {
         // Full: delivery makes room, then goes on reading (see drain).
         if (toEnd) this.readToEnd = true;

@@ -65,8 +65,8 @@ function harness(namespaceId: number, overrides: Partial<SequencerOptions> = {})
     gapFillDelayMs: 20,
     recentEntries: 1000,
     readBatchSize: 5000,
-    maxAheadEntries: 20_000,
-    maxAheadBytes: 64 * 1024 * 1024,
+    maxBufferedEntries: 20_000,
+    maxBufferedBytes: 64 * 1024 * 1024,
     deliver: busyDeliver(delivered),
     read: async (after, upTo, limit, maxBytes) => {
       const { entries } = await log.range(namespaceId, after, upTo, limit, maxBytes);
@@ -109,11 +109,11 @@ describe("sequencer catch-up", () => {
     expect(h.rowsRead()).toBeLessThanOrEqual(count + 5000);
   });
 
-  it("holds at most maxAheadEntries ahead of the cursor and reads the rest from the table, losing nothing", async () => {
+  it("holds at most maxBufferedEntries ahead of the cursor and reads the rest from the table, losing nothing", async () => {
     const count = 30_000;
     const id = await backlog("/ahead-entries", count);
     const all = (await log.range(id, 0, undefined, count)).entries;
-    const h = harness(id, { maxAheadEntries: 1000 });
+    const h = harness(id, { maxBufferedEntries: 1000 });
     h.sequencer.start(0);
     // NOTIFY payloads of everything but the first entry: the cursor cannot move until 1 is read.
     h.sequencer.offer(all.slice(1));
@@ -132,11 +132,11 @@ describe("sequencer catch-up", () => {
     expect(peak).toBeLessThanOrEqual(1000);
   });
 
-  it("bounds what waits ahead by bytes too (maxAheadBytes), one entry always fitting", async () => {
+  it("bounds what waits ahead by bytes too (maxBufferedBytes), one entry always fitting", async () => {
     const count = 3000;
     const id = await backlog("/ahead-bytes", count, 1000);
     const all = (await log.range(id, 0, undefined, count)).entries;
-    const h = harness(id, { maxAheadBytes: 100_000 });
+    const h = harness(id, { maxBufferedBytes: 100_000 });
     h.sequencer.start(0);
     h.sequencer.offer(all.slice(1));
     expect(h.sequencer.aheadBytes).toBeLessThanOrEqual(100_000 + 2000);
