@@ -29,6 +29,7 @@ import { debug } from "./debug.js";
 import { asError, isMissingSchemaError } from "./errors.js";
 import { LogWriter, type LogWriterHost } from "./log-writer.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
+import { prepareLoggedPacket } from "./payload.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
@@ -211,6 +212,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       namespaceId: () => this.namespaceId,
       started: () => this.started(),
       closing: () => this.closing !== undefined,
+      prepare: (packet) => prepareLoggedPacket(this.namespace, packet.data, [...packet.rooms], [...packet.except]),
       deliverUnlogged: (packet) => this.deliverUnlogged(packet),
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };

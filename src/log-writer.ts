@@ -9,11 +9,12 @@
  * `deliverUnlogged`.
  */
 import { Batcher, BatcherFullError, BatcherTakenError } from "./batcher.js";
-import { encodeBatchForNotify, encodePacket, type LoggedPacket } from "./codec.js";
+import { encodeBatchForNotify, type LoggedPacket } from "./codec.js";
 import { debug } from "./debug.js";
 import { isTransientDatabaseError } from "./errors.js";
 import type { NodeContext } from "./node-context.js";
 import { OutageMonitor } from "./outage.js";
+import type { PreparedPacket } from "./payload.js";
 import type { Sequencer } from "./sequencer.js";
 
 /** Payload of the adapter's "outage-started" event. */
@@ -36,16 +37,18 @@ export interface LogWriterHost {
   started(): Promise<void>;
   /** Whether the adapter is closing (a full queue then is not worth an unlogged delivery). */
   closing(): boolean;
+  /**
+   * The event as every node and replay delivers it, and its bytes for the log
+   * (see payload.ts). Throws when its arguments cannot be sent.
+   */
+  prepare(packet: LoggedPacket): PreparedPacket;
   /** Sends to this node's sockets only, without an offset in the log. */
   deliverUnlogged(packet: LoggedPacket): void;
   emit(event: "outage-started", payload: OutageStartedEvent): void;
   emit(event: "outage-ended", payload: OutageEndedEvent): void;
 }
 
-interface QueuedEntry {
-  packet: LoggedPacket;
-  payload: Buffer;
-}
+type QueuedEntry = PreparedPacket;
 
 export class LogWriter {
   private readonly batcher: Batcher<QueuedEntry, number>;
@@ -96,7 +99,8 @@ export class LogWriter {
     const { nspName } = this.host;
     let queued: QueuedEntry;
     try {
-      queued = { packet, payload: encodePacket(packet) };
+      // Normalised once, here, to what a client decodes (JSON semantics, binary kept).
+      queued = this.host.prepare(packet);
     } catch (err) {
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: cannot log an event of "${nspName}": its arguments do not serialize`, { cause: err }));
       return;
