@@ -8,6 +8,7 @@ import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { migrate } from "../src/migrate.js";
 import { prune } from "../src/prune.js";
+import { LogQueries } from "../src/sql/log-queries.js";
 import { Cluster, waitFor } from "./helpers/cluster.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
@@ -61,6 +62,22 @@ describe("namespace rows", () => {
       expect(real.namespaceRows).toBe(1);
       expect(await namespaceNames(pool, schema)).toEqual(all.filter((n) => n !== "/gone"));
       expect((await prune(pool, { schema })).namespaceRows).toBe(0);
+    });
+  });
+
+  it("marks a namespace active when a node starts it, in the statement that reads its id", async () => {
+    await withPool(async (pool) => {
+      const log = new LogQueries(pool, "socket_io");
+      const mark = async () =>
+        (await pool.query<{ id: number; stale: boolean }>(
+          `SELECT id, active_at < now() - interval '1 hour' AS stale FROM socket_io.namespaces WHERE name = '/started'`,
+        )).rows[0];
+      const created = await log.namespace("/started", 60_000);
+      await pool.query(`UPDATE socket_io.namespaces SET active_at = now() - interval '3 hours' WHERE name = '/started'`);
+      expect(await mark()).toEqual({ id: created.id, stale: true });
+      expect(await log.namespace("/started", 60_000)).toEqual(created);
+      expect(await mark()).toEqual({ id: created.id, stale: false });
+      expect((await prune(pool, { schema: "socket_io", dryRun: true })).namespaceRows).toBe(0);
     });
   });
 

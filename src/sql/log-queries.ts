@@ -49,21 +49,31 @@ export class LogQueries {
    * lowers it: the operator's `prune` must keep what the longest-retaining
    * node needs.
    *
-   * It also marks the row active, in the same statement that reads its id:
-   * pruning deletes rows of namespaces unused for long (`pruneNamespace`),
-   * and a row deleted after a node read its id would leave that node
-   * appending to a row that is gone. Marking takes the row's lock for a
-   * moment, so a start waits for an append in flight, no longer.
+   * It also marks the row active (`active_at`), in the statement that reads
+   * its id: pruning deletes rows of namespaces unused for long
+   * (`pruneNamespace`), and a row deleted after a node read its id would
+   * leave that node appending to a row that is gone. The row is only updated
+   * when the retention grows or its mark is over a minute old, so most
+   * restarts do not take the row lock that serializes the namespace's
+   * writers; a mark that recent cannot be pruned (that takes retention + 1 h
+   * without one), and the node keeps marking it from now on.
    */
   async namespace(name: string, retentionMs?: number): Promise<NamespaceRow> {
-    const { rows } = await this.pool.query<{ id: number; head: string }>(
+    const upserted = await this.pool.query<{ id: number; head: string }>(
       `INSERT INTO ${this.namespaces} AS n (name, retention_ms) VALUES ($1, $2)
        ON CONFLICT (name) DO UPDATE SET retention_ms = GREATEST(n.retention_ms, EXCLUDED.retention_ms), active_at = now()
+       WHERE EXCLUDED.retention_ms > COALESCE(n.retention_ms, -1) OR n.active_at < now() - interval '1 minute'
        RETURNING id, head::text AS head`,
       [name, retentionMs ?? null],
     );
+    const { rows } = upserted.rows.length > 0
+      ? upserted
+      : await this.pool.query<{ id: number; head: string }>(
+          `SELECT id, head::text AS head FROM ${this.namespaces} WHERE name = $1`,
+          [name],
+        );
     const row = rows[0];
-    if (!row) throw new Error(`socket.io-postgres-recovery: namespace row for "${name}" was neither created nor found`);
+    if (!row) throw new Error(`socket.io-postgres-recovery: namespace row for "${name}" vanished`);
     return { id: row.id, head: Number(row.head) };
   }
 
