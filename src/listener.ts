@@ -154,6 +154,9 @@ export class Listener {
         await client.query(missing.map((c) => `LISTEN ${quoteIdentifier(c)}`).join("; "));
         missing.forEach((c) => listened.add(c));
       }
+      // Channels removed meanwhile (unlisten() while connecting).
+      const removed = [...listened].filter((c) => !this.channels.has(c));
+      if (removed.length > 0) await client.query(removed.map((c) => `UNLISTEN ${quoteIdentifier(c)}`).join("; "));
       return client;
     } catch (err) {
       await endQuietly(client);
