@@ -322,8 +322,8 @@ export class Sequencer {
   private read(): void {
     if (this.closed || this.reading || this._cursor === undefined) return;
     if (this.sliceScheduled) {
-      // What a read would fetch from the cursor on is mostly here already, waiting for its slice:
-      // reading now would fetch it again (and again, for every read during a long catch-up).
+      // Entries are here already, waiting for their slice: read once they are delivered, which
+      // keeps what is held ahead small (a read under way goes on within the bounds meanwhile).
       this.readAfterSlices = true;
       return;
     }
