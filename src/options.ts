@@ -219,6 +219,33 @@ export interface RecoveryOptions {
    * @default 10000
    */
   recentEntries?: number;
+  /**
+   * Most entries a node holds per namespace ahead of what it delivered (a
+   * node that delivers slower than the cluster commits, or catching up).
+   * Entries beyond are dropped from memory and read from the table once
+   * delivery made room: never lost, but read twice. Larger: fewer re-reads
+   * when a node lags; smaller: less memory per lagging namespace.
+   * @default 20000
+   */
+  maxBufferedEntries?: number;
+  /**
+   * Most payload bytes a node holds per namespace ahead of what it delivered,
+   * plus the one entry that crosses it; like `maxBufferedEntries`, the rest
+   * is read from the table later. Also bounds each catch-up read of the
+   * table by bytes.
+   * @default 33554432 (32 MiB)
+   */
+  maxBufferedBytes?: number;
+  /**
+   * Most restores of a node reading the table at the same time (restores
+   * served from memory do not count). Others wait their turn within
+   * `restoreTimeoutMs`, past which they are refused as any slow restore.
+   * Larger: a reconnection storm restores faster if the database keeps up;
+   * smaller: fewer pooled connections and less memory taken by replays
+   * (each read is up to `maxReplayBytes`).
+   * @default 4
+   */
+  maxConcurrentRestoreReads?: number;
 }
 
 export type PostgresRecoveryAdapterOptions = UpstreamCompatibleOptions & RecoveryOptions;
@@ -250,6 +277,9 @@ export interface ResolvedOptions {
   readonly maxPendingWrites: number;
   readonly closeTimeoutMs: number;
   readonly recentEntries: number;
+  readonly maxBufferedEntries: number;
+  readonly maxBufferedBytes: number;
+  readonly maxConcurrentRestoreReads: number;
   readonly unloggedDeliveryAfterMs: number | false;
   readonly queryTimeoutMs: number | false;
   readonly preparedStatements: boolean;
@@ -290,6 +320,9 @@ const INTEGER_RULES = {
   closeTimeoutMs: { min: 0, max: 600_000, unit: "ms" },
   // At least what a node delivers while a restore reads the table (see advanceStitch).
   recentEntries: { min: 1000, max: 10_000_000, unit: "entries" },
+  maxBufferedEntries: { min: 100, max: 10_000_000, unit: "entries" },
+  maxBufferedBytes: { min: 64 * 1024, max: 2 ** 31, unit: "bytes" },
+  maxConcurrentRestoreReads: { min: 1, max: 1000, unit: "reads" },
 } satisfies Record<string, IntegerRule>;
 
 type IntegerOption = keyof typeof INTEGER_RULES;
@@ -450,6 +483,9 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     maxPendingWrites: integer(opts, "maxPendingWrites", 100_000),
     closeTimeoutMs: integer(opts, "closeTimeoutMs", 10_000),
     recentEntries: integer(opts, "recentEntries", 10_000),
+    maxBufferedEntries: integer(opts, "maxBufferedEntries", 20_000),
+    maxBufferedBytes: integer(opts, "maxBufferedBytes", 32 * 1024 * 1024),
+    maxConcurrentRestoreReads: integer(opts, "maxConcurrentRestoreReads", 4),
     unloggedDeliveryAfterMs: unloggedDeliveryAfterMs as number | false,
     queryTimeoutMs: queryTimeoutMs as number | false,
     preparedStatements,

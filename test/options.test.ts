@@ -21,6 +21,9 @@ describe("options", () => {
       queryTimeoutMs: 15000,
       closeTimeoutMs: 10000,
       preparedStatements: true,
+      maxBufferedEntries: 20_000,
+      maxBufferedBytes: 32 * 1024 * 1024,
+      maxConcurrentRestoreReads: 4,
       logChannel: "socket.io:socket_io:log",
     });
     expect(Object.isFrozen(opts)).toBe(true);
@@ -50,6 +53,9 @@ describe("options", () => {
     [{ pruneIntervalMS: 1000 }, /unknown option "pruneIntervalMS"/],
     [{ maxEntryBytes: 100 }, /option "maxEntryBytes" must be an integer from 1024 to 67108864 \(bytes\)/],
     [{ maxEntryBytes: 8192, maxReplayBytes: 4096 }, /option "maxEntryBytes" must be at most maxReplayBytes \(4096\); got 8192/],
+    [{ maxBufferedEntries: 10 }, /option "maxBufferedEntries" must be an integer from 100 to 10000000 \(entries\); got 10/],
+    [{ maxBufferedBytes: 1000 }, /option "maxBufferedBytes" must be an integer from 65536 to 2147483648 \(bytes\); got 1000/],
+    [{ maxConcurrentRestoreReads: 0 }, /option "maxConcurrentRestoreReads" must be an integer from 1 to 1000 \(reads\); got 0/],
   ])("refuses %j", (input, message) => {
     expect(() => resolveOptions(input as never)).toThrow(OptionsError);
     expect(() => resolveOptions(input as never)).toThrow(message);
