@@ -1,12 +1,12 @@
 /**
  * The package as users get it: `npm pack` (after a build when a source is newer
  * than dist/), installed from the tarball into an empty project next to `pg`
- * and `socket.io`, then used from a
- * CommonJS program (`require()`) and from an ES module (`import`). Each one
- * migrates a fresh database with the migrations shipped in the tarball,
- * creates a Socket.IO server with `createAdapter(pool)` and connection state
- * recovery, broadcasts once and sees the entry in the log table. The CLI
- * shipped as `bin` answers too.
+ * and `socket.io`, then used from a CommonJS program (`require()`) and from an
+ * ES module (`import`). Each one migrates a fresh database with the migrations
+ * shipped in the tarball, creates a Socket.IO server with `createAdapter(pool)`
+ * and connection state recovery, broadcasts once and sees the entry in the log
+ * table. TypeScript consumers of both kinds type-check against the shipped
+ * declarations, and the CLI shipped as `bin` answers.
  *
  * The package is ESM; `require()` of it relies on Node's require(esm), on by
  * default from 20.19 and 22.12 (package.json `engines` says so).
@@ -43,6 +43,25 @@ async function main() {
 }
 main().catch((err) => { console.error(err); process.exit(1); });
 `;
+
+/** TypeScript consumers, type-checked only: a CommonJS one (.cts) and an ES module (.mts). */
+const TYPESCRIPT_CONSUMERS = {
+  "consumer.cts": `import pg = require("pg");
+import { Server } from "socket.io";
+import { createAdapter, OptionsError, type PostgresRecoveryAdapterOptions } from "socket.io-postgres-recovery";
+const options: PostgresRecoveryAdapterOptions = { tableName: "socket_io_attachments", heartbeatInterval: 5000 };
+export const io = new Server({ adapter: createAdapter(new pg.Pool(), options) });
+export const isOptionsError = (err: unknown): boolean => err instanceof OptionsError;
+`,
+  "consumer.mts": `import pg from "pg";
+import { Server } from "socket.io";
+import { createAdapter, migrate, type PostgresRecoveryAdapterOptions } from "socket.io-postgres-recovery";
+const options: PostgresRecoveryAdapterOptions = { schema: "socket_io", maxReplayEntries: 1000 };
+const pool = new pg.Pool();
+await migrate(pool);
+export const io = new Server({ adapter: createAdapter(pool, options) });
+`,
+};
 
 const CONSUMERS = {
   "require.cjs": `const { createServer } = require("node:http");
@@ -90,10 +109,12 @@ describe("the packed tarball", () => {
     // (enumerated for file installs, never for registry ones).
     await run(
       NPM,
-      ["install", "--no-audit", "--no-fund", "--prefer-offline", "--ignore-scripts", path.join(dir, packed!.filename), "pg", "socket.io"],
+      ["install", "--no-audit", "--no-fund", "--prefer-offline", "--ignore-scripts", path.join(dir, packed!.filename), "pg", "socket.io", "@types/node@20"],
       { cwd: consumer, maxBuffer: 16 * 1024 * 1024 },
     );
-    for (const [file, source] of Object.entries(CONSUMERS)) await writeFile(path.join(consumer, file), source);
+    for (const [file, source] of Object.entries({ ...CONSUMERS, ...TYPESCRIPT_CONSUMERS })) {
+      await writeFile(path.join(consumer, file), source);
+    }
   });
 
   afterAll(async () => {
@@ -122,6 +143,17 @@ describe("the packed tarball", () => {
     });
     expect(stderr).toBe("");
     expect(JSON.parse(stdout.trim())).toEqual({ adapter: "PostgresRecoveryAdapter", rows: 1, optionsError: "function" });
+  });
+
+  // `module: node16` would refuse the .cts (TS1479: it cannot require an ES module); nodenext allows it (TS 5.8+).
+  it.each([["nodenext"], ["commonjs"]])("TypeScript consumers type-check with module %s", async (module) => {
+    const files = module === "commonjs" ? ["consumer.cts"] : Object.keys(TYPESCRIPT_CONSUMERS);
+    const tsc = path.join(ROOT, "node_modules", "typescript", "bin", "tsc");
+    const flags = ["--noEmit", "--strict", "--skipLibCheck", "--target", "es2022", "--module", module, "--types", "node"];
+    const { stdout } = await run(process.execPath, [tsc, ...flags, ...files], { cwd: path.join(dir, "consumer") }).catch(
+      (err: { stdout?: string }) => ({ stdout: err.stdout ?? String(err) }),
+    );
+    expect(stdout).toBe("");
   });
 
   it("the CLI runs from the installed bin", async () => {
