@@ -35,6 +35,7 @@ export interface UpstreamCompatibleOptions {
    * `payloadThreshold`. A bare name is looked up in `schema` (the migrations
    * create `socket_io_attachments` there); `other_schema.table` names a table
    * you created yourself, e.g. the one an upstream deployment already uses.
+   * Folded to lower case, as Postgres folds upstream's unquoted name.
    * @default "socket_io_attachments"
    */
   tableName?: string;
@@ -401,8 +402,9 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
 
   const tableName = opts.tableName ?? "socket_io_attachments";
   if (typeof tableName !== "string") fail("tableName", "a table name or schema.table", tableName);
-  const parts = tableName.split(".");
-  if (parts.length > 2 || !parts.every((p) => /^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(p))) {
+  // Upstream writes the name into its SQL unquoted, so Postgres folds it to lower case; quoted here, it is folded first.
+  const parts = tableName.toLowerCase().split(".");
+  if (parts.length > 2 || !parts.every((p) => /^[a-z_][a-z0-9_]{0,62}$/.test(p))) {
     fail("tableName", "a table name or schema.table made of Postgres identifiers", tableName);
   }
   const attachmentsTable =

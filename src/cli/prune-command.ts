@@ -22,11 +22,13 @@ interface PruneFlags extends ConnectionFlags {
 
 /** `table` or `schema.table`, like the adapter's `tableName` option. */
 function attachmentsTable(value: string): string {
-  const parts = value.split(".");
-  if (parts.length > 2 || !parts.every((p) => /^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(p))) {
+  // Folded to lower case like the adapter's tableName (which upstream writes unquoted).
+  const folded = value.toLowerCase();
+  const parts = folded.split(".");
+  if (parts.length > 2 || !parts.every((p) => /^[a-z_][a-z0-9_]{0,62}$/.test(p))) {
     throw new InvalidArgumentError("expected a table name or schema.table made of Postgres identifiers.");
   }
-  return value;
+  return folded;
 }
 
 export function renderPrune(outcome: PruneOutcome, target: string): string {
