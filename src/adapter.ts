@@ -29,6 +29,7 @@ import { debug } from "./debug.js";
 import { asError, isMissingSchemaError } from "./errors.js";
 import { LogWriter, type LogWriterHost } from "./log-writer.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
+import { prepareLoggedPacket } from "./payload.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
 import { SessionDurability, type DurabilityHost } from "./session-durability.js";
@@ -89,11 +90,13 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         // A restore over maxReplayBytes is refused, so the ring never needs more (see recent-entries.ts).
         recentBytes: ctx.opts.maxReplayBytes,
         readBatchSize: 5000,
+        maxBufferedEntries: ctx.opts.maxBufferedEntries,
+        maxBufferedBytes: ctx.opts.maxBufferedBytes,
         deliver: (entry) => this.deliver(entry),
-        read: async (after, upTo, limit) => {
+        read: async (after, upTo, limit, maxBytes) => {
           const id = this.namespaceId;
           if (id === undefined) return [];
-          return (await this.ctx.log.range(id, after, upTo, limit)).entries;
+          return (await this.ctx.log.range(id, after, upTo, limit, maxBytes)).entries;
         },
         onError: (err) => this.ctx.reportError(err),
       });
@@ -218,6 +221,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       namespaceId: () => this.namespaceId,
       started: () => this.started(),
       closing: () => this.closing !== undefined,
+      prepare: (packet) => prepareLoggedPacket(this.namespace, packet.data, [...packet.rooms], [...packet.except]),
       deliverUnlogged: (packet) => this.deliverUnlogged(packet),
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };
@@ -453,6 +457,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.closing ??= (async () => {
       this.startCloseTimer();
       const { closeTimeoutMs } = this.ctx.opts;
+      // One deadline for every step, the node context's included (see NodeContext.close).
+      const deadline = Date.now() + closeTimeoutMs;
       try {
         await this.writer?.close(closeTimeoutMs);
       } catch (err) {
@@ -463,7 +469,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       super.close();
       this.sequencer?.close();
       this.durability?.close();
-      await this.ctx.remove(this);
+      await this.ctx.remove(this, deadline);
     })();
     return this.closing;
   }

@@ -1,5 +1,5 @@
 /** SQL of node liveness: one row per running node, its heartbeat on the database clock. */
-import type { Pool } from "pg";
+import type { Queryable } from "./bounded-queries.js";
 import { qualifiedName } from "./identifiers.js";
 
 export class LivenessQueries {
@@ -7,7 +7,7 @@ export class LivenessQueries {
   private readonly sessions: string;
 
   constructor(
-    private readonly pool: Pool,
+    private readonly pool: Queryable,
     schema: string,
   ) {
     this.nodes = qualifiedName(schema, "nodes");

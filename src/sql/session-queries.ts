@@ -13,7 +13,7 @@
  * session restored elsewhere nor overwrites a newer one.
  */
 import { randomUUID } from "node:crypto";
-import type { Pool } from "pg";
+import type { Queryable } from "./bounded-queries.js";
 import { qualifiedName } from "./identifiers.js";
 
 export type SessionState = "connected" | "disconnected" | "orphaned";
@@ -80,7 +80,7 @@ export class SessionQueries {
   private readonly nodes: string;
 
   constructor(
-    private readonly pool: Pool,
+    private readonly pool: Queryable,
     schema: string,
     /** This node's id (`nodes.node_id`): takes name it, writes default to it. */
     readonly nodeId: string = randomUUID(),
