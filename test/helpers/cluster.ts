@@ -613,10 +613,11 @@ export async function waitForHead(db: pg.Pool | pg.Client, head: number, nsp = "
   );
 }
 
-/** Waits until the session of `sid` is written to the sessions table. */
+/** Waits until the session of `sid` is written to the sessions table at its disconnect. */
 export async function waitForSession(db: pg.Pool | pg.Client, sid: string, schema = "socket_io", timeout = 5000): Promise<void> {
   await waitFor(
-    async () => (await db.query(`SELECT 1 FROM ${q(schema)}.sessions WHERE sid = $1`, [sid])).rowCount === 1,
+    // The session written at the disconnect, not the skeleton kept while the socket is connected.
+    async () => (await db.query(`SELECT 1 FROM ${q(schema)}.sessions WHERE sid = $1 AND state = 'disconnected'`, [sid])).rowCount === 1,
     { timeout, interval: 20, message: `session of ${sid} to be written` },
   );
 }
