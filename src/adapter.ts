@@ -29,7 +29,7 @@ import { debug } from "./debug.js";
 import { asError, isMissingSchemaError } from "./errors.js";
 import { LogWriter, type LogWriterHost } from "./log-writer.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
-import { prepareLoggedPacket } from "./payload.js";
+import { normalizeEventData, prepareLoggedPacket } from "./payload.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
 import { SessionDurability, type DurabilityHost } from "./session-durability.js";
@@ -258,6 +258,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         this.ledger.delivered(id, offset);
       },
       disconnect: (id) => this.namespace.sockets.get(id)?.disconnect(true),
+      // An EVENT's first element must be its name for the parser to decode it back.
+      normalize: (data) => normalizeEventData(this.namespace, ["data", data]).data[1],
       reportError: (err) => this.ctx.reportError(err),
     };
   }

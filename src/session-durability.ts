@@ -45,6 +45,8 @@ export interface DurabilityHost {
   release(id: SocketId, data: unknown[], offset: number): void;
   /** Closes a local socket whose session was restored elsewhere. */
   disconnect(id: SocketId): void;
+  /** `data` as a client would decode it if it were sent (JSON semantics, binary kept); throws like Socket.IO would. */
+  normalize(data: unknown): unknown;
   reportError(err: Error): void;
 }
 
@@ -75,6 +77,8 @@ export class TrackedSocket {
   gone = false;
   /** In the node's write queue. */
   queued = false;
+  /** `socket.data` could not be stored, said once. */
+  reportedData = false;
 
   constructor(
     readonly owner: SessionDurability,
@@ -295,11 +299,21 @@ export class SessionDurability {
     let payload: Buffer;
     let data: Buffer;
     try {
-      payload = encodeSession({ rooms: state.rooms, data: state.data });
       data = encodeData(state.data);
-    } catch (err) {
-      this.host.reportError(new Error(`socket.io-postgres-recovery: socket.data of ${socket.id} does not serialize; its skeleton keeps the last one that did`, { cause: asError(err) }));
-      return undefined;
+      payload = encodeSession({ rooms: state.rooms, data: state.data });
+    } catch {
+      // msgpack refuses functions (and ignores toJSON): store it as a client would get it, as JSON would.
+      try {
+        const normalized = this.host.normalize(state.data);
+        data = encodeData(normalized);
+        payload = encodeSession({ rooms: state.rooms, data: normalized });
+      } catch (err) {
+        if (!socket.reportedData) {
+          socket.reportedData = true;
+          this.host.reportError(new Error(`socket.io-postgres-recovery: socket.data of ${socket.id} cannot be stored; its skeleton keeps the last one that could`, { cause: asError(err) }));
+        }
+        return undefined;
+      }
     }
     const record: SessionRecord = {
       pidHash: socket.pidHash,
@@ -361,7 +375,11 @@ export class SessionDurability {
       try {
         data = encodeData(state.data);
       } catch {
-        continue; // reported when written
+        try {
+          data = encodeData(this.host.normalize(state.data));
+        } catch {
+          continue; // reported when written
+        }
       }
       if (!socket.lastData || !data.equals(socket.lastData)) {
         socket.changeSeq++;
