@@ -31,9 +31,10 @@ import { w2 } from "./workloads/w2-latency.js";
 import { w3 } from "./workloads/w3-storm.js";
 import { w4 } from "./workloads/w4-replay.js";
 import { w5 } from "./workloads/w5-prune.js";
+import { w6 } from "./workloads/w6-crash-storm.js";
 import { summariseProfiles } from "./profile-summary.js";
 
-const WORKLOADS: Workload[] = [w1, w1split, w2, w3, w4, w5];
+const WORKLOADS: Workload[] = [w1, w1split, w2, w3, w4, w5, w6];
 
 const { values: args } = parseArgs({
   options: {

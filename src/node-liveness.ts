@@ -27,6 +27,8 @@ export class NodeLiveness {
   private registered: Promise<void> | undefined;
   private beating: Promise<void> | undefined;
   private stopped = false;
+  /** A failed heartbeat was reported: the next ones are not, until one succeeds. */
+  private failing = false;
 
   constructor(
     private readonly queries: LivenessQueries,
@@ -41,7 +43,9 @@ export class NodeLiveness {
           await this.queries.register(this.opts.nodeId, this.opts.deadAfterMs);
           break;
         } catch (err) {
-          this.opts.onError(new Error("socket.io-postgres-recovery: registering this node's liveness failed; retrying", { cause: asError(err) }));
+          if (attempt === 1) {
+            this.opts.onError(new Error("socket.io-postgres-recovery: registering this node's liveness failed; retrying", { cause: asError(err) }));
+          }
           await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 2000)).unref());
         }
       }
@@ -63,13 +67,17 @@ export class NodeLiveness {
 
   private async beat(): Promise<void> {
     try {
-      if (await this.queries.heartbeat(this.opts.nodeId)) return;
-      if (this.stopped) return;
+      const alive = await this.queries.heartbeat(this.opts.nodeId);
+      this.failing = false;
+      if (alive || this.stopped) return;
       debug("node %s was declared dead; registering again and dropping what was taken", this.opts.nodeId);
       await this.queries.register(this.opts.nodeId, this.opts.deadAfterMs);
       await this.opts.onRevived();
     } catch (err) {
-      this.opts.onError(new Error("socket.io-postgres-recovery: node heartbeat failed", { cause: asError(err) }));
+      // Once per failure streak (a database outage would otherwise report it every interval).
+      if (this.failing) return;
+      this.failing = true;
+      this.opts.onError(new Error("socket.io-postgres-recovery: node heartbeat failed (reported once until one succeeds)", { cause: asError(err) }));
     }
   }
 

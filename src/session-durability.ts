@@ -159,8 +159,10 @@ export class SkeletonWriter {
         failures = 0;
       } catch (err) {
         for (const write of writes) this.mark(write.socket);
-        failures++;
-        this.opts.onError(new Error("socket.io-postgres-recovery: writing session skeletons failed; retrying", { cause: asError(err) }));
+        // Once per failure streak: retried every ≤ 2 s until the database answers.
+        if (failures++ === 0) {
+          this.opts.onError(new Error("socket.io-postgres-recovery: writing session skeletons failed; retrying", { cause: asError(err) }));
+        }
         await new Promise((resolve) => setTimeout(resolve, Math.min(50 * 2 ** failures, 2000)).unref());
       }
     }

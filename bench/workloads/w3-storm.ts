@@ -41,7 +41,8 @@ interface RestoreStats {
   refusals: Record<string, number>;
 }
 
-async function run(ctx: RunContext): Promise<Metrics> {
+/** W3, or with `crash` W6: node 0 is SIGKILLed instead of closed (it writes nothing). */
+export async function runStorm(ctx: RunContext, crash: boolean): Promise<Metrics> {
   const { w3Clients, w3Rooms, w3MissedPerRoom: missed, w3StormIntervalMs } = ctx.sizes;
   const cluster = await startCluster(ctx, 2);
   try {
@@ -72,7 +73,8 @@ async function run(ctx: RunContext): Promise<Metrics> {
       })();
     });
     const t0 = nowMs();
-    if (nodes.length > 1) void call(origin.child, "close", {}, 30_000).catch(() => undefined);
+    if (crash && nodes.length > 1) origin.child.kill("SIGKILL");
+    else if (nodes.length > 1) void call(origin.child, "close", {}, 30_000).catch(() => undefined);
     else await call(origin.child, "drop-transports");
 
     let stats: RecoveryStats;
@@ -121,5 +123,5 @@ export const w3: Workload = {
     { key: "reordered", label: "per-room reorderings" },
   ],
   applies: (peer) => (peer.recovery ? true : "n/a: no recovery"),
-  run,
+  run: (ctx) => runStorm(ctx, false),
 };
