@@ -219,4 +219,30 @@ describe("crash", () => {
     await waitFor(() => got.length >= 4);
     expect(got.map((r) => r.args[0])).toEqual(["e1", "e1b", "e3", "e5"]);
   });
+
+  it("at rest a connected socket costs no write; a change of socket.data costs one at the next checkpoint", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1, adapter: { ...CRASH_OPTIONS, checkpointIntervalMs: 100 } });
+    const pool = cluster.node(0).pool;
+    const sockets = await Promise.all(Array.from({ length: 5 }, () => cluster.connect(0, { rooms: ["r"] })));
+    await skeletonsWritten(pool, sockets.map((s) => s.id!));
+    const versions = async () =>
+      (
+        await pool.query<{ sid: string; version: string }>(
+          `SELECT sid, version::text FROM socket_io.sessions WHERE state = 'connected' ORDER BY sid`,
+        )
+      ).rows;
+    const settled = await versions();
+    // Ten checkpoint intervals, with traffic: no write.
+    for (let i = 0; i < 10; i++) {
+      cluster.node(0).io.to("r").emit("ev", i);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    expect(await versions()).toEqual(settled);
+    await sockets[0]!.timeout(3000).emitWithAck("set-data", { n: 1 });
+    await waitFor(async () => (await versions()).filter((v, i) => v.version !== settled[i]!.version).length === 1, {
+      message: "one skeleton rewritten",
+    });
+    const changed = (await versions()).filter((v, i) => v.version !== settled[i]!.version);
+    expect(changed.map((v) => v.sid)).toEqual([sockets[0]!.id]);
+  });
 });
