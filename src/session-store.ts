@@ -130,9 +130,10 @@ export class SessionStore {
       const left = (held ? Math.max(deadline, heldUntil) : deadline) - Date.now();
       if (left <= 0) return undefined;
       // Short steps: takes are batched, so many restores polling together still cost one
-      // statement per step, and a session written meanwhile is found within ~20 ms. Waiting
-      // for a live node to die or to write the session goes in longer steps.
-      await new Promise((resolve) => setTimeout(resolve, Math.min(5 * 2 ** attempt, held ? 100 : 20, left)));
+      // statement per step, and a session written meanwhile is found within ~20 ms. Past
+      // `waitMs`, waiting for a live node to die goes in longer steps.
+      const step = held && Date.now() > deadline ? 100 : 20;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(5 * 2 ** attempt, step, left)));
     }
   }
 
