@@ -12,9 +12,8 @@
  * every `checkpointIntervalMs` (it is mutated in place, with no hook). Never a
  * write per event, never a query on the connection path.
  *
- * Exactness after a crash (docs/design.md, "Crash safety"): once a socket has
- * a durable skeleton, a room change makes it *pending* until the skeleton
- * that contains it commits. Meanwhile every logged entry for that socket is
+ * Exactness after a crash (docs/design.md, "Crash safety"): a room change
+ * makes a socket *pending* until a skeleton that contains it commits. Meanwhile every logged entry for that socket is
  * held back, in order, and sent when the change is durable. So the client
  * never receives an entry its durable membership does not account for: a
  * change lost in a crash is rolled back as if the crash came first.
@@ -90,8 +89,13 @@ export class TrackedSocket {
     this.durable = durable;
   }
 
+  /**
+   * A room change not yet in a committed skeleton. Also before the first
+   * skeleton commits: a write already under way (taken before the change)
+   * would otherwise make durable a membership the client saw contradicted.
+   */
   get pending(): boolean {
-    return this.durable && this.membershipSeq > this.durableSeq;
+    return this.membershipSeq > this.durableSeq;
   }
 }
 
@@ -340,7 +344,11 @@ export class SessionDurability {
     socket.durable = true;
     socket.lastData = data;
     if (this.sockets.get(socket.id) !== socket) return;
-    if (socket.pending) return;
+    if (socket.pending) {
+      // Its first skeleton committed while a later room change waits: from now on it is held.
+      this.pendingSockets.add(socket);
+      return;
+    }
     this.pendingSockets.delete(socket);
     const held = socket.held.splice(0);
     for (const { data: packet, offset } of held) this.host.release(socket.id, packet, offset);

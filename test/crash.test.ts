@@ -245,4 +245,34 @@ describe("crash", () => {
     const changed = (await versions()).filter((v, i) => v.version !== settled[i]!.version);
     expect(changed.map((v) => v.sid)).toEqual([sockets[0]!.id]);
   });
+
+  it("holds entries through a room joined while the socket's first skeleton is still being written", async () => {
+    // That first write was taken before the join: committed, it would make durable a membership
+    // without the room, after the client got an entry through it.
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1, adapter: CRASH_OPTIONS });
+    const node = cluster.node(0);
+    // A peer in the room, its skeleton durable: it shows when the node delivers.
+    const peer = await cluster.connect(0, { rooms: ["late"] });
+    const peerGot = recordEvents(peer);
+    await skeletonsWritten(node.pool, [peer.id!]);
+    const blocker = await node.pool.connect();
+    try {
+      await blocker.query("BEGIN");
+      await blocker.query("LOCK TABLE socket_io.sessions IN SHARE MODE"); // skeleton inserts wait
+      const socket = await cluster.connect(0);
+      const got = recordEvents(socket);
+      await socket.timeout(3000).emitWithAck("join", "late");
+      node.io.to("late").emit("ev", "through-late");
+      node.io.emit("ev", "to-all");
+      node.io.to("late").emit("ev", "marker");
+      await waitFor(() => peerGot.some((r) => r.args[0] === "marker"), { message: "the node to deliver" });
+      expect(got).toEqual([]);
+      await blocker.query("ROLLBACK");
+      await waitFor(() => got.length === 3, { message: () => `held entries after the writes (got ${got.length})` });
+      expect(got.map((r) => r.args[0])).toEqual(["through-late", "to-all", "marker"]);
+    } finally {
+      await blocker.query("ROLLBACK").catch(() => undefined);
+      blocker.release();
+    }
+  });
 });
