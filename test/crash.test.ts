@@ -8,7 +8,8 @@
 import type pg from "pg";
 import { describe, expect, it } from "vitest";
 import { decodeSession } from "../src/codec.js";
-import { Cluster, comeBack, goOffline, moveTo, recordEvents, recoveryFields, spawnNode, waitFor, type WhoAmI } from "./helpers/cluster.js";
+import { collectStatus } from "../src/index.js";
+import { Cluster, comeBack, goOffline, moveTo, recordEvents, recoveryFields, spawnNode, waitFor, waitForSession, type WhoAmI } from "./helpers/cluster.js";
 import { History, logOffsets, type ClientHandle } from "./helpers/history.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
@@ -274,5 +275,19 @@ describe("crash", () => {
       await blocker.query("ROLLBACK").catch(() => undefined);
       blocker.release();
     }
+  });
+
+  it("status counts sessions waiting to be restored, not the skeletons of connected sockets", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1, adapter: CRASH_OPTIONS });
+    const pool = cluster.node(0).pool;
+    const connected = await cluster.connect(0);
+    const away = await cluster.connect(0);
+    await skeletonsWritten(pool, [connected.id!, away.id!]);
+    const awaySid = away.id!;
+    goOffline(away);
+    await waitForSession(pool, awaySid);
+    const status = await collectStatus(pool);
+    expect(status.sessions).toMatchObject({ count: 1, live: 1, expired: 0 });
+    expect(Number.isFinite(Date.parse(status.sessions.latestExpiresAt!))).toBe(true);
   });
 });

@@ -35,6 +35,8 @@ export class InspectQueries {
               (extract(epoch FROM s.expires_at - now()) * 1000)::bigint::text AS expires_in_ms
          FROM ${this.sessions} s JOIN ${this.namespaces} n ON n.id = s.namespace_id
         WHERE s.sid = $1 AND ($2::text IS NULL OR n.name = $2)
+          -- Sessions waiting to be restored; not a connected socket's skeleton nor a taken one's fence.
+          AND s.state IN ('disconnected', 'orphaned')
         ORDER BY s.disconnected_at DESC`,
       [sid, namespace ?? null],
     );

@@ -53,6 +53,13 @@ export const STATUS_TABLES = [
   "maintenance",
 ] as const;
 
+/**
+ * Sessions waiting to be restored: written at a disconnect, or a crashed
+ * socket's skeleton put back. Skeletons of connected sockets (no expiry while
+ * their node lives) and taken sessions (fences) are not counted.
+ */
+const WAITING = "'disconnected', 'orphaned'";
+
 export class StatusQueries {
   private readonly namespaces: string;
   private readonly log: string;
@@ -83,7 +90,8 @@ export class StatusQueries {
               oldest."offset"::text AS oldest_offset, oldest.created_at AS oldest_created_at,
               (extract(epoch FROM now() - oldest.created_at) * 1000)::bigint::text AS oldest_age_ms,
               totals.entries::text AS entries, totals.bytes::text AS entry_bytes,
-              (SELECT count(*) FROM ${this.sessions} s WHERE s.namespace_id = n.id)::text AS sessions,
+              (SELECT count(*) FROM ${this.sessions} s
+                WHERE s.namespace_id = n.id AND s.state IN (${WAITING}))::text AS sessions,
               (SELECT count(*) FROM ${this.writers} w WHERE w.namespace_id = n.id)::text AS writers
          FROM ${this.namespaces} n
          LEFT JOIN LATERAL (
@@ -107,7 +115,7 @@ export class StatusQueries {
               COALESCE(sum(octet_length(payload)), 0)::text AS bytes,
               min(expires_at) AS earliest_expires_at,
               max(expires_at) AS latest_expires_at
-         FROM ${this.sessions}`,
+         FROM ${this.sessions} WHERE state IN (${WAITING})`,
     );
     return rows[0]!;
   }
