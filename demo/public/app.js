@@ -135,10 +135,10 @@ function connect(node) {
   });
 }
 
-// Like a load balancer: a tab whose node is not up reconnects to one that is.
+// Like a load balancer: a tab whose node is down (crashed, not restarting) reconnects to one that is up.
 function failOver() {
   const current = nodes.find((n) => n.url === socket.io.uri);
-  if (current && current.state === "up") return;
+  if (!current || current.state !== "down") return;
   const up = nodes.filter((n) => n.state === "up" && n !== current);
   if (up.length > 0) socket.io.uri = up[Math.floor(Math.random() * up.length)].url;
 }
