@@ -24,6 +24,7 @@ import {
   type Session,
   type SocketId,
 } from "socket.io-adapter";
+import { installConnectGate, type ConnectGated } from "./connect-gate.js";
 import { decodeBatchFromNotify, decodePacket, encodeSession, formatOffset, type LogEntry, type LoggedPacket } from "./codec.js";
 import { debug } from "./debug.js";
 import { asError, isMissingSchemaError } from "./errors.js";
@@ -54,7 +55,7 @@ interface RecoverySettings {
   maxDisconnectionDuration: number;
 }
 
-export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat implements NamespaceMember {
+export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat implements NamespaceMember, ConnectGated {
   readonly nspName: string;
   private readonly recovery: RecoverySettings | undefined;
   private readonly sequencer: Sequencer | undefined;
@@ -96,6 +97,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       });
       this.writer = new LogWriter(this.logWriterHost(), ctx, this.sequencer);
       this.restorer = new Restorer(this.restorerHost(), ctx, this.sequencer, this.ledger, this.recovery.maxDisconnectionDuration);
+      installConnectGate(nsp);
     }
     ctx.add(this);
     this.closeDeadline = new Promise<void>((resolve) => {
@@ -170,8 +172,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           if (this.gaveUp) return;
           this.namespaceId = id;
           this.ctx.bindNamespaceId(id, this);
-          // Sockets that connected or joined rooms before the cursor was known start at the head.
-          for (const id of this.ledger.settle(head)) this.prime(id, head);
+          // Rooms joined before the cursor was known (in middlewares) count from the head. Sockets
+          // that got their CONNECT before it (see admit()) may have missed entries up to the head.
+          for (const id of this.ledger.settle(head)) this.dropEarlySocket(id);
           this.sequencer.start(head);
           // A NOTIFY that arrived before the namespace id was known was dropped: read the table once.
           this.sequencer.catchUp();
@@ -188,6 +191,43 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 5000)).unref());
       }
     }
+  }
+
+  /**
+   * Resolves when a new socket may get its CONNECT (see connect-gate.ts): once
+   * the cursor is known, so every entry committed after the CONNECT is above
+   * it. While the database does not answer, a socket waits at most
+   * `unloggedDeliveryAfterMs` (the same trade as outage mode: serve rather
+   * than wait); such a socket is dropped when the namespace starts.
+   */
+  admit(): Promise<void> {
+    if (!this.sequencer || this.sequencer.cursor !== undefined) return Promise.resolve();
+    const waitMs = this.ctx.opts.unloggedDeliveryAfterMs;
+    if (waitMs === false) return this.started();
+    let timer: NodeJS.Timeout | undefined;
+    const giveUp = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, waitMs);
+      timer.unref();
+    });
+    return Promise.race([this.started(), giveUp]).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * A socket that got its CONNECT before the cursor was known (let in by
+   * admit() while the database did not answer). Entries committed since its
+   * CONNECT may be at or below the head the namespace started from: it would
+   * never get them. Its connection is closed without a session, so its client
+   * reconnects at once and starts afresh (`recovered === false`) rather than
+   * miss them without knowing.
+   */
+  private dropEarlySocket(id: SocketId): void {
+    this.ledger.forget(id);
+    const socket = this.namespace.sockets.get(id);
+    if (!socket) return;
+    this.ctx.reportError(
+      new Error(`socket.io-postgres-recovery: ${id} in "${this.nspName}" connected before the namespace started; closing its connection so it starts afresh`),
+    );
+    socket.conn.close();
   }
 
   // ---- writing and delivering the log --------------------------------------

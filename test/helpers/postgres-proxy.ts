@@ -6,7 +6,11 @@
  *   closed, nothing arrives);
  * - `refuse()` / `accept()`: every connection is reset and new ones are reset
  *   as soon as they open, until `accept()` (Postgres unreachable);
- * - `cut(match)`: resets the matching connections.
+ * - `cut(match)`: resets the matching connections;
+ * - `hold()` / `release()`: new connections wait, their bytes kept, until
+ *   `release()` (a database that is slow to reach: TLS, another region);
+ * - `stall(match)` / `unstall()`: the matching open connections stop being
+ *   read, their bytes kept, until `unstall()` (a slow answer, not a dead one).
  *
  * It learns each connection's `application_name` from the startup packet
  * (plaintext: int32 length, int32 protocol 196608, then key\0value\0 pairs,
@@ -36,6 +40,18 @@ export interface PostgresProxy {
   /** Resets every connection and every new one until `accept()`. */
   refuse(): void;
   accept(): void;
+  /** New connections wait (nothing is forwarded, nothing lost) until `release()`. */
+  hold(): void;
+  /** Lets the held connections through, in the order they came, and new ones at once. */
+  release(): void;
+  /** Connections waiting in `hold()`. */
+  held(): number;
+  /**
+   * Stops reading the matching open connections in both directions; their
+   * bytes wait (nothing is lost) until `unstall()`. Returns how many.
+   */
+  stall(match: (c: ProxiedConnection) => boolean): number;
+  unstall(): void;
   close(): Promise<void>;
 }
 
@@ -46,6 +62,7 @@ const PROTOCOL_3 = 196608;
 interface Connection extends ProxiedConnection {
   applicationName: string;
   frozen: boolean;
+  stalled: boolean;
   downstream: net.Socket;
   upstream: net.Socket;
 }
@@ -53,6 +70,9 @@ interface Connection extends ProxiedConnection {
 export async function startPostgresProxy(targetPort: number): Promise<PostgresProxy> {
   const open = new Map<number, Connection>();
   let refusing = false;
+  let holding = false;
+  /** Connections accepted during hold(): paused (their bytes wait in the socket) until release(). */
+  const waiting: Array<{ downstream: net.Socket; forward(): void }> = [];
   let nextId = 1;
 
   const destroy = (c: Connection) => {
@@ -67,9 +87,18 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
       downstream.resetAndDestroy();
       return;
     }
+    if (holding) {
+      // No "data" listener yet: the socket stays paused and keeps what the client sends.
+      waiting.push({ downstream, forward: () => forward(downstream) });
+      return;
+    }
+    forward(downstream);
+  });
+  const forward = (downstream: net.Socket) => {
+    if (downstream.destroyed) return;
     const upstream = net.connect(targetPort, "127.0.0.1");
     upstream.on("error", () => undefined);
-    const c: Connection = { id: nextId++, applicationName: "", frozen: false, downstream, upstream };
+    const c: Connection = { id: nextId++, applicationName: "", frozen: false, stalled: false, downstream, upstream };
     open.set(c.id, c);
     let head = Buffer.alloc(0);
     let parsing = true;
@@ -91,7 +120,7 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
     // A close on either side closes the other (also when frozen: nothing of ours must linger).
     downstream.on("close", () => destroy(c));
     upstream.on("close", () => destroy(c));
-  });
+  };
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const port = (server.address() as net.AddressInfo).port;
 
@@ -128,8 +157,34 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
     accept() {
       refusing = false;
     },
+    hold() {
+      holding = true;
+    },
+    release() {
+      holding = false;
+      for (const w of waiting.splice(0)) w.forward();
+    },
+    held: () => waiting.filter((w) => !w.downstream.destroyed).length,
+    stall(match) {
+      const hit = matching(match).filter((c) => !c.stalled);
+      for (const c of hit) {
+        c.stalled = true;
+        c.downstream.pause();
+        c.upstream.pause();
+      }
+      return hit.length;
+    },
+    unstall() {
+      for (const c of open.values()) {
+        if (!c.stalled) continue;
+        c.stalled = false;
+        c.downstream.resume();
+        c.upstream.resume();
+      }
+    },
     async close() {
       refusing = true;
+      for (const w of waiting.splice(0)) w.downstream.destroy();
       for (const c of [...open.values()]) destroy(c);
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
