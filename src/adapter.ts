@@ -9,7 +9,7 @@
  * Sessions record the cursor at which each room was joined, so that a restore
  * replays exactly what the socket would have received live.
  */
-import type { Namespace } from "socket.io";
+import type { Namespace, Socket } from "socket.io";
 import {
   Adapter,
   ClusterAdapterWithHeartbeat,
@@ -30,6 +30,8 @@ import { debug } from "./debug.js";
 import { asError, isMissingSchemaError } from "./errors.js";
 import { LogWriter, type LogWriterHost } from "./log-writer.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
+import { encodeOptions, isOrderedOperation, orderedOperation, type OperationMessage } from "./operation-messages.js";
+import { ProgramOrder } from "./program-order.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
@@ -61,6 +63,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly sequencer: Sequencer | undefined;
   private readonly writer: LogWriter | undefined;
   private readonly restorer: Restorer | undefined;
+  /** Room and disconnect operations after the events emitted before them (see program-order.ts). */
+  private readonly order: ProgramOrder | undefined;
+  /** Sockets whose `disconnect()` goes through `order`. */
+  private readonly orderedSockets = new WeakSet<Socket>();
   private namespaceId: number | undefined;
   private readonly ledger = new SocketLedger();
   private readonly ready: Promise<void>;
@@ -97,6 +103,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       });
       this.writer = new LogWriter(this.logWriterHost(), ctx, this.sequencer);
       this.restorer = new Restorer(this.restorerHost(), ctx, this.sequencer, this.ledger, this.recovery.maxDisconnectionDuration);
+      this.order = new ProgramOrder({
+        cursor: () => this.sequencer?.cursor,
+        maxWaitMs: ctx.opts.unloggedDeliveryAfterMs,
+        onError: (err) => this.ctx.reportError(err),
+      });
       installConnectGate(nsp);
     }
     ctx.add(this);
@@ -176,6 +187,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           // that got their CONNECT before it (see admit()) may have missed entries up to the head.
           for (const id of this.ledger.settle(head)) this.dropEarlySocket(id);
           this.sequencer.start(head);
+          this.order?.delivered(); // operations of other nodes that were waiting for the cursor
           // A NOTIFY that arrived before the namespace id was known was dropped: read the table once.
           this.sequencer.catchUp();
         }
@@ -233,8 +245,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   // ---- writing and delivering the log --------------------------------------
 
   override broadcast(packet: Packet, opts: BroadcastOptions): Promise<void> {
-    if (!this.writer || !isLogged(packet, opts)) return super.broadcast(packet, opts);
-    return this.writer.submit({ data: packet.data, rooms: [...opts.rooms], except: [...(opts.except ?? [])] });
+    const writer = this.writer;
+    if (!writer || !this.order || !isLogged(packet, opts)) return super.broadcast(packet, opts);
+    const logged = { data: packet.data, rooms: [...opts.rooms], except: [...(opts.except ?? [])] };
+    return this.order.event(logged, (p) => writer.submit(p));
   }
 
   /** Resolves when the namespace started, or when closing gave up waiting for it. */
@@ -250,6 +264,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       started: () => this.started(),
       closing: () => this.closing !== undefined,
       deliverUnlogged: (packet) => this.deliverUnlogged(packet),
+      committed: (packets, from) => this.order?.committed(packets, from),
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };
   }
@@ -298,6 +313,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   private deliver(entry: LogEntry): void {
     this.sendToLocalSockets(entry, entry.offset);
+    // Operations that follow this entry apply now, before the next one (see program-order.ts).
+    this.order?.delivered();
   }
 
   /**
@@ -326,6 +343,14 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   onClusterMessage(message: ClusterMessage | ClusterResponse): void {
+    const order = this.order;
+    if (order && isOrderedOperation(message) && message.nsp === this.nspName) {
+      // Issued after events of its node up to that offset: applies once they are delivered here.
+      void order.remote(message.data.afterOffset, () => {
+        this.onMessage(message);
+      });
+      return;
+    }
     if (
       this.recovery &&
       message.type === MessageType.BROADCAST &&
@@ -345,9 +370,88 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.onMessage(message as ClusterMessage);
   }
 
+  // ---- room and disconnect operations, in program order -----------------------
+
+  override addSockets(opts: BroadcastOptions, rooms: Room[]): Promise<void> {
+    return this.operation(opts, { type: MessageType.SOCKETS_JOIN, data: { opts: encodeOptions(opts), rooms } }, () =>
+      Adapter.prototype.addSockets.call(this, opts, rooms),
+    );
+  }
+
+  override delSockets(opts: BroadcastOptions, rooms: Room[]): Promise<void> {
+    return this.operation(opts, { type: MessageType.SOCKETS_LEAVE, data: { opts: encodeOptions(opts), rooms } }, () =>
+      Adapter.prototype.delSockets.call(this, opts, rooms),
+    );
+  }
+
+  override disconnectSockets(opts: BroadcastOptions, close: boolean): Promise<void> {
+    return this.operation(opts, { type: MessageType.DISCONNECT_SOCKETS, data: { opts: encodeOptions(opts), close } }, () =>
+      Adapter.prototype.disconnectSockets.call(this, opts, close),
+    );
+  }
+
+  /**
+   * Applies an operation on this node's sockets and publishes it to the
+   * cluster (unless local), once the events this node emitted before it are
+   * delivered here; the other nodes apply it at the same point of the log.
+   */
+  private operation(opts: BroadcastOptions, message: OperationMessage, applyLocally: () => void): Promise<void> {
+    const publish = (afterOffset: number | undefined) =>
+      opts.flags?.local ? undefined : this.publishAndReturnOffset(orderedOperation(message, afterOffset));
+    if (!this.order) {
+      applyLocally();
+      return publish(undefined)?.then(() => undefined) ?? Promise.resolve();
+    }
+    return this.order.local((afterOffset) => {
+      applyLocally();
+      return publish(afterOffset);
+    });
+  }
+
+  /**
+   * Whether a room change of a connected socket must wait for the events this
+   * node emitted before it (socket.join() / socket.leave() after an emit).
+   * Not while an operation applies (it is in order already), nor for a socket
+   * still connecting (Socket.IO's own joins at connection and restore).
+   */
+  private mustFollowEvents(id: SocketId): boolean {
+    const order = this.order;
+    return order !== undefined && !order.applying && !order.idle && this.ledger.has(id) && this.namespace.sockets.has(id);
+  }
+
+  /**
+   * `socket.disconnect()` is local and synchronous in Socket.IO: it does not
+   * go through the adapter. To keep it after the events emitted before it,
+   * each connected socket's `disconnect` goes through the same queue: when
+   * something is pending, it takes effect (and `socket.connected` turns
+   * false) once those events are delivered.
+   */
+  private orderDisconnect(socket: Socket): void {
+    if (!this.order || this.orderedSockets.has(socket)) return;
+    this.orderedSockets.add(socket);
+    const order = this.order;
+    const disconnect = socket.disconnect.bind(socket);
+    socket.disconnect = (close?: boolean) => {
+      if (!socket.connected || order.applying || order.idle) return disconnect(close);
+      void order.local(() => {
+        disconnect(close);
+      });
+      return socket;
+    };
+  }
+
   // ---- rooms, priming --------------------------------------------------------
 
-  override addAll(id: SocketId, rooms: Set<Room>): void {
+  override addAll(id: SocketId, rooms: Set<Room>): Promise<void> | void {
+    if (this.mustFollowEvents(id) && [...rooms].some((room) => !this.rooms.get(room)?.has(id))) {
+      return this.order?.local(() => {
+        if (this.namespace.sockets.has(id)) this.joinNow(id, rooms);
+      });
+    }
+    this.joinNow(id, rooms);
+  }
+
+  private joinNow(id: SocketId, rooms: Set<Room>): void {
     if (!this.sequencer) {
       super.addAll(id, rooms);
       return;
@@ -356,8 +460,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.restorer?.onJoin(id, cursor);
     this.ledger.join(id, rooms, cursor);
     super.addAll(id, rooms);
+    const socket = this.namespace.sockets.get(id);
+    if (socket) this.orderDisconnect(socket);
     if (!this.ledger.has(id)) {
-      const socket = this.namespace.sockets.get(id);
       if (socket && !socket.recovered) {
         this.ledger.begin(id, cursor);
         if (cursor !== UNSTARTED) this.prime(id, cursor);
@@ -365,7 +470,14 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     }
   }
 
-  override del(id: SocketId, room: Room): void {
+  override del(id: SocketId, room: Room): Promise<void> | void {
+    if (this.mustFollowEvents(id) && this.rooms.get(room)?.has(id)) {
+      return this.order?.local(() => this.leaveNow(id, room));
+    }
+    this.leaveNow(id, room);
+  }
+
+  private leaveNow(id: SocketId, room: Room): void {
     this.ledger.leave(id, room);
     super.del(id, room);
   }
@@ -442,6 +554,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       }
       await Promise.race([this.ctx.sessions.flush(), this.closeDeadline]);
       this.gaveUp = true; // nothing left that needs the namespace to start
+      this.order?.close();
       super.close();
       this.sequencer?.close();
       await this.ctx.remove(this);

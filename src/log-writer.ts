@@ -38,6 +38,8 @@ export interface LogWriterHost {
   closing(): boolean;
   /** Sends to this node's sockets only, without an offset in the log. */
   deliverUnlogged(packet: LoggedPacket): void;
+  /** A batch committed at offsets `from`, `from + 1`, …; called before the sequencer gets it. */
+  committed(packets: readonly LoggedPacket[], from: number): void;
   emit(event: "outage-started", payload: OutageStartedEvent): void;
   emit(event: "outage-ended", payload: OutageEndedEvent): void;
 }
@@ -188,6 +190,11 @@ export class LogWriter {
     );
     this.outage.writeSucceeded();
     if (appliedBefore) debug("batch %d of %s had been committed by an earlier attempt", this.batchNumber, writerId);
+    // Operations waiting for these events learn their offsets before any of them can be delivered.
+    this.host.committed(
+      items.map((item) => item.packet),
+      from,
+    );
     // Offered to the sequencer as a whole, in this same tick: delivered when the cursor reaches them.
     this.sequencer.offer(items.map((item, i) => ({ offset: from + i, bytes: item.payload.length, ...item.packet })));
     return items.map((_, i) => from + i);
