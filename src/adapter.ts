@@ -9,7 +9,7 @@
  * Sessions record the cursor at which each room was joined, so that a restore
  * replays exactly what the socket would have received live.
  */
-import type { Namespace, Socket } from "socket.io";
+import type { Namespace } from "socket.io";
 import {
   Adapter,
   ClusterAdapterWithHeartbeat,
@@ -24,14 +24,14 @@ import {
   type Session,
   type SocketId,
 } from "socket.io-adapter";
-import { installConnectGate, type ConnectGated } from "./connect-gate.js";
+import { atMost, installConnectGate, type ConnectGated } from "./connect-gate.js";
 import { decodeBatchFromNotify, decodePacket, encodeSession, formatOffset, type LogEntry, type LoggedPacket } from "./codec.js";
 import { debug } from "./debug.js";
 import { asError, isMissingSchemaError } from "./errors.js";
 import { LogWriter, type LogWriterHost } from "./log-writer.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
 import { encodeOptions, isOrderedOperation, orderedOperation, type OperationMessage } from "./operation-messages.js";
-import { ProgramOrder } from "./program-order.js";
+import { orderDisconnect, ProgramOrder } from "./program-order.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
@@ -65,8 +65,6 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly restorer: Restorer | undefined;
   /** Room and disconnect operations after the events emitted before them (see program-order.ts). */
   private readonly order: ProgramOrder | undefined;
-  /** Sockets whose `disconnect()` goes through `order`. */
-  private readonly orderedSockets = new WeakSet<Socket>();
   private namespaceId: number | undefined;
   private readonly ledger = new SocketLedger();
   private readonly ready: Promise<void>;
@@ -214,14 +212,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
    */
   admit(): Promise<void> {
     if (!this.sequencer || this.sequencer.cursor !== undefined) return Promise.resolve();
-    const waitMs = this.ctx.opts.unloggedDeliveryAfterMs;
-    if (waitMs === false) return this.started();
-    let timer: NodeJS.Timeout | undefined;
-    const giveUp = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, waitMs);
-      timer.unref();
-    });
-    return Promise.race([this.started(), giveUp]).finally(() => clearTimeout(timer));
+    return atMost(this.started(), this.ctx.opts.unloggedDeliveryAfterMs);
   }
 
   /**
@@ -373,19 +364,22 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   // ---- room and disconnect operations, in program order -----------------------
 
   override addSockets(opts: BroadcastOptions, rooms: Room[]): Promise<void> {
-    return this.operation(opts, { type: MessageType.SOCKETS_JOIN, data: { opts: encodeOptions(opts), rooms } }, () =>
+    if (!this.order) return super.addSockets(opts, rooms);
+    return this.operation(this.order, opts, { type: MessageType.SOCKETS_JOIN, data: { opts: encodeOptions(opts), rooms } }, () =>
       Adapter.prototype.addSockets.call(this, opts, rooms),
     );
   }
 
   override delSockets(opts: BroadcastOptions, rooms: Room[]): Promise<void> {
-    return this.operation(opts, { type: MessageType.SOCKETS_LEAVE, data: { opts: encodeOptions(opts), rooms } }, () =>
+    if (!this.order) return super.delSockets(opts, rooms);
+    return this.operation(this.order, opts, { type: MessageType.SOCKETS_LEAVE, data: { opts: encodeOptions(opts), rooms } }, () =>
       Adapter.prototype.delSockets.call(this, opts, rooms),
     );
   }
 
   override disconnectSockets(opts: BroadcastOptions, close: boolean): Promise<void> {
-    return this.operation(opts, { type: MessageType.DISCONNECT_SOCKETS, data: { opts: encodeOptions(opts), close } }, () =>
+    if (!this.order) return super.disconnectSockets(opts, close);
+    return this.operation(this.order, opts, { type: MessageType.DISCONNECT_SOCKETS, data: { opts: encodeOptions(opts), close } }, () =>
       Adapter.prototype.disconnectSockets.call(this, opts, close),
     );
   }
@@ -395,17 +389,12 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
    * cluster (unless local), once the events this node emitted before it are
    * delivered here; the other nodes apply it at the same point of the log.
    */
-  private operation(opts: BroadcastOptions, message: OperationMessage, applyLocally: () => void): Promise<void> {
-    const publish = (afterOffset: number | undefined) =>
-      opts.flags?.local ? undefined : this.publishAndReturnOffset(orderedOperation(message, afterOffset));
-    if (!this.order) {
+  private operation(order: ProgramOrder, opts: BroadcastOptions, message: OperationMessage, applyLocally: () => void): Promise<void> {
+    const local = opts.flags?.local === true;
+    return order.local((afterOffset) => {
       applyLocally();
-      return publish(undefined)?.then(() => undefined) ?? Promise.resolve();
-    }
-    return this.order.local((afterOffset) => {
-      applyLocally();
-      return publish(afterOffset);
-    });
+      return local ? undefined : this.publishAndReturnOffset(orderedOperation(message, afterOffset));
+    }, !local);
   }
 
   /**
@@ -419,34 +408,13 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     return order !== undefined && !order.applying && !order.idle && this.ledger.has(id) && this.namespace.sockets.has(id);
   }
 
-  /**
-   * `socket.disconnect()` is local and synchronous in Socket.IO: it does not
-   * go through the adapter. To keep it after the events emitted before it,
-   * each connected socket's `disconnect` goes through the same queue: when
-   * something is pending, it takes effect (and `socket.connected` turns
-   * false) once those events are delivered.
-   */
-  private orderDisconnect(socket: Socket): void {
-    if (!this.order || this.orderedSockets.has(socket)) return;
-    this.orderedSockets.add(socket);
-    const order = this.order;
-    const disconnect = socket.disconnect.bind(socket);
-    socket.disconnect = (close?: boolean) => {
-      if (!socket.connected || order.applying || order.idle) return disconnect(close);
-      void order.local(() => {
-        disconnect(close);
-      });
-      return socket;
-    };
-  }
-
   // ---- rooms, priming --------------------------------------------------------
 
   override addAll(id: SocketId, rooms: Set<Room>): Promise<void> | void {
     if (this.mustFollowEvents(id) && [...rooms].some((room) => !this.rooms.get(room)?.has(id))) {
       return this.order?.local(() => {
         if (this.namespace.sockets.has(id)) this.joinNow(id, rooms);
-      });
+      }, false);
     }
     this.joinNow(id, rooms);
   }
@@ -461,7 +429,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.ledger.join(id, rooms, cursor);
     super.addAll(id, rooms);
     const socket = this.namespace.sockets.get(id);
-    if (socket) this.orderDisconnect(socket);
+    if (socket && this.order) orderDisconnect(socket, this.order);
     if (!this.ledger.has(id)) {
       if (socket && !socket.recovered) {
         this.ledger.begin(id, cursor);
@@ -472,7 +440,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   override del(id: SocketId, room: Room): Promise<void> | void {
     if (this.mustFollowEvents(id) && this.rooms.get(room)?.has(id)) {
-      return this.order?.local(() => this.leaveNow(id, room));
+      return this.order?.local(() => this.leaveNow(id, room), false);
     }
     this.leaveNow(id, room);
   }

@@ -45,3 +45,14 @@ export function installConnectGate(nsp: Namespace): void {
     );
   });
 }
+
+/** Resolves when `started` does, or after `waitMs` (never, when false), whichever comes first. */
+export function atMost(started: Promise<void>, waitMs: number | false): Promise<void> {
+  if (waitMs === false) return started;
+  let timer: NodeJS.Timeout | undefined;
+  const giveUp = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, waitMs);
+    timer.unref();
+  });
+  return Promise.race([started, giveUp]).finally(() => clearTimeout(timer));
+}

@@ -191,10 +191,7 @@ export class LogWriter {
     this.outage.writeSucceeded();
     if (appliedBefore) debug("batch %d of %s had been committed by an earlier attempt", this.batchNumber, writerId);
     // Operations waiting for these events learn their offsets before any of them can be delivered.
-    this.host.committed(
-      items.map((item) => item.packet),
-      from,
-    );
+    this.host.committed(items.map((item) => item.packet), from);
     // Offered to the sequencer as a whole, in this same tick: delivered when the cursor reaches them.
     this.sequencer.offer(items.map((item, i) => ({ offset: from + i, bytes: item.payload.length, ...item.packet })));
     return items.map((_, i) => from + i);

@@ -10,8 +10,9 @@
  * would overtake the event, and a socket that left the room or was
  * disconnected would never get it. So, in the order this node issued them:
  *
- * - an **event** is submitted to the log at once, unless an operation is still
- *   queued before it (then it waits its turn: see the last point);
+ * - an **event** is submitted to the log at once, unless an operation that goes
+ *   to the cluster is still queued or being published before it (then it
+ *   waits its turn: see the last point);
  * - an **operation** waits until every event submitted before it has settled
  *   (committed, or delivered unlogged, or refused) and the cursor has reached
  *   the last of their offsets. It is applied right there, synchronously, in
@@ -26,6 +27,7 @@
  * An operation waits at most `maxWaitMs` (`unloggedDeliveryAfterMs`: the log
  * is failing, the same trade as outage mode); it then applies and says so.
  */
+import type { Socket } from "socket.io";
 import type { LoggedPacket } from "./codec.js";
 import { asError } from "./errors.js";
 
@@ -47,8 +49,10 @@ interface QueuedEvent {
 
 interface QueuedOperation {
   kind: "operation";
-  /** A local operation follows the events submitted up to this number (set when it reaches the head). */
+  /** A local operation follows the events numbered up to this (those queued before it included). */
   ticket: number | undefined;
+  /** It is published to the cluster: the events after it wait for that. */
+  publishes: boolean;
   /** The offset the cursor must reach; -1 when there is nothing to follow. */
   offset: number | undefined;
   apply: Apply;
@@ -63,6 +67,10 @@ const NOTHING = -1;
 
 export class ProgramOrder {
   private readonly queue: Array<QueuedEvent | QueuedOperation> = [];
+  /** Events in the queue (they get their numbers in queue order). */
+  private queuedEvents = 0;
+  /** Operations in the queue that will be published. */
+  private queuedPublications = 0;
   /** Number of the last event submitted to the log. */
   private lastSubmitted = 0;
   /** Events submitted and not settled yet, by number (ascending: a Set keeps insertion order). */
@@ -93,22 +101,29 @@ export class ProgramOrder {
     return offset === NOTHING || (this.opts.cursor() ?? NOTHING) >= offset;
   }
 
-  /** Submits a logged event now, or after the operations queued before it. */
+  /**
+   * Submits a logged event now, or, when an operation published to the
+   * cluster comes before it, once that publication is committed.
+   */
   event(packet: LoggedPacket, submit: (packet: LoggedPacket) => Promise<void>): Promise<void> {
-    if (this.queue.length === 0 && !this.publishing) return this.submit(packet, submit);
+    if (!this.publishing && this.queuedEvents === 0 && this.queuedPublications === 0) return this.submit(packet, submit);
+    this.queuedEvents++;
     return new Promise<void>((resolve) => {
       this.queue.push({ kind: "event", submit: () => void this.submit(packet, submit).then(resolve) });
     });
   }
 
-  /** An operation of this node: applied after every event submitted before it is delivered here. */
-  local(apply: Apply): Promise<void> {
-    return this.enqueue(undefined, apply);
+  /**
+   * An operation of this node: applied after every event issued before it is
+   * delivered here. `publishes`: its `apply` publishes it to the cluster.
+   */
+  local(apply: Apply, publishes: boolean): Promise<void> {
+    return this.enqueue({ ticket: this.lastSubmitted + this.queuedEvents, offset: undefined, publishes, apply });
   }
 
   /** Another node's operation, applied when this node's cursor reaches `afterOffset`. */
   remote(afterOffset: number, apply: Apply): Promise<void> {
-    return this.enqueue(afterOffset, apply);
+    return this.enqueue({ ticket: undefined, offset: afterOffset, publishes: false, apply });
   }
 
   /** A batch of this node's events committed at `from`, `from + 1`, … (before the sequencer gets it). */
@@ -148,9 +163,10 @@ export class ProgramOrder {
     });
   }
 
-  private enqueue(offset: number | undefined, apply: Apply): Promise<void> {
+  private enqueue(op: Pick<QueuedOperation, "ticket" | "offset" | "publishes" | "apply">): Promise<void> {
+    if (op.publishes) this.queuedPublications++;
     return new Promise<void>((resolve) => {
-      this.queue.push({ kind: "operation", ticket: undefined, offset, apply, done: resolve, timer: undefined, forced: false });
+      this.queue.push({ kind: "operation", ...op, done: resolve, timer: undefined, forced: false });
       this.pump();
     });
   }
@@ -164,6 +180,7 @@ export class ProgramOrder {
         if (!head) break;
         if (head.kind === "event") {
           this.queue.shift();
+          this.queuedEvents--;
           head.submit();
           continue;
         }
@@ -172,6 +189,7 @@ export class ProgramOrder {
           break;
         }
         this.queue.shift();
+        if (head.publishes) this.queuedPublications--;
         clearTimeout(head.timer);
         this.apply(head);
       }
@@ -182,13 +200,12 @@ export class ProgramOrder {
 
   private ready(op: QueuedOperation): boolean {
     if (op.forced) return true;
-    if (op.offset === undefined) {
+    if (op.offset === undefined && op.ticket !== undefined) {
       // At the head: every event issued before it has been submitted.
-      op.ticket ??= this.lastSubmitted;
       if (!this.settledThrough(op.ticket)) return false;
       op.offset = this.offsetThrough(op.ticket);
     }
-    if (op.offset === NOTHING) return true;
+    if (op.offset === undefined || op.offset === NOTHING) return true;
     const cursor = this.opts.cursor();
     return cursor !== undefined && cursor >= op.offset;
   }
@@ -249,14 +266,41 @@ export class ProgramOrder {
     return NOTHING;
   }
 
-  /** Keeps the marks an operation may still ask for: the last one, or those from the head's ticket on. */
+  /** Keeps the marks a queued operation may still ask for (from the lowest open ticket on), and the last one. */
   private trimMarks(): void {
-    const head = this.queue[0];
-    const ticket = head?.kind === "operation" && head.offset === undefined ? head.ticket : undefined;
+    let lowest: number | undefined;
+    for (const item of this.queue) {
+      if (item.kind === "operation" && item.offset === undefined && item.ticket !== undefined) {
+        lowest = Math.min(lowest ?? item.ticket, item.ticket);
+      }
+    }
     let keepFrom = this.marks.length - 1;
-    if (ticket !== undefined) {
-      while (keepFrom > 0 && this.marks[keepFrom]![0] > ticket) keepFrom--;
+    if (lowest !== undefined) {
+      while (keepFrom > 0 && this.marks[keepFrom]![0] > lowest) keepFrom--;
     }
     if (keepFrom > 0) this.marks = this.marks.slice(keepFrom);
   }
+}
+
+const orderedSockets = new WeakSet<Socket>();
+
+/**
+ * `socket.disconnect()` is local and synchronous in Socket.IO: it does not go
+ * through the adapter. To keep it after the events emitted before it, a
+ * connected socket's `disconnect` goes through `order`: when something is
+ * pending, it takes effect (and `socket.connected` turns false) once those
+ * events are delivered. Otherwise, and inside an operation
+ * (`disconnectSockets`), it is Socket.IO's own, at once.
+ */
+export function orderDisconnect(socket: Socket, order: ProgramOrder): void {
+  if (orderedSockets.has(socket)) return;
+  orderedSockets.add(socket);
+  const disconnect = socket.disconnect.bind(socket);
+  socket.disconnect = (close?: boolean) => {
+    if (!socket.connected || order.applying || order.idle) return disconnect(close);
+    void order.local(() => {
+      disconnect(close);
+    }, false);
+    return socket;
+  };
 }
