@@ -172,6 +172,12 @@ export interface RecoveryOptions {
    * and no restore replays them. Restores on this node are refused meanwhile.
    * The first successful write ends it. `false`: events wait in the queue
    * (up to `maxPendingWrites`) until the database is back.
+   *
+   * The same bound caps two other waits on the database: a new connection's
+   * CONNECT while its namespace has not started (past it, the socket is let
+   * in and dropped, to reconnect afresh, when the namespace starts), and a
+   * room or disconnect operation waiting for the events emitted before it
+   * (past it, the operation applies anyway and is reported).
    * @default 2000
    */
   unloggedDeliveryAfterMs?: number | false;
