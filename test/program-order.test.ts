@@ -14,6 +14,7 @@
 import { describe, expect, it } from "vitest";
 import type { Socket as ServerSocket } from "socket.io";
 import { Cluster, once, recordEvents, waitFor, type ClientSocket, type Received, type TestNode } from "./helpers/cluster.js";
+import { startPostgresProxy } from "./helpers/postgres-proxy.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
 const db = useClusterSuite("program_order");
@@ -132,3 +133,34 @@ for (const nodes of [1, 2]) {
     });
   });
 }
+
+describe("an operation waiting for a log that does not answer", () => {
+  it("applies after unloggedDeliveryAfterMs, and says so", async () => {
+    const proxy = await startPostgresProxy(Number(new URL(db.url).port || 5432));
+    let cluster: Cluster | undefined;
+    try {
+      cluster = await Cluster.start({
+        databaseUrl: proxy.through(db.url),
+        nodes: 1,
+        adapter: { unloggedDeliveryAfterMs: 300 },
+      });
+      const node = cluster.node(0);
+      const client = await cluster.connect(node);
+      const disconnected = once<[string]>(client, "disconnect");
+      const socket = serverSocket(node, client);
+      // The append of "banned" gets no answer: its commit is in doubt, so it is not delivered.
+      proxy.stall(() => true);
+      proxy.hold();
+      socket.emit("banned", { n: 1 });
+      socket.disconnect();
+      expect(socket.connected).toBe(true); // waits for "banned"
+      expect((await disconnected)[0]).toBe("io server disconnect");
+      expect(node.errors.map((e) => e.message).join("\n")).toMatch(/waited 300 ms for the events emitted before it/);
+    } finally {
+      proxy.unstall();
+      proxy.release();
+      await cluster?.close();
+      await proxy.close();
+    }
+  });
+});
