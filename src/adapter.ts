@@ -92,6 +92,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         recentBytes: ctx.opts.maxReplayBytes,
         readBatchSize: 5000,
         deliver: (entry) => this.deliver(entry),
+        paused: () => this.order?.holdsDelivery ?? false,
         read: async (after, upTo, limit) => {
           const id = this.namespaceId;
           if (id === undefined) return [];
@@ -104,6 +105,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.order = new ProgramOrder({
         cursor: () => this.sequencer?.cursor,
         maxWaitMs: ctx.opts.unloggedDeliveryAfterMs,
+        resumeDelivery: () => this.sequencer?.offer([]),
         onError: (err) => this.ctx.reportError(err),
       });
       installConnectGate(nsp);

@@ -24,6 +24,12 @@
  *   until the publication is committed: NOTIFYs reach every listener in commit
  *   order, so the other nodes receive the operation before those events.
  *
+ * Until an operation knows the offsets of the events before it, this node
+ * delivers nothing (`holdsDelivery`, one append round trip at most): the
+ * NOTIFY of this node's own batch can arrive before the append's answer, and
+ * delivering that batch then would put entries issued after the operation
+ * (same batch) before it.
+ *
  * An operation waits at most `maxWaitMs` (`unloggedDeliveryAfterMs`: the log
  * is failing, the same trade as outage mode); it then applies and says so.
  */
@@ -36,6 +42,8 @@ export interface ProgramOrderOptions {
   cursor(): number | undefined;
   /** Longest an operation waits for what it must follow; false: no limit. */
   maxWaitMs: number | false;
+  /** Delivery held by `holdsDelivery` may go on (the sequencer drains again). */
+  resumeDelivery(): void;
   onError(err: Error): void;
 }
 
@@ -102,6 +110,21 @@ export class ProgramOrder {
   }
 
   /**
+   * Whether the sequencer must not deliver now: an operation waits for events
+   * of this node whose offsets are not known yet, and any entry could be one
+   * of them, or one issued after the operation.
+   */
+  get holdsDelivery(): boolean {
+    for (let i = this.queue.length - 1; i >= 0; i--) {
+      const item = this.queue[i]!;
+      if (item.kind !== "operation" || item.offset !== undefined || item.ticket === undefined) continue;
+      // Tickets grow along the queue: the last open one settles last.
+      return !item.forced && !this.settledThrough(item.ticket);
+    }
+    return false;
+  }
+
+  /**
    * Submits a logged event now, or, when an operation published to the
    * cluster comes before it, once that publication is committed.
    */
@@ -137,6 +160,7 @@ export class ProgramOrder {
     });
     this.pump();
     this.trimMarks();
+    if (!this.holdsDelivery) this.opts.resumeDelivery();
   }
 
   /** The sequencer delivered an entry (called synchronously, in its delivery loop). */
@@ -148,6 +172,7 @@ export class ProgramOrder {
   close(): void {
     for (const item of this.queue) if (item.kind === "operation") item.forced = true;
     this.pump();
+    this.opts.resumeDelivery();
   }
 
   private submit(packet: LoggedPacket, submit: (packet: LoggedPacket) => Promise<void>): Promise<void> {
@@ -159,6 +184,7 @@ export class ProgramOrder {
       if (this.numberOf.delete(packet)) {
         this.pending.delete(n);
         this.pump();
+        if (!this.holdsDelivery) this.opts.resumeDelivery();
       }
     });
   }
@@ -247,6 +273,7 @@ export class ProgramOrder {
         ),
       );
       this.pump();
+      if (!this.holdsDelivery) this.opts.resumeDelivery();
     }, maxWaitMs);
     op.timer.unref();
   }

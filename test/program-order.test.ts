@@ -14,6 +14,7 @@
 import { describe, expect, it } from "vitest";
 import type { Socket as ServerSocket } from "socket.io";
 import { Cluster, once, recordEvents, waitFor, type ClientSocket, type Received, type TestNode } from "./helpers/cluster.js";
+import { LISTENER_APPLICATION_NAME } from "../src/index.js";
 import { startPostgresProxy } from "./helpers/postgres-proxy.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
@@ -133,6 +134,30 @@ for (const nodes of [1, 2]) {
     });
   });
 }
+
+describe("an operation after events whose offsets this node does not know yet", () => {
+  it("socket.join() stays between two events of one batch when the log's NOTIFY comes before the append's answer", async () => {
+    const proxy = await startPostgresProxy(Number(new URL(db.url).port || 5432));
+    let cluster: Cluster | undefined;
+    try {
+      cluster = await Cluster.start({ databaseUrl: proxy.through(db.url), nodes: 1, poolMax: 1 });
+      const node = cluster.node(0);
+      const client = await cluster.connect(node);
+      const received = recordEvents(client);
+      const socket = serverSocket(node, client);
+      // Answers on the pool's connection come 150 ms late; the listener hears the NOTIFY at once.
+      expect(proxy.delayAnswers((c) => c.applicationName !== LISTENER_APPLICATION_NAME, 150)).toBe(1);
+      node.io.to("lobby").emit("before", { n: 1 });
+      void socket.join("lobby");
+      node.io.to("lobby").emit("after", { n: 2 }); // same batch as "before"
+      await waitForEvent(received, "after");
+      expect(names(received)).toEqual(["after"]);
+    } finally {
+      await cluster?.close();
+      await proxy.close();
+    }
+  });
+});
 
 describe("an operation waiting for a log that does not answer", () => {
   it("applies after unloggedDeliveryAfterMs, and says so", async () => {

@@ -10,7 +10,9 @@
  * - `hold()` / `release()`: new connections wait, their bytes kept, until
  *   `release()` (a database that is slow to reach: TLS, another region);
  * - `stall(match)` / `unstall()`: the matching open connections stop being
- *   read, their bytes kept, until `unstall()` (a slow answer, not a dead one).
+ *   read, their bytes kept, until `unstall()` (a slow answer, not a dead one);
+ * - `delayAnswers(match, ms)`: what Postgres sends on the matching open
+ *   connections reaches the node `ms` later (latency on some connections only).
  *
  * It learns each connection's `application_name` from the startup packet
  * (plaintext: int32 length, int32 protocol 196608, then key\0value\0 pairs,
@@ -52,6 +54,8 @@ export interface PostgresProxy {
    */
   stall(match: (c: ProxiedConnection) => boolean): number;
   unstall(): void;
+  /** Postgres' bytes on the matching open connections are forwarded `ms` late (in order). Returns how many. */
+  delayAnswers(match: (c: ProxiedConnection) => boolean, ms: number): number;
   close(): Promise<void>;
 }
 
@@ -63,6 +67,7 @@ interface Connection extends ProxiedConnection {
   applicationName: string;
   frozen: boolean;
   stalled: boolean;
+  answerDelayMs: number;
   downstream: net.Socket;
   upstream: net.Socket;
 }
@@ -98,7 +103,7 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
     if (downstream.destroyed) return;
     const upstream = net.connect(targetPort, "127.0.0.1");
     upstream.on("error", () => undefined);
-    const c: Connection = { id: nextId++, applicationName: "", frozen: false, stalled: false, downstream, upstream };
+    const c: Connection = { id: nextId++, applicationName: "", frozen: false, stalled: false, answerDelayMs: 0, downstream, upstream };
     open.set(c.id, c);
     let head = Buffer.alloc(0);
     let parsing = true;
@@ -115,7 +120,9 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
       if (!c.frozen) upstream.write(chunk);
     });
     upstream.on("data", (chunk: Buffer) => {
-      if (!c.frozen) downstream.write(chunk);
+      if (c.frozen) return;
+      if (c.answerDelayMs > 0) setTimeout(() => downstream.writable && downstream.write(chunk), c.answerDelayMs);
+      else downstream.write(chunk);
     });
     // A close on either side closes the other (also when frozen: nothing of ours must linger).
     downstream.on("close", () => destroy(c));
@@ -172,6 +179,11 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
         c.downstream.pause();
         c.upstream.pause();
       }
+      return hit.length;
+    },
+    delayAnswers(match, ms) {
+      const hit = matching(match);
+      for (const c of hit) c.answerDelayMs = ms;
       return hit.length;
     },
     unstall() {
