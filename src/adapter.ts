@@ -31,6 +31,7 @@ import { asError, isMissingSchemaError } from "./errors.js";
 import { LogWriter, type LogWriterHost } from "./log-writer.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
 import { encodeOptions, isOrderedOperation, orderedOperation, type OperationMessage } from "./operation-messages.js";
+import { prepareLoggedPacket } from "./payload.js";
 import { orderDisconnect, ProgramOrder } from "./program-order.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
@@ -256,6 +257,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       namespaceId: () => this.namespaceId,
       started: () => this.started(),
       closing: () => this.closing !== undefined,
+      prepare: (packet) => prepareLoggedPacket(this.namespace, packet.data, [...packet.rooms], [...packet.except]),
       deliverUnlogged: (packet) => this.deliverUnlogged(packet),
       committed: (packets, from) => this.order?.committed(packets, from),
       emit: (event: string, payload: unknown) => this.emit(event, payload),

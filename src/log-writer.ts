@@ -9,11 +9,12 @@
  * `deliverUnlogged`.
  */
 import { Batcher, BatcherFullError, BatcherTakenError } from "./batcher.js";
-import { encodeBatchForNotify, encodePacket, type LoggedPacket } from "./codec.js";
+import { encodeBatchForNotify, type LoggedPacket } from "./codec.js";
 import { debug } from "./debug.js";
 import { isTransientDatabaseError } from "./errors.js";
 import type { NodeContext } from "./node-context.js";
 import { OutageMonitor } from "./outage.js";
+import type { PreparedPacket } from "./payload.js";
 import type { Sequencer } from "./sequencer.js";
 
 /** Payload of the adapter's "outage-started" event. */
@@ -36,18 +37,21 @@ export interface LogWriterHost {
   started(): Promise<void>;
   /** Whether the adapter is closing (a full queue then is not worth an unlogged delivery). */
   closing(): boolean;
+  /**
+   * The event as every node and replay delivers it, and its bytes for the log
+   * (see payload.ts). Throws when its arguments cannot be sent.
+   */
+  prepare(packet: LoggedPacket): PreparedPacket;
   /** Sends to this node's sockets only, without an offset in the log. */
   deliverUnlogged(packet: LoggedPacket): void;
-  /** A batch committed at offsets `from`, `from + 1`, …; called before the sequencer gets it. */
+  /** Packets as submitted, committed at offsets `from`, `from + 1`, …; called before the sequencer gets them. */
   committed(packets: readonly LoggedPacket[], from: number): void;
   emit(event: "outage-started", payload: OutageStartedEvent): void;
   emit(event: "outage-ended", payload: OutageEndedEvent): void;
 }
 
-interface QueuedEntry {
-  packet: LoggedPacket;
-  payload: Buffer;
-}
+/** `submitted`: the packet as `submit()` got it (the host knows it by identity, see `committed`). */
+type QueuedEntry = PreparedPacket & { submitted: LoggedPacket };
 
 export class LogWriter {
   private readonly batcher: Batcher<QueuedEntry, number>;
@@ -98,7 +102,8 @@ export class LogWriter {
     const { nspName } = this.host;
     let queued: QueuedEntry;
     try {
-      queued = { packet, payload: encodePacket(packet) };
+      // Normalised once, here, to what a client decodes (JSON semantics, binary kept).
+      queued = { ...this.host.prepare(packet), submitted: packet };
     } catch (err) {
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: cannot log an event of "${nspName}": its arguments do not serialize`, { cause: err }));
       return;
@@ -191,7 +196,7 @@ export class LogWriter {
     this.outage.writeSucceeded();
     if (appliedBefore) debug("batch %d of %s had been committed by an earlier attempt", this.batchNumber, writerId);
     // Operations waiting for these events learn their offsets before any of them can be delivered.
-    this.host.committed(items.map((item) => item.packet), from);
+    this.host.committed(items.map((item) => item.submitted), from);
     // Offered to the sequencer as a whole, in this same tick: delivered when the cursor reaches them.
     this.sequencer.offer(items.map((item, i) => ({ offset: from + i, bytes: item.payload.length, ...item.packet })));
     return items.map((_, i) => from + i);
