@@ -519,6 +519,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.closing ??= (async () => {
       this.startCloseTimer();
       const { closeTimeoutMs } = this.ctx.opts;
+      // One deadline for every step, the node context's included (see NodeContext.close).
+      const deadline = Date.now() + closeTimeoutMs;
       try {
         await this.writer?.close(closeTimeoutMs);
       } catch (err) {
@@ -529,7 +531,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.order?.close();
       super.close();
       this.sequencer?.close();
-      await this.ctx.remove(this);
+      await this.ctx.remove(this, deadline);
     })();
     return this.closing;
   }

@@ -13,11 +13,11 @@
  * checked `Listener` and cleanup is part of the coordinated pruning.
  */
 import { decode, encode } from "@msgpack/msgpack";
-import type { Pool } from "pg";
 import type { ClusterMessage, ClusterResponse } from "socket.io-adapter";
 import { hasBinary } from "@socket.io/postgres-adapter/dist/util.js";
 import { Batcher } from "./batcher.js";
 import { debug } from "./debug.js";
+import type { Queryable } from "./sql/bounded-queries.js";
 import { qualifiedName } from "./sql/identifiers.js";
 
 /** Postgres' longest identifier, hence longest NOTIFY channel name (NAMEDATALEN - 1). */
@@ -41,7 +41,7 @@ export class ClusterBus {
   private readonly outbox: Batcher<ClusterMessage | ClusterResponse, void>;
 
   constructor(
-    private readonly pool: Pool,
+    private readonly pool: Queryable,
     private readonly opts: ClusterBusOptions,
   ) {
     this.attachments = qualifiedName(opts.attachmentsTable.schema, opts.attachmentsTable.table);

@@ -7,12 +7,14 @@
 import type { ClientConfig, Pool } from "pg";
 import type { ClusterMessage, ClusterResponse } from "socket.io-adapter";
 import { ClusterBus } from "./cluster-bus.js";
+import { settledBy } from "./deadline.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import { Listener } from "./listener.js";
 import type { ResolvedOptions } from "./options.js";
 import { Pruner, type PruneReport } from "./pruner.js";
 import { SessionStore } from "./session-store.js";
+import { boundedQueries } from "./sql/bounded-queries.js";
 import { qualifiedName } from "./sql/identifiers.js";
 import { LogQueries } from "./sql/log-queries.js";
 import { PruneQueries } from "./sql/prune-queries.js";
@@ -46,13 +48,15 @@ export class NodeContext {
     readonly opts: ResolvedOptions,
   ) {
     const report = (err: Error) => this.reportError(err);
-    this.log = new LogQueries(pool, opts.schema, { preparedStatements: opts.preparedStatements });
-    this.sessions = new SessionStore(new SessionQueries(pool, opts.schema), {
+    // Every statement of ours gets a bound; the pool itself is left as the caller made it.
+    const db = boundedQueries(pool, opts.queryTimeoutMs === false ? undefined : opts.queryTimeoutMs);
+    this.log = new LogQueries(db, opts.schema, { preparedStatements: opts.preparedStatements });
+    this.sessions = new SessionStore(new SessionQueries(db, opts.schema), {
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPendingWrites,
       onError: report,
     });
-    this.bus = new ClusterBus(pool, {
+    this.bus = new ClusterBus(db, {
       channelPrefix: opts.channelPrefix,
       payloadThreshold: opts.payloadThreshold,
       attachmentsTable: opts.attachmentsTable,
@@ -104,12 +108,16 @@ export class NodeContext {
     this.byNamespaceId.set(id, member);
   }
 
-  /** Removes a namespace; the last one out closes the shared resources. */
-  async remove(member: NamespaceMember): Promise<void> {
+  /**
+   * Removes a namespace; the last one out closes the shared resources, by
+   * `deadline` (ms since the epoch: the one its own close started, so that
+   * `io.close()` as a whole keeps to `closeTimeoutMs`).
+   */
+  async remove(member: NamespaceMember, deadline = Date.now() + this.opts.closeTimeoutMs): Promise<void> {
     if (this.members.get(member.nspName) === member) this.members.delete(member.nspName);
     this.ownUids.delete(member.serverUid());
     for (const [id, m] of this.byNamespaceId) if (m === member) this.byNamespaceId.delete(id);
-    if (this.members.size === 0) await this.close();
+    if (this.members.size === 0) await this.close(deadline);
   }
 
   /** Runs a pruning pass now (for operators and tests); see `pruneIntervalMs`. */
@@ -125,12 +133,33 @@ export class NodeContext {
     }
   }
 
-  private close(): Promise<void> {
+  /**
+   * Every step starts, in order, whatever the time; each is awaited until
+   * `deadline` at the most. One that is still running then (a statement on a
+   * half-open connection, a pool with no free connection) goes on unawaited
+   * and is reported: past the deadline the orchestrator would kill the node.
+   */
+  private close(deadline: number): Promise<void> {
     this.closing ??= (async () => {
-      await this.sessions.close(this.opts.closeTimeoutMs);
-      await this.pruner.stop();
-      await this.bus.idle();
-      await this.listener.close();
+      const steps: Array<[string, () => Promise<unknown>]> = [
+        ["writing sessions", () => this.sessions.close(Math.max(0, deadline - Date.now()))],
+        ["the pruning pass", () => this.pruner.stop()],
+        ["publishing cluster messages", () => this.bus.idle()],
+        ["closing the LISTEN connection", () => this.listener.close()],
+      ];
+      const late: string[] = [];
+      for (const [what, step] of steps) {
+        try {
+          if (!(await settledBy(step(), deadline))) late.push(what);
+        } catch (err) {
+          this.reportError(new Error(`socket.io-postgres-recovery: closing: ${what} failed`, { cause: asError(err) }));
+        }
+      }
+      if (late.length > 0) {
+        this.reportError(
+          new Error(`socket.io-postgres-recovery: closing gave up waiting at closeTimeoutMs (${this.opts.closeTimeoutMs} ms) for: ${late.join(", ")}`),
+        );
+      }
       debug("node context closed");
     })();
     return this.closing;

@@ -189,10 +189,33 @@ export interface RecoveryOptions {
    */
   preparedStatements?: boolean;
   /**
-   * How long `io.close()` keeps trying to write what is queued (log entries,
-   * sessions) while the database is slow or away. Past it, what is left is
-   * reported to `errorHandler` and given up: those sessions are not
-   * restorable, those events are not delivered.
+   * Bound on each statement the adapter runs on the pool (log appends and
+   * reads, session writes and takes, cluster messages), in milliseconds, as
+   * pg's per-query `query_timeout`. A statement without an answer by then
+   * fails and the pool discards its connection; a log append is then retried
+   * on another connection (idempotently). This is what unsticks a write sent
+   * into a half-open connection, which would otherwise hold the namespace's
+   * log on this node until TCP gives up (often many minutes).
+   * Trade-off: a healthy statement slower than this is abandoned and retried
+   * (harmless, but wasted work): keep it well above your slowest healthy
+   * write (large batches of large events on a slow link). The pool's own
+   * `query_timeout`, when shorter, applies instead; the pool's settings are
+   * never changed. Waiting for a free pooled connection is not covered (that
+   * is the pool's `connectionTimeoutMillis`). `false`: no bound of ours.
+   * @default 15000
+   */
+  queryTimeoutMs?: number | false;
+  /**
+   * How long `io.close()` may take, in milliseconds: writing what is queued
+   * (log entries, sessions) while the database is slow or away, then
+   * releasing the LISTEN connection and the background work. Every step
+   * shares this one deadline, so `io.close()` returns within it (plus a few
+   * milliseconds) even when a statement never answers (a half-open
+   * connection, an exhausted pool). Past it, what is left is reported to
+   * `errorHandler` and given up: those sessions are not restorable, those
+   * events are not delivered by this node (a write already sent may still
+   * commit, and is then delivered by the other nodes). Keep it below the
+   * orchestrator's grace period before SIGKILL.
    * @default 10000
    */
   closeTimeoutMs?: number;
@@ -234,6 +257,7 @@ export interface ResolvedOptions {
   readonly closeTimeoutMs: number;
   readonly recentEntries: number;
   readonly unloggedDeliveryAfterMs: number | false;
+  readonly queryTimeoutMs: number | false;
   readonly preparedStatements: boolean;
   /** NOTIFY channel of the message log (one per schema). */
   readonly logChannel: string;
@@ -283,6 +307,7 @@ const KNOWN_OPTIONS = new Set<string>([
   "schema",
   "primeOffsetEvent",
   "unloggedDeliveryAfterMs",
+  "queryTimeoutMs",
   "preparedStatements",
   ...Object.keys(INTEGER_RULES),
 ]);
@@ -378,6 +403,14 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     fail("unloggedDeliveryAfterMs", "an integer from 100 to 600000 (ms) or false", unloggedDeliveryAfterMs);
   }
 
+  const queryTimeoutMs = opts.queryTimeoutMs ?? 15_000;
+  if (
+    queryTimeoutMs !== false &&
+    (typeof queryTimeoutMs !== "number" || !Number.isInteger(queryTimeoutMs) || queryTimeoutMs < 100 || queryTimeoutMs > 600_000)
+  ) {
+    fail("queryTimeoutMs", "an integer from 100 to 600000 (ms) or false", queryTimeoutMs);
+  }
+
   const preparedStatements = opts.preparedStatements ?? true;
   if (typeof preparedStatements !== "boolean") fail("preparedStatements", "true or false", preparedStatements);
 
@@ -424,6 +457,7 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     closeTimeoutMs: integer(opts, "closeTimeoutMs", 10_000),
     recentEntries: integer(opts, "recentEntries", 10_000),
     unloggedDeliveryAfterMs: unloggedDeliveryAfterMs as number | false,
+    queryTimeoutMs: queryTimeoutMs as number | false,
     preparedStatements,
     logChannel,
   });

@@ -18,6 +18,8 @@ describe("options", () => {
       retentionMarginMs: undefined,
       primeOffsetEvent: "socket.io-postgres-recovery:offset",
       unloggedDeliveryAfterMs: 2000,
+      queryTimeoutMs: 15000,
+      closeTimeoutMs: 10000,
       preparedStatements: true,
       logChannel: "socket.io:socket_io:log",
     });
@@ -41,6 +43,8 @@ describe("options", () => {
     [{ primeOffsetEvent: true }, /option "primeOffsetEvent"/],
     [{ unloggedDeliveryAfterMs: 0 }, /option "unloggedDeliveryAfterMs" must be an integer from 100 to 600000 \(ms\) or false; got 0/],
     [{ unloggedDeliveryAfterMs: true }, /option "unloggedDeliveryAfterMs"/],
+    [{ queryTimeoutMs: 50 }, /option "queryTimeoutMs" must be an integer from 100 to 600000 \(ms\) or false; got 50/],
+    [{ queryTimeoutMs: "15s" }, /option "queryTimeoutMs"/],
     [{ preparedStatements: "yes" }, /option "preparedStatements" must be true or false/],
     [{ retentionMarginMs: Number.NaN }, /option "retentionMarginMs"/],
     [{ pruneIntervalMS: 1000 }, /unknown option "pruneIntervalMS"/],
@@ -62,6 +66,7 @@ describe("options", () => {
     expect(opts.primeOffsetEvent).toBe(false);
     expect(opts.logChannel).toBe("socket.io:tenant_2:log");
     expect(resolveOptions({ unloggedDeliveryAfterMs: false }).unloggedDeliveryAfterMs).toBe(false);
+    expect(resolveOptions({ queryTimeoutMs: false }).queryTimeoutMs).toBe(false);
   });
 
   it("createAdapter refuses what is not a pool, and bad options, before touching any database", () => {
