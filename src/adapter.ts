@@ -66,6 +66,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly restorer: Restorer | undefined;
   /** Room and disconnect operations after the events emitted before them (see program-order.ts). */
   private readonly order: ProgramOrder | undefined;
+  /** Joins waiting for earlier events (see addAll): a session stored meanwhile includes them. */
+  private readonly pendingJoins = new Map<SocketId, Set<Set<Room>>>();
   private namespaceId: number | undefined;
   private readonly ledger = new SocketLedger();
   private readonly ready: Promise<void>;
@@ -415,8 +417,12 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   // ---- rooms, priming --------------------------------------------------------
 
   override addAll(id: SocketId, rooms: Set<Room>): Promise<void> | void {
-    if (this.mustFollowEvents(id) && [...rooms].some((room) => !this.rooms.get(room)?.has(id))) {
-      return this.order?.local(() => {
+    if (this.order && this.mustFollowEvents(id) && [...rooms].some((room) => !this.rooms.get(room)?.has(id))) {
+      const waiting = this.pendingJoins.get(id) ?? new Set<Set<Room>>();
+      this.pendingJoins.set(id, waiting.add(rooms));
+      return this.order.local(() => {
+        waiting.delete(rooms);
+        if (waiting.size === 0 && this.pendingJoins.get(id) === waiting) this.pendingJoins.delete(id);
         if (this.namespace.sockets.has(id)) this.joinNow(id, rooms);
       }, false);
     }
@@ -485,7 +491,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   override persistSession(session: { sid: SocketId; pid: PrivateSessionId; rooms: Room[]; data: unknown }): void {
     const cursor = this.sequencer?.cursor;
-    const snapshot = cursor === undefined ? undefined : this.ledger.snapshot(session.sid, session.rooms, cursor);
+    // A join still waiting for earlier events counts as done, from now: its room's entries after
+    // the join point are replayed (those between now and that point too: more, never less).
+    const rooms = new Set(session.rooms);
+    for (const joining of this.pendingJoins.get(session.sid) ?? []) for (const room of joining) rooms.add(room);
+    const snapshot = cursor === undefined ? undefined : this.ledger.snapshot(session.sid, [...rooms], cursor);
     if (!this.recovery || !snapshot || this.namespaceId === undefined) {
       debug("not persisting session of %s: namespace not started or socket unknown", session.sid);
       return;

@@ -13,7 +13,19 @@
  */
 import { describe, expect, it } from "vitest";
 import type { Socket as ServerSocket } from "socket.io";
-import { Cluster, once, recordEvents, waitFor, type ClientSocket, type Received, type TestNode } from "./helpers/cluster.js";
+import {
+  Cluster,
+  comeBack,
+  goOffline,
+  once,
+  recordEvents,
+  serverNoticed,
+  waitFor,
+  waitForSession,
+  type ClientSocket,
+  type Received,
+  type TestNode,
+} from "./helpers/cluster.js";
 import { LISTENER_APPLICATION_NAME } from "../src/index.js";
 import { startPostgresProxy } from "./helpers/postgres-proxy.js";
 import { useClusterSuite } from "./fixtures/suite.js";
@@ -152,6 +164,37 @@ describe("an operation after events whose offsets this node does not know yet", 
       node.io.to("lobby").emit("after", { n: 2 }); // same batch as "before"
       await waitForEvent(received, "after");
       expect(names(received)).toEqual(["after"]);
+    } finally {
+      await cluster?.close();
+      await proxy.close();
+    }
+  });
+});
+
+describe("a socket.join() still waiting when the connection drops", () => {
+  it("is in the stored session: the room's later events are replayed", async () => {
+    const proxy = await startPostgresProxy(Number(new URL(db.url).port || 5432));
+    let cluster: Cluster | undefined;
+    try {
+      cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1 });
+      const fast = cluster.node(0);
+      const slow = await cluster.addNode({ databaseUrl: proxy.through(db.url) });
+      const client = await cluster.connect(slow);
+      const sid = client.id!;
+      const received = recordEvents(client);
+      const socket = serverSocket(slow, client);
+      // The append of "elsewhere" answers 500 ms late: the join waits for it while the client drops.
+      proxy.delayAnswers((c) => c.applicationName !== LISTENER_APPLICATION_NAME, 500);
+      slow.io.to("elsewhere").emit("elsewhere", {});
+      void socket.join("lobby");
+      expect(socket.rooms.has("lobby")).toBe(false);
+      goOffline(client);
+      await serverNoticed(slow, sid);
+      await waitForSession(fast.pool, sid);
+      fast.io.to("lobby").emit("after-join", { n: 1 });
+      expect(await comeBack(client, fast)).toBe(true);
+      await waitForEvent(received, "after-join");
+      expect(names(received)).toEqual(["after-join"]);
     } finally {
       await cluster?.close();
       await proxy.close();
