@@ -25,7 +25,8 @@
  *   order, so the other nodes receive the operation before those events.
  *
  * Until an operation knows the offsets of the events before it, this node
- * delivers nothing (`holdsDelivery`, one append round trip at most): the
+ * delivers nothing (`holdsDelivery`: one append round trip, `maxWaitMs` at
+ * most when the log is failing): the
  * NOTIFY of this node's own batch can arrive before the append's answer, and
  * delivering that batch then would put entries issued after the operation
  * (same batch) before it.
