@@ -26,10 +26,9 @@
  *
  * Until an operation knows the offsets of the events before it, this node
  * delivers nothing (`holdsDelivery`: one append round trip, `maxWaitMs` at
- * most when the log is failing): the
- * NOTIFY of this node's own batch can arrive before the append's answer, and
- * delivering that batch then would put entries issued after the operation
- * (same batch) before it.
+ * most when the log is failing). The NOTIFY of this node's own batch can
+ * arrive before the append's answer, and delivering that batch then would
+ * put entries issued after the operation (same batch) before it.
  *
  * An operation waits at most `maxWaitMs` (`unloggedDeliveryAfterMs`: the log
  * is failing, the same trade as outage mode); it then applies and says so.
