@@ -66,8 +66,6 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly restorer: Restorer | undefined;
   /** Room and disconnect operations after the events emitted before them (see program-order.ts). */
   private readonly order: ProgramOrder | undefined;
-  /** Joins waiting for earlier events (see addAll): a session stored meanwhile includes them. */
-  private readonly pendingJoins = new Map<SocketId, Set<Set<Room>>>();
   private namespaceId: number | undefined;
   private readonly ledger = new SocketLedger();
   private readonly ready: Promise<void>;
@@ -404,10 +402,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   /**
-   * Whether a room change of a connected socket must wait for the events this
-   * node emitted before it (socket.join() / socket.leave() after an emit).
-   * Not while an operation applies (it is in order already), nor for a socket
-   * still connecting (Socket.IO's own joins at connection and restore).
+   * Whether `socket.leave()` on a connected socket must wait for the events
+   * this node emitted before it. Not while an operation applies (it is in
+   * order already).
    */
   private mustFollowEvents(id: SocketId): boolean {
     const order = this.order;
@@ -416,20 +413,14 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   // ---- rooms, priming --------------------------------------------------------
 
-  override addAll(id: SocketId, rooms: Set<Room>): Promise<void> | void {
-    if (this.order && this.mustFollowEvents(id) && [...rooms].some((room) => !this.rooms.get(room)?.has(id))) {
-      const waiting = this.pendingJoins.get(id) ?? new Set<Set<Room>>();
-      this.pendingJoins.set(id, waiting.add(rooms));
-      return this.order.local(() => {
-        waiting.delete(rooms);
-        if (waiting.size === 0 && this.pendingJoins.get(id) === waiting) this.pendingJoins.delete(id);
-        if (this.namespace.sockets.has(id)) this.joinNow(id, rooms);
-      }, false);
-    }
-    this.joinNow(id, rooms);
-  }
-
-  private joinNow(id: SocketId, rooms: Set<Room>): void {
+  /**
+   * Joins apply at once, never after the events emitted before them: a join
+   * that waited would make the socket miss what other nodes send to the room
+   * meanwhile, after the app joined it (in its connection handler, say). The
+   * price: an event this node sent to the room just before the join, still
+   * on its way, reaches the socket too (live and in a replay alike).
+   */
+  override addAll(id: SocketId, rooms: Set<Room>): void {
     if (!this.sequencer) {
       super.addAll(id, rooms);
       return;
@@ -491,11 +482,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   override persistSession(session: { sid: SocketId; pid: PrivateSessionId; rooms: Room[]; data: unknown }): void {
     const cursor = this.sequencer?.cursor;
-    // A join still waiting for earlier events counts as done, from now: its room's entries after
-    // the join point are replayed (those between now and that point too: more, never less).
-    const rooms = new Set(session.rooms);
-    for (const joining of this.pendingJoins.get(session.sid) ?? []) for (const room of joining) rooms.add(room);
-    const snapshot = cursor === undefined ? undefined : this.ledger.snapshot(session.sid, [...rooms], cursor);
+    const snapshot = cursor === undefined ? undefined : this.ledger.snapshot(session.sid, session.rooms, cursor);
     if (!this.recovery || !snapshot || this.namespaceId === undefined) {
       debug("not persisting session of %s: namespace not started or socket unknown", session.sid);
       return;
