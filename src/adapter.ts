@@ -92,12 +92,14 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         // A restore over maxReplayBytes is refused, so the ring never needs more (see recent-entries.ts).
         recentBytes: ctx.opts.maxReplayBytes,
         readBatchSize: 5000,
+        maxBufferedEntries: ctx.opts.maxBufferedEntries,
+        maxBufferedBytes: ctx.opts.maxBufferedBytes,
         deliver: (entry) => this.deliver(entry),
         paused: () => this.order?.holdsDelivery ?? false,
-        read: async (after, upTo, limit) => {
+        read: async (after, upTo, limit, maxBytes) => {
           const id = this.namespaceId;
           if (id === undefined) return [];
-          return (await this.ctx.log.range(id, after, upTo, limit)).entries;
+          return (await this.ctx.log.range(id, after, upTo, limit, maxBytes)).entries;
         },
         onError: (err) => this.ctx.reportError(err),
       });

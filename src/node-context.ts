@@ -12,7 +12,8 @@ import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import { Listener } from "./listener.js";
 import type { ResolvedOptions } from "./options.js";
-import { Pruner, type PruneReport } from "./pruner.js";
+import { NAMESPACE_ACTIVITY_INTERVAL_MS, Pruner, type PruneReport } from "./pruner.js";
+import { Semaphore } from "./semaphore.js";
 import { SessionStore } from "./session-store.js";
 import { boundedQueries } from "./sql/bounded-queries.js";
 import { qualifiedName } from "./sql/identifiers.js";
@@ -36,11 +37,15 @@ export class NodeContext {
   readonly sessions: SessionStore;
   readonly listener: Listener;
   readonly bus: ClusterBus;
+  /** Restores reading the table at once, over all namespaces of this node. */
+  readonly restoreReads: Semaphore;
   private readonly pruner: Pruner;
   private readonly members = new Map<string, NamespaceMember>();
   /** Cluster ids of this node's adapters: messages from them are our own. */
   private readonly ownUids = new Set<string>();
   private readonly byNamespaceId = new Map<number, NamespaceMember>();
+  /** Marks this node's namespaces active, so pruning never deletes their rows (see `touchNamespaces`). */
+  private readonly activityTimer: NodeJS.Timeout;
   private closing: Promise<void> | undefined;
 
   constructor(
@@ -51,6 +56,7 @@ export class NodeContext {
     // Every statement of ours gets a bound; the pool itself is left as the caller made it.
     const db = boundedQueries(pool, opts.queryTimeoutMs === false ? undefined : opts.queryTimeoutMs);
     this.log = new LogQueries(db, opts.schema, { preparedStatements: opts.preparedStatements });
+    this.restoreReads = new Semaphore(opts.maxConcurrentRestoreReads, "maxConcurrentRestoreReads");
     this.sessions = new SessionStore(new SessionQueries(db, opts.schema), {
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPendingWrites,
@@ -93,6 +99,13 @@ export class NodeContext {
     this.listener.start();
     void this.listener.listen(opts.logChannel);
     this.pruner.start(opts.pruneIntervalMs);
+    const activityMs = Math.min(opts.pruneIntervalMs, NAMESPACE_ACTIVITY_INTERVAL_MS);
+    this.activityTimer = setInterval(() => {
+      this.log.touchNamespaces([...this.byNamespaceId.keys()], activityMs / 2).catch((err: unknown) => {
+        report(new Error("socket.io-postgres-recovery: marking this node's namespaces active failed; retrying next interval", { cause: err }));
+      });
+    }, activityMs);
+    this.activityTimer.unref();
   }
 
   get closed(): boolean {
@@ -111,10 +124,17 @@ export class NodeContext {
   /**
    * Removes a namespace; the last one out closes the shared resources, by
    * `deadline` (ms since the epoch: the one its own close started, so that
-   * `io.close()` as a whole keeps to `closeTimeoutMs`).
+   * `io.close()` as a whole keeps to `closeTimeoutMs`). A namespace removed
+   * while others stay (a dynamic namespace Socket.IO closed with
+   * `cleanupEmptyChildNamespaces`) gives up its channel, unless a new adapter
+   * of the same name took its place meanwhile: thousands of dynamic
+   * namespaces must not leave thousands of channels behind.
    */
   async remove(member: NamespaceMember, deadline = Date.now() + this.opts.closeTimeoutMs): Promise<void> {
-    if (this.members.get(member.nspName) === member) this.members.delete(member.nspName);
+    if (this.members.get(member.nspName) === member) {
+      this.members.delete(member.nspName);
+      if (this.members.size > 0) await this.listener.unlisten(this.bus.channelOf(member.nspName));
+    }
     this.ownUids.delete(member.serverUid());
     for (const [id, m] of this.byNamespaceId) if (m === member) this.byNamespaceId.delete(id);
     if (this.members.size === 0) await this.close(deadline);
@@ -141,6 +161,7 @@ export class NodeContext {
    */
   private close(deadline: number): Promise<void> {
     this.closing ??= (async () => {
+      clearInterval(this.activityTimer);
       const steps: Array<[string, () => Promise<unknown>]> = [
         ["writing sessions", () => this.sessions.close(Math.max(0, deadline - Date.now()))],
         ["the pruning pass", () => this.pruner.stop()],

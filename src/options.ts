@@ -35,6 +35,7 @@ export interface UpstreamCompatibleOptions {
    * `payloadThreshold`. A bare name is looked up in `schema` (the migrations
    * create `socket_io_attachments` there); `other_schema.table` names a table
    * you created yourself, e.g. the one an upstream deployment already uses.
+   * Folded to lower case, as Postgres folds upstream's unquoted name.
    * @default "socket_io_attachments"
    */
   tableName?: string;
@@ -225,6 +226,33 @@ export interface RecoveryOptions {
    * @default 10000
    */
   recentEntries?: number;
+  /**
+   * Most entries a node holds per namespace ahead of what it delivered (a
+   * node that delivers slower than the cluster commits, or catching up).
+   * Entries beyond are dropped from memory and read from the table once
+   * delivery made room: never lost, but read twice. Larger: fewer re-reads
+   * when a node lags; smaller: less memory per lagging namespace.
+   * @default 20000
+   */
+  maxBufferedEntries?: number;
+  /**
+   * Most payload bytes a node holds per namespace ahead of what it delivered,
+   * plus the one entry that crosses it; like `maxBufferedEntries`, the rest
+   * is read from the table later. Also bounds each catch-up read of the
+   * table by bytes.
+   * @default 33554432 (32 MiB)
+   */
+  maxBufferedBytes?: number;
+  /**
+   * Most restores of a node reading the table at the same time (restores
+   * served from memory do not count). Others wait their turn within
+   * `restoreTimeoutMs`, past which they are refused as any slow restore.
+   * Larger: a reconnection storm restores faster if the database keeps up;
+   * smaller: fewer pooled connections and less memory taken by replays
+   * (each read is up to `maxReplayBytes`).
+   * @default 4
+   */
+  maxConcurrentRestoreReads?: number;
 }
 
 export type PostgresRecoveryAdapterOptions = UpstreamCompatibleOptions & RecoveryOptions;
@@ -256,6 +284,9 @@ export interface ResolvedOptions {
   readonly maxPendingWrites: number;
   readonly closeTimeoutMs: number;
   readonly recentEntries: number;
+  readonly maxBufferedEntries: number;
+  readonly maxBufferedBytes: number;
+  readonly maxConcurrentRestoreReads: number;
   readonly unloggedDeliveryAfterMs: number | false;
   readonly queryTimeoutMs: number | false;
   readonly preparedStatements: boolean;
@@ -296,6 +327,9 @@ const INTEGER_RULES = {
   closeTimeoutMs: { min: 0, max: 600_000, unit: "ms" },
   // At least what a node delivers while a restore reads the table (see advanceStitch).
   recentEntries: { min: 1000, max: 10_000_000, unit: "entries" },
+  maxBufferedEntries: { min: 100, max: 10_000_000, unit: "entries" },
+  maxBufferedBytes: { min: 64 * 1024, max: 2 ** 31, unit: "bytes" },
+  maxConcurrentRestoreReads: { min: 1, max: 1000, unit: "reads" },
 } satisfies Record<string, IntegerRule>;
 
 type IntegerOption = keyof typeof INTEGER_RULES;
@@ -374,8 +408,9 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
 
   const tableName = opts.tableName ?? "socket_io_attachments";
   if (typeof tableName !== "string") fail("tableName", "a table name or schema.table", tableName);
-  const parts = tableName.split(".");
-  if (parts.length > 2 || !parts.every((p) => /^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(p))) {
+  // Upstream writes the name into its SQL unquoted, so Postgres folds it to lower case; quoted here, it is folded first.
+  const parts = tableName.toLowerCase().split(".");
+  if (parts.length > 2 || !parts.every((p) => /^[a-z_][a-z0-9_]{0,62}$/.test(p))) {
     fail("tableName", "a table name or schema.table made of Postgres identifiers", tableName);
   }
   const attachmentsTable =
@@ -456,6 +491,9 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     maxPendingWrites: integer(opts, "maxPendingWrites", 100_000),
     closeTimeoutMs: integer(opts, "closeTimeoutMs", 10_000),
     recentEntries: integer(opts, "recentEntries", 10_000),
+    maxBufferedEntries: integer(opts, "maxBufferedEntries", 20_000),
+    maxBufferedBytes: integer(opts, "maxBufferedBytes", 32 * 1024 * 1024),
+    maxConcurrentRestoreReads: integer(opts, "maxConcurrentRestoreReads", 4),
     unloggedDeliveryAfterMs: unloggedDeliveryAfterMs as number | false,
     queryTimeoutMs: queryTimeoutMs as number | false,
     preparedStatements,

@@ -170,7 +170,11 @@ export class Restorer {
       const { maxReplayEntries, maxReplayBytes } = this.ctx.opts;
       entries =
         sequencer.recentRange(offset, upTo) ??
-        (await this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes)).entries;
+        (
+          await this.ctx.restoreReads.run(deadline, () =>
+            this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes),
+          )
+        ).entries;
     } catch (err) {
       // Failed or timed out (whichever of the two same-deadline timers fired first): nothing was
       // restored, so the session goes back. A pid still restores at most once.

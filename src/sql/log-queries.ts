@@ -51,23 +51,29 @@ export class LogQueries {
    * lowers it: the operator's `prune` must keep what the longest-retaining
    * node needs.
    *
-   * The row is read first and written only when it is missing or its
-   * retention must grow. `INSERT … ON CONFLICT DO UPDATE … WHERE` would lock
-   * the row even when its WHERE is false (Postgres locks every conflicting
-   * row it considers), so every restart would wait for the namespace's
-   * writers and hold them up in turn: behind a stuck writer (or another
-   * session's lock) a node could not even start.
+   * The row is read first and written only when it is missing, its
+   * retention must grow, or its activity mark (`active_at`) is over a minute
+   * old. `INSERT … ON CONFLICT DO UPDATE … WHERE` would lock the row even when
+   * its WHERE is false (Postgres locks every conflicting row it considers), so
+   * every restart would wait for the namespace's writers and hold them up in
+   * turn: behind a stuck writer (or another session's lock) a node could not
+   * even start.
+   *
+   * The mark matters because pruning deletes rows of namespaces unused for
+   * long (`pruneNamespace`), and a row deleted after a node read its id would
+   * leave that node appending to a row that is gone. A mark under a minute
+   * old cannot be pruned (that takes retention + 1 h without one), and the
+   * node keeps marking it from now on (`touchNamespaces`).
    */
   async namespace(name: string, retentionMs?: number): Promise<NamespaceRow> {
     const current = await this.readNamespace(name);
     const wanted = retentionMs ?? null;
-    if (current && (wanted === null || (current.retentionMs !== null && current.retentionMs >= wanted))) {
-      return { id: current.id, head: current.head };
-    }
+    const retentionCovered = wanted === null || (current?.retentionMs != null && current.retentionMs >= wanted);
+    if (current && retentionCovered && current.markedRecently) return { id: current.id, head: current.head };
     await this.pool.query(
       `INSERT INTO ${this.namespaces} AS n (name, retention_ms) VALUES ($1, $2)
-       ON CONFLICT (name) DO UPDATE SET retention_ms = EXCLUDED.retention_ms
-       WHERE EXCLUDED.retention_ms > COALESCE(n.retention_ms, -1)`,
+       ON CONFLICT (name) DO UPDATE SET retention_ms = GREATEST(n.retention_ms, EXCLUDED.retention_ms), active_at = now()
+       WHERE EXCLUDED.retention_ms > COALESCE(n.retention_ms, -1) OR n.active_at < now() - interval '1 minute'`,
       [name, wanted],
     );
     const row = await this.readNamespace(name);
@@ -75,14 +81,37 @@ export class LogQueries {
     return { id: row.id, head: row.head };
   }
 
-  private async readNamespace(name: string): Promise<(NamespaceRow & { retentionMs: number | null }) | undefined> {
-    const { rows } = await this.pool.query<{ id: number; head: string; retention_ms: string | null }>(
-      `SELECT id, head::text AS head, retention_ms::text AS retention_ms FROM ${this.namespaces} WHERE name = $1`,
+  private async readNamespace(
+    name: string,
+  ): Promise<(NamespaceRow & { retentionMs: number | null; markedRecently: boolean }) | undefined> {
+    const { rows } = await this.pool.query<{ id: number; head: string; retention_ms: string | null; marked_recently: boolean }>(
+      `SELECT id, head::text AS head, retention_ms::text AS retention_ms,
+              active_at >= now() - interval '1 minute' AS marked_recently
+       FROM ${this.namespaces} WHERE name = $1`,
       [name],
     );
     const row = rows[0];
     if (!row) return undefined;
-    return { id: row.id, head: Number(row.head), retentionMs: row.retention_ms === null ? null : Number(row.retention_ms) };
+    return {
+      id: row.id,
+      head: Number(row.head),
+      retentionMs: row.retention_ms === null ? null : Number(row.retention_ms),
+      markedRecently: row.marked_recently,
+    };
+  }
+
+  /**
+   * Marks namespaces this node holds as active (see `namespace`), skipping
+   * rows marked within `freshMs` (by this node or another), so that a
+   * cluster writes each row about once per interval.
+   */
+  async touchNamespaces(ids: readonly number[], freshMs: number): Promise<void> {
+    if (ids.length === 0) return;
+    await this.pool.query(
+      `UPDATE ${this.namespaces} SET active_at = now()
+       WHERE id = ANY($1::int[]) AND active_at < now() - $2 * interval '1 millisecond'`,
+      [ids, freshMs],
+    );
   }
 
   /** Creates the writer's row (before its first batch, and before each retry: see `append`). */
