@@ -43,6 +43,7 @@ import type { NamespaceMember, NodeContext } from "./node-context.js";
 import { OutageMonitor } from "./outage.js";
 import { isAddressedTo, planReplay, refuseRange, type Membership } from "./replay.js";
 import { Sequencer } from "./sequencer.js";
+import { MixedCluster } from "./mixed-cluster.js";
 import { hashPid } from "./session-store.js";
 import { SocketLedger, UNSTARTED } from "./socket-ledger.js";
 import type { SessionRecord } from "./sql/session-queries.js";
@@ -129,6 +130,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private gaveUp = false;
   /** Whether the initial heartbeat went out (see init()). */
   private announced = false;
+  /** Logged broadcasts for the peers that do not read our log (see mixed-cluster.ts). */
+  readonly mixedCluster: MixedCluster;
 
   constructor(
     nsp: Namespace,
@@ -137,6 +140,13 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     super(nsp, { heartbeatInterval: ctx.opts.heartbeatInterval, heartbeatTimeout: ctx.opts.heartbeatTimeout });
     this.nspName = nsp.name;
     const csr = serverInternals(nsp).opts.connectionStateRecovery;
+    this.mixedCluster = new MixedCluster({
+      uid: this.uid,
+      nsp: nsp.name,
+      logSchema: csr ? ctx.opts.schema : undefined,
+      heartbeatTimeout: ctx.opts.heartbeatTimeout,
+      publish: (message) => ctx.bus.publish(message),
+    });
     if (csr) {
       this.recovery = { maxDisconnectionDuration: csr.maxDisconnectionDuration ?? 2 * 60 * 1000 };
       this.sequencer = new Sequencer({
@@ -288,6 +298,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       );
       return;
     }
+    this.mixedCluster.relay(packet, opts);
     if (this.outage?.inOutage) {
       this.deliverUnlogged(queued.packet);
       return;
@@ -417,7 +428,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   protected override doPublish(message: ClusterMessage): Promise<Offset> {
     // Failures are reported by the bus; Socket.IO only logs the rejection to its debug output.
-    return this.ctx.bus.publish(message).then(() => "");
+    return this.ctx.bus.publish(this.mixedCluster.tagOutgoing(message)).then(() => "");
   }
 
   protected override doPublishResponse(_requesterUid: ServerId, response: ClusterResponse): Promise<void> {
@@ -425,6 +436,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   onClusterMessage(message: ClusterMessage | ClusterResponse): void {
+    this.mixedCluster.observe(message);
+    if (this.mixedCluster.isFromOurLog(message)) return; // delivered from the log, with its offset
     if (
       this.recovery &&
       message.type === MessageType.BROADCAST &&

@@ -6,6 +6,7 @@
  */
 import type { ClientConfig, Pool } from "pg";
 import type { ClusterMessage, ClusterResponse } from "socket.io-adapter";
+import { AttachmentsTable } from "./attachments-table.js";
 import { ClusterBus } from "./cluster-bus.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
@@ -13,7 +14,6 @@ import { Listener } from "./listener.js";
 import type { ResolvedOptions } from "./options.js";
 import { Pruner, type PruneReport } from "./pruner.js";
 import { SessionStore } from "./session-store.js";
-import { qualifiedName } from "./sql/identifiers.js";
 import { LogQueries } from "./sql/log-queries.js";
 import { PruneQueries } from "./sql/prune-queries.js";
 import { SessionQueries } from "./sql/session-queries.js";
@@ -34,6 +34,8 @@ export class NodeContext {
   readonly sessions: SessionStore;
   readonly listener: Listener;
   readonly bus: ClusterBus;
+  /** The attachments table the bus and the pruner use (shared with upstream's nodes). */
+  readonly attachments: AttachmentsTable;
   private readonly pruner: Pruner;
   private readonly members = new Map<string, NamespaceMember>();
   /** Cluster ids of this node's adapters: messages from them are our own. */
@@ -52,10 +54,11 @@ export class NodeContext {
       maxPending: opts.maxPendingWrites,
       onError: report,
     });
+    this.attachments = new AttachmentsTable(pool, opts.attachmentsTable, report);
     this.bus = new ClusterBus(pool, {
       channelPrefix: opts.channelPrefix,
       payloadThreshold: opts.payloadThreshold,
-      attachmentsTable: opts.attachmentsTable,
+      attachmentsTable: this.attachments,
       isFromSelf: (uid) => uid !== undefined && this.ownUids.has(uid),
       dispatch: (message) => this.members.get(message.nsp)?.onClusterMessage(message),
       onError: report,
@@ -71,7 +74,7 @@ export class NodeContext {
     });
     this.pruner = new Pruner(
       pool,
-      new PruneQueries(opts.schema, qualifiedName(opts.attachmentsTable.schema, opts.attachmentsTable.table)),
+      new PruneQueries(opts.schema, () => this.attachments.current),
       {
         retentionMs: () => {
           let longest: number | undefined;
@@ -86,6 +89,8 @@ export class NodeContext {
       },
       report,
     );
+    // Checked now, so that a table upstream's nodes would not find either is reported at start (errorHandler).
+    this.attachments.name().catch(() => undefined);
     this.listener.start();
     void this.listener.listen(opts.logChannel);
     this.pruner.start(opts.pruneIntervalMs);
@@ -143,7 +148,7 @@ export class NodeContext {
         const member = this.byNamespaceId.get(Number(id));
         member?.onLogNotification(Number(from), Number(count), inline ?? "");
       } else if (this.bus.owns(channel)) {
-        this.bus.receive(payload);
+        this.bus.receive(payload, channel);
       }
     } catch (err) {
       this.reportError(new Error("socket.io-postgres-recovery: failed to handle a notification", { cause: asError(err) }));
