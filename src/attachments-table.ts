@@ -27,14 +27,13 @@ export interface AttachmentsTableSpec {
   readonly fallbackSchema: string | undefined;
 }
 
-/** How long a failed resolution is not retried (its error is reported once per attempt). */
-const RETRY_AFTER_MS = 5000;
+/** A table still missing is reported again after this long (each use looks again, so creating it later works). */
+const REPORT_AGAIN_AFTER_MS = 5000;
 
 export class AttachmentsTable {
   private resolved: string | undefined;
   private pending: Promise<string> | undefined;
-  private failedAt = 0;
-  private failure: Error | undefined;
+  private reportedAt = Number.NEGATIVE_INFINITY;
 
   constructor(
     private readonly pool: Pool,
@@ -49,23 +48,27 @@ export class AttachmentsTable {
     return schema === undefined ? quoteIdentifier(table) : qualifiedName(schema, table);
   }
 
-  /** The qualified name; rejects while the table cannot be found (reported once per attempt). */
+  /**
+   * The qualified name; rejects while the table cannot be found. Until found,
+   * every use looks again (a table created after the start is picked up), and
+   * the failure is reported at most every few seconds.
+   */
   name(): Promise<string> {
     if (this.resolved) return Promise.resolve(this.resolved);
-    if (this.failure && Date.now() - this.failedAt < RETRY_AFTER_MS) return Promise.reject(this.failure);
     this.pending ??= this.resolve().then(
       (name) => {
         this.resolved = name;
-        this.failure = undefined;
         this.pending = undefined;
         return name;
       },
       (err: unknown) => {
         this.pending = undefined;
-        this.failedAt = Date.now();
-        this.failure = err instanceof Error ? err : new Error(String(err));
-        this.onError(this.failure);
-        throw this.failure;
+        const failure = err instanceof Error ? err : new Error(String(err));
+        if (Date.now() - this.reportedAt >= REPORT_AGAIN_AFTER_MS) {
+          this.reportedAt = Date.now();
+          this.onError(failure);
+        }
+        throw failure;
       },
     );
     return this.pending;

@@ -2,8 +2,9 @@ import { createServer } from "http";
 import { AddressInfo } from "net";
 import { Server, type Socket as ServerSocket } from "socket.io";
 import { io as ioc, type Socket as ClientSocket } from "socket.io-client";
-import { Pool } from "pg";
-import { createAdapter } from "../lib";
+import type { Pool } from "pg";
+// Adapted for socket.io-postgres-recovery: the adapter, the pool and the server options come from the target.
+import { peerPool, peerPostgresAdapter, peerServerOptions } from "../target";
 
 export function times(count: number, done: (err?: Error) => void) {
   let i = 0;
@@ -28,9 +29,10 @@ export function shouldNotHappen(done: (err?: Error) => void) {
 function createServerAndClient(pool: Pool) {
   const httpServer = createServer();
   const io = new Server(httpServer, {
-    adapter: createAdapter(pool, {
+    adapter: peerPostgresAdapter(pool, {
       tableName: "events",
     }),
+    ...peerServerOptions(),
   });
 
   return new Promise<{
@@ -61,10 +63,7 @@ function isInitComplete(servers: Server[]) {
 }
 
 export async function setup() {
-  const pool = new Pool({
-    user: "postgres",
-    password: "changeit",
-  });
+  const pool = peerPool();
 
   await pool.query(
     `

@@ -1,8 +1,9 @@
 import { Server } from "socket.io";
 import { io as ioc } from "socket.io-client";
 import { setup } from "./util";
-import expect = require("expect.js");
-import { RedisStreamsAdapterOptions } from "../lib";
+// Adapted for socket.io-postgres-recovery: ESM import (vitest has no require), options type from util.
+import expect from "expect.js";
+import { RedisStreamsAdapterOptions } from "./util";
 
 export function csrTestSuite(
   initRedisClient: () => any,

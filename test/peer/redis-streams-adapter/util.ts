@@ -1,9 +1,11 @@
-import { Server, ServerOptions } from "socket.io";
-import { Socket as ServerSocket } from "socket.io/dist/socket";
+import { Server, ServerOptions, type Socket as ServerSocket } from "socket.io";
 import { io as ioc, Socket as ClientSocket } from "socket.io-client";
 import { createServer } from "http";
-import { createAdapter, RedisStreamsAdapterOptions } from "../lib";
 import { AddressInfo } from "net";
+// Adapted for socket.io-postgres-recovery: the adapter and its client come from the target.
+import { closePeerClient, peerRedisStreamsAdapter } from "../target";
+
+export type RedisStreamsAdapterOptions = Record<string, unknown>;
 
 export function times(count: number, fn: () => void) {
   let i = 0;
@@ -52,7 +54,7 @@ export function setup(
 
       const httpServer = createServer();
       const io = new Server(httpServer, {
-        adapter: createAdapter(redisClient, {
+        adapter: peerRedisStreamsAdapter(redisClient, {
           readCount: 1, // return as soon as possible
           ...adapterOptions,
         }),
@@ -90,7 +92,7 @@ export function setup(
       cleanup: () => {
         servers.forEach((server) => server.close());
         clientSockets.forEach((socket) => socket.disconnect());
-        redisClients.forEach((redisClient) => redisClient.quit());
+        redisClients.forEach((redisClient) => closePeerClient(redisClient));
       },
     });
   });
