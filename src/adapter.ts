@@ -146,6 +146,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       logSchema: csr ? ctx.opts.schema : undefined,
       heartbeatTimeout: ctx.opts.heartbeatTimeout,
       publish: (message) => ctx.bus.publish(message),
+      isLocalSocket: (room) => nsp.sockets.has(room),
     });
     if (csr) {
       this.recovery = { maxDisconnectionDuration: csr.maxDisconnectionDuration ?? 2 * 60 * 1000 };

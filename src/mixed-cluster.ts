@@ -51,6 +51,8 @@ export interface MixedClusterOptions {
   heartbeatTimeout: number;
   /** Publishes on the bus, in order with the adapter's other cluster messages. */
   publish(message: Message): Promise<void>;
+  /** Whether a room is the id of a socket connected to this node (no other node has it). */
+  isLocalSocket(room: string): boolean;
 }
 
 interface Peer {
@@ -116,7 +118,7 @@ export class MixedCluster {
    */
   relay(packet: Packet, opts: BroadcastOptions): void {
     const schema = this.opts.logSchema;
-    if (schema === undefined || !this.needsRelay()) return;
+    if (schema === undefined || this.isForLocalSocket(opts) || !this.needsRelay()) return;
     this.relayed++;
     const message = {
       uid: this.opts.uid,
@@ -129,6 +131,16 @@ export class MixedCluster {
       [LOG_MARKER]: { schema } satisfies LogMarker,
     } as ClusterMessage;
     this.opts.publish(message).catch(() => undefined);
+  }
+
+  /**
+   * `socket.emit()` with recovery on goes through the adapter, addressed to the
+   * socket's own room: no other node has that socket, so nothing to relay.
+   */
+  private isForLocalSocket(opts: BroadcastOptions): boolean {
+    if (opts.rooms.size !== 1) return false;
+    const [room] = opts.rooms;
+    return room !== undefined && this.opts.isLocalSocket(room);
   }
 
   /** Whether a live peer may not read our log (or this node just announced itself). */

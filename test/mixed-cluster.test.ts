@@ -255,6 +255,13 @@ describe("a cluster of upstream's nodes and ours", () => {
     cluster.node(0).io.emit("ev", { i: 5 });
     await waitFor(() => seen.length === 1 && got.length === 6, { message: "upstream's client to get the relay" });
     expect(mixed.relayed - before).toBe(1);
+    // socket.emit() to a socket of node0 (logged with recovery on): no other node has that socket.
+    const local = await cluster.connect(0, {});
+    const gotLocal = recordEvents(local);
+    await local.timeout(3000).emitWithAck("self-emit", { event: "mine", args: [{ i: 0 }] });
+    await waitFor(() => gotLocal.length === 1);
+    expect(gotLocal[0]!.offset, "logged").toBeDefined();
+    expect(mixed.relayed - before, "no relay for socket.emit()").toBe(1);
 
     await upstream.close();
     await waitFor(() => !mixed.needsRelay(), { message: "node0 to see upstream leave" });
