@@ -14,6 +14,7 @@ import { Listener } from "./listener.js";
 import type { ResolvedOptions } from "./options.js";
 import { Pruner, type PruneReport } from "./pruner.js";
 import { SessionStore } from "./session-store.js";
+import { checkTablesAtStart } from "./startup-check.js";
 import { LogQueries } from "./sql/log-queries.js";
 import { PruneQueries } from "./sql/prune-queries.js";
 import { SessionQueries } from "./sql/session-queries.js";
@@ -89,8 +90,7 @@ export class NodeContext {
       },
       report,
     );
-    // Checked now, so that a table upstream's nodes would not find either is reported at start (errorHandler).
-    this.attachments.name().catch(() => undefined);
+    checkTablesAtStart(pool, opts.schema, this.attachments, report);
     this.listener.start();
     void this.listener.listen(opts.logChannel);
     this.pruner.start(opts.pruneIntervalMs);

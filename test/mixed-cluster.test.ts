@@ -26,6 +26,7 @@ import {
   type TestNode,
 } from "./helpers/cluster.js";
 import { useClusterSuite } from "./fixtures/suite.js";
+import { createTestDatabase } from "./helpers/database.js";
 import type { PostgresRecoveryAdapter } from "../src/adapter.js";
 
 const db = useClusterSuite("mixed");
@@ -323,6 +324,42 @@ describe("the attachments table (tableName)", () => {
     cluster.node(0).io.emit("plain", 1);
     await waitFor(() => got.length > 0);
     expect(got.map((r) => r.event)).toEqual(["plain"]);
+  });
+});
+
+describe("a plain drop-in, on a database never migrated", () => {
+  it("names the unmigrated schema at start, carries binary broadcasts and still cleans upstream's attachments table", async () => {
+    const fresh = await createTestDatabase("mixed_plain");
+    const setup = new pg.Pool({ connectionString: fresh.url, max: 1 });
+    let cluster: Cluster | undefined;
+    try {
+      await setup.query(UPSTREAM_TABLE);
+      await setup.query(`INSERT INTO socket_io_attachments (created_at, payload) VALUES (now() - interval '1 hour', '\\x00')`);
+      cluster = await Cluster.start({
+        databaseUrl: fresh.url,
+        nodes: 2,
+        recovery: false,
+        adapter: { ...HEARTBEAT, pruneIntervalMs: 100, cleanupInterval: 1000 },
+      });
+      await cluster.waitForServerCount();
+      const node = cluster.node(0);
+      await waitFor(() => node.errors.some((e) => /option "schema" \("socket_io"\): .*missing: the schema is not migrated/.test(e.message)), {
+        message: () => `the unmigrated schema reported (errors: ${node.errors.map(describeError).join(" | ")})`,
+      });
+      const client = await cluster.connect(1, { waitForOffset: false });
+      const got = recordEvents(client);
+      node.io.emit("bin", Buffer.from([1, 2]));
+      await waitFor(() => got.length === 1);
+      expect(Buffer.isBuffer(got[0]!.args[0])).toBe(true);
+      // Pruning fails on the missing log tables, but cleans the attachments first.
+      await waitFor(async () => (await setup.query(`SELECT 1 FROM socket_io_attachments WHERE created_at < now() - interval '1 minute'`)).rowCount === 0, {
+        message: "the old attachment row to be cleaned",
+      });
+    } finally {
+      await cluster?.close();
+      await setup.end();
+      await fresh.drop();
+    }
   });
 });
 
