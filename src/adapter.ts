@@ -39,11 +39,11 @@ import {
 } from "./codec.js";
 import { debug } from "./debug.js";
 import { asError, isMissingSchemaError, isTransientDatabaseError } from "./errors.js";
+import { MixedCluster } from "./mixed-cluster.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
 import { OutageMonitor } from "./outage.js";
 import { isAddressedTo, planReplay, refuseRange, type Membership } from "./replay.js";
 import { Sequencer } from "./sequencer.js";
-import { MixedCluster } from "./mixed-cluster.js";
 import { hashPid } from "./session-store.js";
 import { SocketLedger, UNSTARTED } from "./socket-ledger.js";
 import type { SessionRecord } from "./sql/session-queries.js";
