@@ -28,6 +28,7 @@ import {
 import { useClusterSuite } from "./fixtures/suite.js";
 import { createTestDatabase } from "./helpers/database.js";
 import type { PostgresRecoveryAdapter } from "../src/adapter.js";
+import { migrate } from "../src/index.js";
 
 const db = useClusterSuite("mixed");
 
@@ -288,6 +289,39 @@ describe("a cluster of upstream's nodes and ours", () => {
     // One node's broadcasts arrive in the order it emitted them.
     const fromRecovery = gotPlain.map((r) => (r.args[0] as { i: number }).i).filter((i) => i % 2 === 0);
     expect(fromRecovery).toEqual([0, 2, 4, 6, 8]);
+  });
+});
+
+describe("two deployments (schemas) sharing the channels", () => {
+  it("each one's broadcasts reach the other's clients exactly once", async () => {
+    const setup = new pg.Pool({ connectionString: db.url, max: 1 });
+    try {
+      await migrate(setup, { schema: "tenant_b" });
+    } finally {
+      await setup.end();
+    }
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1, adapter: HEARTBEAT });
+    const other = await cluster.addNode({ adapter: { ...HEARTBEAT, schema: "tenant_b" } });
+    await cluster.waitForServerCount();
+    const onA = await cluster.connect(0, {});
+    const onB = await cluster.connect(other, {});
+    const gotA = recordEvents(onA);
+    const gotB = recordEvents(onB);
+    for (let i = 0; i < 5; i++) {
+      cluster.node(0).io.emit("ev", { from: "a", i });
+      other.io.emit("ev", { from: "b", i });
+    }
+    await waitFor(() => gotA.length >= 10 && gotB.length >= 10, { message: () => `10 each (${gotA.length}, ${gotB.length})` });
+    // Barrier: a later broadcast of each, received by both, after any duplicate would have come.
+    cluster.node(0).io.emit("end", { from: "a", i: 5 });
+    other.io.emit("end", { from: "b", i: 5 });
+    await waitFor(() => [gotA, gotB].every((g) => g.filter((r) => r.event === "end").length === 2));
+    for (const [got, own] of [[gotA, "a"], [gotB, "b"]] as const) {
+      const evs = got.filter((r) => r.event === "ev").map((r) => r.args[0] as { from: string; i: number });
+      expect(evs.map((e) => `${e.from}${e.i}`).sort()).toEqual(["a0", "a1", "a2", "a3", "a4", "b0", "b1", "b2", "b3", "b4"]);
+      // Logged (with an offset) only in the client's own deployment.
+      for (const r of got.filter((x) => x.event === "ev")) expect(r.offset !== undefined).toBe((r.args[0] as { from: string }).from === own);
+    }
   });
 });
 

@@ -73,9 +73,16 @@ function describe(name: string, body: Block): void {
 describe.skip = (name: string, body: Block) => vitest.describe.skip(name, () => body.call(context));
 describe.only = (name: string, body: Block) => vitest.describe.only(name, () => body.call(context));
 
+/**
+ * The suites' timings (acks within 500 ms, 200 ms sleeps before checking a
+ * remote join) were written for an idle CI machine; on a loaded one a test can
+ * miss them once. One retry, never more: a real failure still fails.
+ */
+const RETRY = { retry: 1 };
+
 function it(name: string, fn?: MochaFn): void {
   const wrapped = wrap(fn);
-  if (wrapped) vitest.it(name, wrapped);
+  if (wrapped) vitest.it(name, RETRY, wrapped);
   else vitest.it.todo(name);
 }
 it.skip = (name: string, fn?: MochaFn) => vitest.it.skip(name, wrap(fn) ?? (() => undefined));
