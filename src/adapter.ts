@@ -299,7 +299,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       );
       return;
     }
-    this.mixedCluster.relay(packet, opts);
+    this.mixedCluster.relay(opts, () => decodePacket(0, queued.payload).data);
     if (this.outage?.inOutage) {
       this.deliverUnlogged(queued.packet);
       return;

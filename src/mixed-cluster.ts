@@ -61,12 +61,8 @@ interface Peer {
   readsOurLog: boolean | undefined;
 }
 
-/** A broadcast packet as Socket.IO hands it to the adapter. */
-interface Packet {
-  type: number;
-  data: unknown[];
-  nsp?: string;
-}
+/** EVENT in socket.io-parser's PacketType (only events without ack are logged, hence relayed). */
+const EVENT = 2;
 
 export class MixedCluster {
   private readonly peers = new Map<string, Peer>();
@@ -114,9 +110,12 @@ export class MixedCluster {
 
   /**
    * Publishes a logged broadcast for the peers that do not read our log, if
-   * there are any. Failures are reported by the bus.
+   * there are any. `data` gives the event as the log stores it (decoded from
+   * the entry's payload): what the other recovery nodes deliver, and a
+   * snapshot taken at emit time, while the bus encodes its messages later.
+   * Failures are reported by the bus.
    */
-  relay(packet: Packet, opts: BroadcastOptions): void {
+  relay(opts: BroadcastOptions, data: () => unknown[]): void {
     const schema = this.opts.logSchema;
     if (schema === undefined || this.isForLocalSocket(opts) || !this.needsRelay()) return;
     this.relayed++;
@@ -125,7 +124,7 @@ export class MixedCluster {
       nsp: this.opts.nsp,
       type: MessageType.BROADCAST,
       data: {
-        packet: { type: packet.type, data: packet.data, nsp: this.opts.nsp },
+        packet: { type: EVENT, data: data(), nsp: this.opts.nsp },
         opts: { rooms: [...opts.rooms], except: [...(opts.except ?? [])], flags: opts.flags ?? {} },
       },
       [LOG_MARKER]: { schema } satisfies LogMarker,

@@ -67,8 +67,8 @@ describe("MixedCluster", () => {
     // First seen through something else than a heartbeat: unknown, so relayed to.
     mixed.observe({ uid: "upstream", nsp: "/", type: MessageType.SOCKETS_JOIN, data: { opts: { rooms: [], except: [] }, rooms: [] } } as unknown as ClusterMessage);
     expect(mixed.needsRelay()).toBe(true);
-    mixed.relay({ type: 2, data: ["ev", 1] }, opts(["r"]));
-    mixed.relay({ type: 2, data: ["mine"] }, opts(["my-socket"]));
+    mixed.relay(opts(["r"]), () => ["ev", 1]);
+    mixed.relay(opts(["my-socket"]), () => ["mine"]);
     expect(published).toEqual([
       {
         uid: "me",

@@ -56,6 +56,8 @@ const emitterPools: pg.Pool[] = [];
 /** A node of `@socket.io/postgres-adapter` with its default options (but fast heartbeats). */
 async function startUpstreamNode(name: string): Promise<UpstreamNode> {
   const pool = new pg.Pool({ connectionString: db.url, max: 5 });
+  // Upstream's README asks for it: an idle client's error (the database going away) must not crash.
+  pool.on("error", () => undefined);
   const errors: Error[] = [];
   const httpServer = http.createServer();
   const io = new Server(httpServer, {
@@ -87,6 +89,7 @@ async function startUpstreamNode(name: string): Promise<UpstreamNode> {
 
 function startEmitter(): Emitter {
   const pool = new pg.Pool({ connectionString: db.url, max: 2 });
+  pool.on("error", () => undefined);
   emitterPools.push(pool);
   return new Emitter(pool);
 }
