@@ -11,8 +11,8 @@
  * runtime SQL still does not depend on `search_path` after the start. A
  * missing table is reported at start, naming the option.
  */
-import type { Pool } from "pg";
 import { debug } from "./debug.js";
+import type { Queryable } from "./sql/bounded-queries.js";
 import { qualifiedName, quoteIdentifier } from "./sql/identifiers.js";
 
 /** How `tableName` was given (see options.ts). */
@@ -36,7 +36,7 @@ export class AttachmentsTable {
   private reportedAt = Number.NEGATIVE_INFINITY;
 
   constructor(
-    private readonly pool: Pool,
+    private readonly pool: Queryable,
     private readonly spec: AttachmentsTableSpec,
     private readonly onError: (err: Error) => void,
   ) {}

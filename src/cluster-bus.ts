@@ -13,25 +13,18 @@
  * checked `Listener` and cleanup is part of the coordinated pruning.
  */
 import { decode, encode } from "@msgpack/msgpack";
-import type { Pool } from "pg";
-import { MessageType, type ClusterMessage, type ClusterResponse } from "socket.io-adapter";
+import type { ClusterMessage, ClusterResponse } from "socket.io-adapter";
 import { hasBinary } from "@socket.io/postgres-adapter/dist/util.js";
 import { Batcher } from "./batcher.js";
 import { debug } from "./debug.js";
 import type { AttachmentsTable } from "./attachments-table.js";
+import type { Queryable } from "./sql/bounded-queries.js";
 
 /** Postgres' longest identifier, hence longest NOTIFY channel name (NAMEDATALEN - 1). */
 const MAX_CHANNEL_BYTES = 63;
 
 /** A message as it travels (upstream adds nothing more than the attachment id). */
 type WireMessage = (ClusterMessage | ClusterResponse) & { attachmentId?: string };
-
-const MAY_CARRY_BINARY = new Set<number>([
-  MessageType.BROADCAST,
-  MessageType.BROADCAST_ACK,
-  MessageType.SERVER_SIDE_EMIT,
-  MessageType.SERVER_SIDE_EMIT_RESPONSE,
-]);
 
 export interface ClusterBusOptions {
   channelPrefix: string;
@@ -47,7 +40,7 @@ export class ClusterBus {
   private readonly outbox: Batcher<ClusterMessage | ClusterResponse, void>;
 
   constructor(
-    private readonly pool: Pool,
+    private readonly pool: Queryable,
     private readonly opts: ClusterBusOptions,
   ) {
     this.outbox = new Batcher({
@@ -124,16 +117,22 @@ export class ClusterBus {
     return messages.map(() => undefined);
   }
 
-  /** The NOTIFY payload: the JSON message, or a header pointing at an attachment row. */
+  /**
+   * The NOTIFY payload: the JSON message, or a header pointing at an attachment
+   * row. Upstream looks for binary only in broadcasts, acks and serverSideEmit;
+   * here every message is checked, so that a fetchSockets response carrying
+   * Buffers in `socket.data` travels as msgpack (which upstream receivers
+   * decode for any message type) instead of JSON's `{ type: "Buffer", data }`.
+   */
   private async encode(message: ClusterMessage | ClusterResponse): Promise<string> {
-    if (!(MAY_CARRY_BINARY.has(message.type) && hasBinary(message))) {
+    if (!hasBinary(message)) {
       const json = JSON.stringify(message);
       if (Buffer.byteLength(json) <= this.opts.payloadThreshold) return json;
     }
     const table = await this.opts.attachmentsTable.name();
     const { rows } = await this.pool.query<{ id: string }>(
       `INSERT INTO ${table} (payload) VALUES ($1) RETURNING id::text AS id`,
-      [Buffer.from(encode(message))],
+      [attachmentBytes(message)],
     );
     return JSON.stringify({ uid: message.uid, type: message.type, attachmentId: rows[0]?.id });
   }
@@ -180,4 +179,15 @@ export class ClusterBus {
 /** The message, with the channel's namespace when it names none. */
 function withNamespace<T extends ClusterMessage | ClusterResponse>(message: T, nsp: string): T {
   return typeof message.nsp === "string" ? message : { ...message, nsp };
+}
+
+/** The msgpack attachment of a message (upstream's format). */
+function attachmentBytes(message: ClusterMessage | ClusterResponse): Buffer {
+  try {
+    return Buffer.from(encode(message));
+  } catch {
+    // msgpack refuses what JSON leaves out (a function in socket.data beside a Buffer): send what
+    // JSON keeps, as for a message without binary, rather than fail the message and its batch.
+    return Buffer.from(encode(JSON.parse(JSON.stringify(message)) as unknown));
+  }
 }

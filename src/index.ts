@@ -9,7 +9,7 @@ import { NodeContext } from "./node-context.js";
 import { OptionsError, resolveOptions, type PostgresRecoveryAdapterOptions } from "./options.js";
 
 export { PostgresRecoveryAdapter } from "./adapter.js";
-export type { RestoredEvent, RefusedEvent } from "./adapter.js";
+export type { OutageEndedEvent, OutageStartedEvent, RefusedEvent, RestoredEvent } from "./adapter.js";
 export { OptionsError } from "./options.js";
 export { setupPrimary } from "./node-cluster.js";
 export type { Primary, PrimaryOptions } from "./node-cluster.js";

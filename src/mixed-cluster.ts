@@ -26,7 +26,8 @@
  * relay. For `heartbeatTimeout` after this node announces itself it relays
  * anyway: the peers' answers to its INITIAL_HEARTBEAT are still arriving.
  */
-import { MessageType, type BroadcastOptions, type ClusterMessage, type ClusterResponse } from "socket.io-adapter";
+import { MessageType, type ClusterMessage, type ClusterResponse } from "socket.io-adapter";
+import type { LoggedPacket } from "./codec.js";
 
 /** Sender id of `@socket.io/postgres-emitter`, which sends and never receives. */
 const EMITTER_UID = "emitter";
@@ -110,22 +111,22 @@ export class MixedCluster {
 
   /**
    * Publishes a logged broadcast for the peers that do not read our log, if
-   * there are any. `data` gives the event as the log stores it (decoded from
-   * the entry's payload): what the other recovery nodes deliver, and a
-   * snapshot taken at emit time, while the bus encodes its messages later.
-   * Failures are reported by the bus.
+   * there are any. `packet` is the event as prepared for the log (normalised,
+   * see payload.ts): what every recovery node delivers, and a snapshot taken
+   * at emit time, while the bus encodes its messages later. Failures are
+   * reported by the bus.
    */
-  relay(opts: BroadcastOptions, data: () => unknown[]): void {
+  relay(packet: LoggedPacket): void {
     const schema = this.opts.logSchema;
-    if (schema === undefined || this.isForLocalSocket(opts) || !this.needsRelay()) return;
+    if (schema === undefined || this.isForLocalSocket(packet.rooms) || !this.needsRelay()) return;
     this.relayed++;
     const message = {
       uid: this.opts.uid,
       nsp: this.opts.nsp,
       type: MessageType.BROADCAST,
       data: {
-        packet: { type: EVENT, data: data(), nsp: this.opts.nsp },
-        opts: { rooms: [...opts.rooms], except: [...(opts.except ?? [])], flags: opts.flags ?? {} },
+        packet: { type: EVENT, data: packet.data, nsp: this.opts.nsp },
+        opts: { rooms: [...packet.rooms], except: [...packet.except], flags: {} },
       },
       [LOG_MARKER]: { schema } satisfies LogMarker,
     } as ClusterMessage;
@@ -136,10 +137,8 @@ export class MixedCluster {
    * `socket.emit()` with recovery on goes through the adapter, addressed to the
    * socket's own room: no other node has that socket, so nothing to relay.
    */
-  private isForLocalSocket(opts: BroadcastOptions): boolean {
-    if (opts.rooms.size !== 1) return false;
-    const [room] = opts.rooms;
-    return room !== undefined && this.opts.isLocalSocket(room);
+  private isForLocalSocket(rooms: readonly string[]): boolean {
+    return rooms.length === 1 && this.opts.isLocalSocket(rooms[0]!);
   }
 
   /** Whether a live peer may not read our log (or this node just announced itself). */

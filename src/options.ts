@@ -42,6 +42,7 @@ export interface UpstreamCompatibleOptions {
    * the same table; `schema.table` names one explicitly. The default name,
    * when the search path has no such table, is the one the migrations create
    * in `schema`. A missing table is reported to `errorHandler` at start.
+   * Folded to lower case, as Postgres folds upstream's unquoted name.
    * @default "socket_io_attachments"
    */
   tableName?: string;
@@ -190,10 +191,33 @@ export interface RecoveryOptions {
    */
   preparedStatements?: boolean;
   /**
-   * How long `io.close()` keeps trying to write what is queued (log entries,
-   * sessions) while the database is slow or away. Past it, what is left is
-   * reported to `errorHandler` and given up: those sessions are not
-   * restorable, those events are not delivered.
+   * Bound on each statement the adapter runs on the pool (log appends and
+   * reads, session writes and takes, cluster messages), in milliseconds, as
+   * pg's per-query `query_timeout`. A statement without an answer by then
+   * fails and the pool discards its connection; a log append is then retried
+   * on another connection (idempotently). This is what unsticks a write sent
+   * into a half-open connection, which would otherwise hold the namespace's
+   * log on this node until TCP gives up (often many minutes).
+   * Trade-off: a healthy statement slower than this is abandoned and retried
+   * (harmless, but wasted work): keep it well above your slowest healthy
+   * write (large batches of large events on a slow link). The pool's own
+   * `query_timeout`, when shorter, applies instead; the pool's settings are
+   * never changed. Waiting for a free pooled connection is not covered (that
+   * is the pool's `connectionTimeoutMillis`). `false`: no bound of ours.
+   * @default 15000
+   */
+  queryTimeoutMs?: number | false;
+  /**
+   * How long `io.close()` may take, in milliseconds: writing what is queued
+   * (log entries, sessions) while the database is slow or away, then
+   * releasing the LISTEN connection and the background work. Every step
+   * shares this one deadline, so `io.close()` returns within it (plus a few
+   * milliseconds) even when a statement never answers (a half-open
+   * connection, an exhausted pool). Past it, what is left is reported to
+   * `errorHandler` and given up: those sessions are not restorable, those
+   * events are not delivered by this node (a write already sent may still
+   * commit, and is then delivered by the other nodes). Keep it below the
+   * orchestrator's grace period before SIGKILL.
    * @default 10000
    */
   closeTimeoutMs?: number;
@@ -203,6 +227,33 @@ export interface RecoveryOptions {
    * @default 10000
    */
   recentEntries?: number;
+  /**
+   * Most entries a node holds per namespace ahead of what it delivered (a
+   * node that delivers slower than the cluster commits, or catching up).
+   * Entries beyond are dropped from memory and read from the table once
+   * delivery made room: never lost, but read twice. Larger: fewer re-reads
+   * when a node lags; smaller: less memory per lagging namespace.
+   * @default 20000
+   */
+  maxBufferedEntries?: number;
+  /**
+   * Most payload bytes a node holds per namespace ahead of what it delivered,
+   * plus the one entry that crosses it; like `maxBufferedEntries`, the rest
+   * is read from the table later. Also bounds each catch-up read of the
+   * table by bytes.
+   * @default 33554432 (32 MiB)
+   */
+  maxBufferedBytes?: number;
+  /**
+   * Most restores of a node reading the table at the same time (restores
+   * served from memory do not count). Others wait their turn within
+   * `restoreTimeoutMs`, past which they are refused as any slow restore.
+   * Larger: a reconnection storm restores faster if the database keeps up;
+   * smaller: fewer pooled connections and less memory taken by replays
+   * (each read is up to `maxReplayBytes`).
+   * @default 4
+   */
+  maxConcurrentRestoreReads?: number;
 }
 
 export type PostgresRecoveryAdapterOptions = UpstreamCompatibleOptions & RecoveryOptions;
@@ -234,7 +285,11 @@ export interface ResolvedOptions {
   readonly maxPendingWrites: number;
   readonly closeTimeoutMs: number;
   readonly recentEntries: number;
+  readonly maxBufferedEntries: number;
+  readonly maxBufferedBytes: number;
+  readonly maxConcurrentRestoreReads: number;
   readonly unloggedDeliveryAfterMs: number | false;
+  readonly queryTimeoutMs: number | false;
   readonly preparedStatements: boolean;
   /** NOTIFY channel of the message log (one per schema). */
   readonly logChannel: string;
@@ -273,6 +328,9 @@ const INTEGER_RULES = {
   closeTimeoutMs: { min: 0, max: 600_000, unit: "ms" },
   // At least what a node delivers while a restore reads the table (see advanceStitch).
   recentEntries: { min: 1000, max: 10_000_000, unit: "entries" },
+  maxBufferedEntries: { min: 100, max: 10_000_000, unit: "entries" },
+  maxBufferedBytes: { min: 64 * 1024, max: 2 ** 31, unit: "bytes" },
+  maxConcurrentRestoreReads: { min: 1, max: 1000, unit: "reads" },
 } satisfies Record<string, IntegerRule>;
 
 type IntegerOption = keyof typeof INTEGER_RULES;
@@ -284,6 +342,7 @@ const KNOWN_OPTIONS = new Set<string>([
   "schema",
   "primeOffsetEvent",
   "unloggedDeliveryAfterMs",
+  "queryTimeoutMs",
   "preparedStatements",
   ...Object.keys(INTEGER_RULES),
 ]);
@@ -350,8 +409,9 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
 
   const tableName = opts.tableName ?? DEFAULT_ATTACHMENTS_TABLE;
   if (typeof tableName !== "string") fail("tableName", "a table name or schema.table", tableName);
-  const parts = tableName.split(".");
-  if (parts.length > 2 || !parts.every((p) => /^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(p))) {
+  // Upstream writes the name into its SQL unquoted, so Postgres folds it to lower case; quoted here, it is folded first.
+  const parts = tableName.toLowerCase().split(".");
+  if (parts.length > 2 || !parts.every((p) => /^[a-z_][a-z0-9_]{0,62}$/.test(p))) {
     fail("tableName", "a table name or schema.table made of Postgres identifiers", tableName);
   }
   const attachmentsTable: AttachmentsTableSpec =
@@ -379,6 +439,14 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     (typeof unloggedDeliveryAfterMs !== "number" || !Number.isInteger(unloggedDeliveryAfterMs) || unloggedDeliveryAfterMs < 100 || unloggedDeliveryAfterMs > 600_000)
   ) {
     fail("unloggedDeliveryAfterMs", "an integer from 100 to 600000 (ms) or false", unloggedDeliveryAfterMs);
+  }
+
+  const queryTimeoutMs = opts.queryTimeoutMs ?? 15_000;
+  if (
+    queryTimeoutMs !== false &&
+    (typeof queryTimeoutMs !== "number" || !Number.isInteger(queryTimeoutMs) || queryTimeoutMs < 100 || queryTimeoutMs > 600_000)
+  ) {
+    fail("queryTimeoutMs", "an integer from 100 to 600000 (ms) or false", queryTimeoutMs);
   }
 
   const preparedStatements = opts.preparedStatements ?? true;
@@ -426,7 +494,11 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     maxPendingWrites: integer(opts, "maxPendingWrites", 100_000),
     closeTimeoutMs: integer(opts, "closeTimeoutMs", 10_000),
     recentEntries: integer(opts, "recentEntries", 10_000),
+    maxBufferedEntries: integer(opts, "maxBufferedEntries", 20_000),
+    maxBufferedBytes: integer(opts, "maxBufferedBytes", 32 * 1024 * 1024),
+    maxConcurrentRestoreReads: integer(opts, "maxConcurrentRestoreReads", 4),
     unloggedDeliveryAfterMs: unloggedDeliveryAfterMs as number | false,
+    queryTimeoutMs: queryTimeoutMs as number | false,
     preparedStatements,
     logChannel,
   });

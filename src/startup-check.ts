@@ -5,15 +5,15 @@
  * to a table that is not there. The node goes on either way (recovery
  * retries its start; the attachments table is looked up again on each use).
  */
-import type { Pool } from "pg";
 import type { AttachmentsTable } from "./attachments-table.js";
 import { asError } from "./errors.js";
+import type { Queryable } from "./sql/bounded-queries.js";
 import { qualifiedName } from "./sql/identifiers.js";
 
 /** The tables of `schema` every node uses (log, sessions, pruning). */
 const SCHEMA_TABLES = ["namespaces", "log_entries", "log_writers", "sessions", "maintenance"];
 
-export function checkTablesAtStart(pool: Pool, schema: string, attachments: AttachmentsTable, report: (err: Error) => void): void {
+export function checkTablesAtStart(pool: Queryable, schema: string, attachments: AttachmentsTable, report: (err: Error) => void): void {
   // Reported by the attachments table itself (it names the option).
   attachments.name().catch(() => undefined);
   missingTables(pool, schema)
@@ -30,7 +30,7 @@ export function checkTablesAtStart(pool: Pool, schema: string, attachments: Atta
     .catch((err: unknown) => report(new Error("socket.io-postgres-recovery: could not check the tables at start", { cause: asError(err) })));
 }
 
-async function missingTables(pool: Pool, schema: string): Promise<string[]> {
+async function missingTables(pool: Queryable, schema: string): Promise<string[]> {
   const names = SCHEMA_TABLES.map((table) => qualifiedName(schema, table));
   const { rows } = await pool.query<{ name: string; found: boolean }>(
     "SELECT name, to_regclass(name) IS NOT NULL AS found FROM unnest($1::text[]) AS name",

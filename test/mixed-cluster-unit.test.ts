@@ -36,7 +36,6 @@ const broadcast = (uid: string, schema?: string) =>
     data: { packet: { type: 2, data: ["ev"], nsp: "/" }, opts: { rooms: [], except: [], flags: {} } },
     ...(schema ? { [LOG_MARKER]: { schema } } : {}),
   }) as unknown as ClusterMessage;
-const opts = (rooms: string[] = []) => ({ rooms: new Set(rooms), except: new Set<string>(), flags: {} });
 
 describe("MixedCluster", () => {
   it("marks this node's heartbeats with its log, and only with recovery", () => {
@@ -67,8 +66,8 @@ describe("MixedCluster", () => {
     // First seen through something else than a heartbeat: unknown, so relayed to.
     mixed.observe({ uid: "upstream", nsp: "/", type: MessageType.SOCKETS_JOIN, data: { opts: { rooms: [], except: [] }, rooms: [] } } as unknown as ClusterMessage);
     expect(mixed.needsRelay()).toBe(true);
-    mixed.relay(opts(["r"]), () => ["ev", 1]);
-    mixed.relay(opts(["my-socket"]), () => ["mine"]);
+    mixed.relay({ data: ["ev", 1], rooms: ["r"], except: [] });
+    mixed.relay({ data: ["mine"], rooms: ["my-socket"], except: [] });
     expect(published).toEqual([
       {
         uid: "me",

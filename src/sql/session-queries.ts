@@ -1,5 +1,5 @@
 /** SQL of sessions: batched writes and single-use takes. */
-import type { Pool } from "pg";
+import type { Queryable } from "./bounded-queries.js";
 import { qualifiedName } from "./identifiers.js";
 
 /** A session as written (see the `sessions` table in schema.ts). */
@@ -29,7 +29,7 @@ export class SessionQueries {
   private readonly sessions: string;
 
   constructor(
-    private readonly pool: Pool,
+    private readonly pool: Queryable,
     schema: string,
   ) {
     this.sessions = qualifiedName(schema, "sessions");
