@@ -29,6 +29,7 @@ import { decodeBatchFromNotify, decodePacket, encodeSession, formatOffset, type 
 import { debug } from "./debug.js";
 import { asError, isMissingSchemaError } from "./errors.js";
 import { LogWriter, type LogWriterHost } from "./log-writer.js";
+import { MixedCluster } from "./mixed-cluster.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
 import { encodeOptions, isOrderedOperation, orderedOperation, type OperationMessage } from "./operation-messages.js";
 import { prepareLoggedPacket } from "./payload.js";
@@ -76,6 +77,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private gaveUp = false;
   /** Whether the initial heartbeat went out (see init()). */
   private announced = false;
+  /** Logged broadcasts for the peers that do not read our log (see mixed-cluster.ts). */
+  readonly mixedCluster: MixedCluster;
 
   constructor(
     nsp: Namespace,
@@ -84,6 +87,14 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     super(nsp, { heartbeatInterval: ctx.opts.heartbeatInterval, heartbeatTimeout: ctx.opts.heartbeatTimeout });
     this.nspName = nsp.name;
     const csr = serverInternals(nsp).opts.connectionStateRecovery;
+    this.mixedCluster = new MixedCluster({
+      uid: this.uid,
+      nsp: nsp.name,
+      logSchema: csr ? ctx.opts.schema : undefined,
+      heartbeatTimeout: ctx.opts.heartbeatTimeout,
+      publish: (message) => ctx.bus.publish(message),
+      isLocalSocket: (room) => nsp.sockets.has(room),
+    });
     if (csr) {
       this.recovery = { maxDisconnectionDuration: csr.maxDisconnectionDuration ?? 2 * 60 * 1000 };
       this.sequencer = new Sequencer({
@@ -262,6 +273,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       prepare: (packet) => prepareLoggedPacket(this.namespace, packet.data, [...packet.rooms], [...packet.except]),
       deliverUnlogged: (packet) => this.deliverUnlogged(packet),
       committed: (packets, from) => this.order?.committed(packets, from),
+      accepted: (packet) => this.mixedCluster.relay(packet),
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };
   }
@@ -332,7 +344,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   protected override doPublish(message: ClusterMessage): Promise<Offset> {
     // Failures are reported by the bus; Socket.IO only logs the rejection to its debug output.
-    return this.ctx.bus.publish(message).then(() => "");
+    return this.ctx.bus.publish(this.mixedCluster.tagOutgoing(message)).then(() => "");
   }
 
   protected override doPublishResponse(_requesterUid: ServerId, response: ClusterResponse): Promise<void> {
@@ -340,6 +352,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   onClusterMessage(message: ClusterMessage | ClusterResponse): void {
+    this.mixedCluster.observe(message);
+    if (this.mixedCluster.isFromOurLog(message)) return; // delivered from the log, with its offset
     const order = this.order;
     if (order && isOrderedOperation(message) && message.nsp === this.nspName) {
       // Issued after events of its node up to that offset: applies once they are delivered here.

@@ -57,6 +57,12 @@ export interface LogWriterHost {
   deliverUnlogged(packet: LoggedPacket): void;
   /** Packets as submitted, committed at offsets `from`, `from + 1`, …; called before the sequencer gets them. */
   committed(packets: readonly LoggedPacket[], from: number): void;
+  /**
+   * An event accepted for the log (prepared, within maxEntryBytes), before it
+   * is queued: the adapter relays it to nodes that do not read the log (see
+   * mixed-cluster.ts), in program order with its other cluster messages.
+   */
+  accepted(packet: LoggedPacket): void;
   emit(event: "outage-started", payload: OutageStartedEvent): void;
   emit(event: "outage-ended", payload: OutageEndedEvent): void;
 }
@@ -142,6 +148,7 @@ export class LogWriter {
       );
       return;
     }
+    this.host.accepted(queued.packet);
     if (this.outage.inOutage) {
       this.deliverUnlogged(queued.packet);
       return;
