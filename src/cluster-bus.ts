@@ -17,8 +17,8 @@ import type { ClusterMessage, ClusterResponse } from "socket.io-adapter";
 import { hasBinary } from "@socket.io/postgres-adapter/dist/util.js";
 import { Batcher } from "./batcher.js";
 import { debug } from "./debug.js";
+import type { AttachmentsTable } from "./attachments-table.js";
 import type { Queryable } from "./sql/bounded-queries.js";
-import { qualifiedName } from "./sql/identifiers.js";
 
 /** Postgres' longest identifier, hence longest NOTIFY channel name (NAMEDATALEN - 1). */
 const MAX_CHANNEL_BYTES = 63;
@@ -29,7 +29,7 @@ type WireMessage = (ClusterMessage | ClusterResponse) & { attachmentId?: string 
 export interface ClusterBusOptions {
   channelPrefix: string;
   payloadThreshold: number;
-  attachmentsTable: { schema: string; table: string };
+  attachmentsTable: AttachmentsTable;
   /** Whether a message was sent by one of this node's adapters (it is then dropped). */
   isFromSelf(uid: string | undefined): boolean;
   dispatch(message: ClusterMessage | ClusterResponse): void;
@@ -37,14 +37,12 @@ export interface ClusterBusOptions {
 }
 
 export class ClusterBus {
-  private readonly attachments: string;
   private readonly outbox: Batcher<ClusterMessage | ClusterResponse, void>;
 
   constructor(
     private readonly pool: Queryable,
     private readonly opts: ClusterBusOptions,
   ) {
-    this.attachments = qualifiedName(opts.attachmentsTable.schema, opts.attachmentsTable.table);
     this.outbox = new Batcher({
       write: (messages) => this.sendBatch(messages),
       maxBatchSize: 200,
@@ -131,15 +129,16 @@ export class ClusterBus {
       const json = JSON.stringify(message);
       if (Buffer.byteLength(json) <= this.opts.payloadThreshold) return json;
     }
+    const table = await this.opts.attachmentsTable.name();
     const { rows } = await this.pool.query<{ id: string }>(
-      `INSERT INTO ${this.attachments} (payload) VALUES ($1) RETURNING id::text AS id`,
+      `INSERT INTO ${table} (payload) VALUES ($1) RETURNING id::text AS id`,
       [attachmentBytes(message)],
     );
     return JSON.stringify({ uid: message.uid, type: message.type, attachmentId: rows[0]?.id });
   }
 
   /** Handles one NOTIFY payload of a bus channel. */
-  receive(payload: string): void {
+  receive(payload: string, channel: string): void {
     let message: WireMessage;
     try {
       message = JSON.parse(payload) as WireMessage;
@@ -148,21 +147,38 @@ export class ClusterBus {
       return;
     }
     if (this.opts.isFromSelf(message.uid)) return;
+    // @socket.io/postgres-emitter (0.1.x) sends no nsp: the channel says which namespace it is for.
+    const nsp = channel.slice(`${this.opts.channelPrefix}#`.length);
     if (message.attachmentId === undefined) {
-      this.opts.dispatch(message);
+      this.opts.dispatch(withNamespace(message, nsp));
       return;
     }
-    this.pool
-      .query<{ payload: Buffer }>(`SELECT payload FROM ${this.attachments} WHERE id = $1`, [message.attachmentId])
+    const header = message;
+    this.opts.attachmentsTable
+      .name()
+      .then((table) => this.pool.query<{ payload: Buffer }>(`SELECT payload FROM ${table} WHERE id = $1`, [header.attachmentId]))
       .then(({ rows }) => {
         const row = rows[0];
-        if (!row) throw new Error(`attachment ${message.attachmentId} not found (already cleaned up?)`);
-        this.opts.dispatch(decode(row.payload) as ClusterMessage | ClusterResponse);
+        if (!row) throw new Error(`attachment ${header.attachmentId} not found (already cleaned up, or the sender uses another table: check tableName)`);
+        const full = decode(row.payload) as ClusterMessage | ClusterResponse;
+        // Ids are per table: a sender writing to another table (a different tableName or
+        // search_path) names a row of ours holding some other message. Never deliver that.
+        if (full?.uid !== header.uid || full.type !== header.type) {
+          throw new Error(
+            `attachment ${header.attachmentId} from ${String(header.uid)} holds another node's message: the nodes use different attachments tables (check tableName and search_path)`,
+          );
+        }
+        this.opts.dispatch(withNamespace(full, nsp));
       })
       .catch((err: unknown) => {
         this.opts.onError(new Error("socket.io-postgres-recovery: could not read a cluster message attachment", { cause: err }));
       });
   }
+}
+
+/** The message, with the channel's namespace when it names none. */
+function withNamespace<T extends ClusterMessage | ClusterResponse>(message: T, nsp: string): T {
+  return typeof message.nsp === "string" ? message : { ...message, nsp };
 }
 
 /** The msgpack attachment of a message (upstream's format). */

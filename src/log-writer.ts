@@ -55,6 +55,14 @@ export interface LogWriterHost {
   prepare(packet: LoggedPacket): PreparedPacket;
   /** Sends to this node's sockets only, without an offset in the log. */
   deliverUnlogged(packet: LoggedPacket): void;
+  /** Packets as submitted, committed at offsets `from`, `from + 1`, …; called before the sequencer gets them. */
+  committed(packets: readonly LoggedPacket[], from: number): void;
+  /**
+   * An event accepted for the log (prepared, within maxEntryBytes), before it
+   * is queued: the adapter relays it to nodes that do not read the log (see
+   * mixed-cluster.ts), in program order with its other cluster messages.
+   */
+  accepted(packet: LoggedPacket): void;
   emit(event: "outage-started", payload: OutageStartedEvent): void;
   emit(event: "outage-ended", payload: OutageEndedEvent): void;
 }
@@ -64,7 +72,8 @@ const TRANSIENT_RETRY_CAP_MS = 500;
 /** Longest wait between two attempts after any other error (a grant revoked, ...). */
 const OTHER_RETRY_CAP_MS = 2000;
 
-type QueuedEntry = PreparedPacket;
+/** `submitted`: the packet as `submit()` got it (the host knows it by identity, see `committed`). */
+type QueuedEntry = PreparedPacket & { submitted: LoggedPacket };
 
 export class LogWriter {
   private readonly batcher: Batcher<QueuedEntry, number>;
@@ -125,7 +134,7 @@ export class LogWriter {
     let queued: QueuedEntry;
     try {
       // Normalised once, here, to what a client decodes (JSON semantics, binary kept).
-      queued = this.host.prepare(packet);
+      queued = { ...this.host.prepare(packet), submitted: packet };
     } catch (err) {
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: cannot log an event of "${nspName}": its arguments do not serialize`, { cause: err }));
       return;
@@ -139,6 +148,7 @@ export class LogWriter {
       );
       return;
     }
+    this.host.accepted(queued.packet);
     if (this.outage.inOutage) {
       this.deliverUnlogged(queued.packet);
       return;
@@ -222,6 +232,8 @@ export class LogWriter {
     );
     this.outage.writeSucceeded();
     if (appliedBefore) debug("batch %d of %s had been committed by an earlier attempt", this.batchNumber, writerId);
+    // Operations waiting for these events learn their offsets before any of them can be delivered.
+    this.host.committed(items.map((item) => item.submitted), from);
     // Offered to the sequencer as a whole, in this same tick: delivered when the cursor reaches them.
     this.sequencer.offer(items.map((item, i) => ({ offset: from + i, bytes: item.payload.length, ...item.packet })));
     return items.map((_, i) => from + i);

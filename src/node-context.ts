@@ -6,6 +6,7 @@
  */
 import type { ClientConfig, Pool } from "pg";
 import type { ClusterMessage, ClusterResponse } from "socket.io-adapter";
+import { AttachmentsTable } from "./attachments-table.js";
 import { ClusterBus } from "./cluster-bus.js";
 import { settledBy } from "./deadline.js";
 import { debug } from "./debug.js";
@@ -17,8 +18,8 @@ import { NAMESPACE_ACTIVITY_INTERVAL_MS, Pruner, type PruneReport } from "./prun
 import { Semaphore } from "./semaphore.js";
 import { SkeletonWriter } from "./session-durability.js";
 import { SessionStore } from "./session-store.js";
+import { checkTablesAtStart } from "./startup-check.js";
 import { boundedQueries } from "./sql/bounded-queries.js";
-import { qualifiedName } from "./sql/identifiers.js";
 import { LivenessQueries } from "./sql/liveness-queries.js";
 import { LogQueries } from "./sql/log-queries.js";
 import { PruneQueries } from "./sql/prune-queries.js";
@@ -45,6 +46,8 @@ export class NodeContext {
   readonly liveness: NodeLiveness;
   readonly listener: Listener;
   readonly bus: ClusterBus;
+  /** The attachments table the bus and the pruner use (shared with upstream's nodes). */
+  readonly attachments: AttachmentsTable;
   /** Restores reading the table at once, over all namespaces of this node. */
   readonly restoreReads: Semaphore;
   private readonly pruner: Pruner;
@@ -85,10 +88,11 @@ export class NodeContext {
       maxPending: opts.maxPendingWrites,
       onError: report,
     });
+    this.attachments = new AttachmentsTable(db, opts.attachmentsTable, report);
     this.bus = new ClusterBus(db, {
       channelPrefix: opts.channelPrefix,
       payloadThreshold: opts.payloadThreshold,
-      attachmentsTable: opts.attachmentsTable,
+      attachmentsTable: this.attachments,
       isFromSelf: (uid) => uid !== undefined && this.ownUids.has(uid),
       dispatch: (message) => this.members.get(message.nsp)?.onClusterMessage(message),
       onError: report,
@@ -104,7 +108,7 @@ export class NodeContext {
     });
     this.pruner = new Pruner(
       pool,
-      new PruneQueries(opts.schema, qualifiedName(opts.attachmentsTable.schema, opts.attachmentsTable.table)),
+      new PruneQueries(opts.schema, () => this.attachments.current),
       {
         retentionMs: () => {
           let longest: number | undefined;
@@ -119,6 +123,7 @@ export class NodeContext {
       },
       report,
     );
+    checkTablesAtStart(db, opts.schema, this.attachments, report);
     this.listener.start();
     void this.listener.listen(opts.logChannel);
     this.pruner.start(opts.pruneIntervalMs);
@@ -219,7 +224,7 @@ export class NodeContext {
         const member = this.byNamespaceId.get(Number(id));
         member?.onLogNotification(Number(from), Number(count), inline ?? "");
       } else if (this.bus.owns(channel)) {
-        this.bus.receive(payload);
+        this.bus.receive(payload, channel);
       }
     } catch (err) {
       this.reportError(new Error("socket.io-postgres-recovery: failed to handle a notification", { cause: asError(err) }));

@@ -20,7 +20,11 @@
  *   `maxDisconnectionDuration` plus `retentionMarginMs`.
  * - **prune**: deleting expired sessions and entries past retention.
  */
+import type { AttachmentsTableSpec } from "./attachments-table.js";
 import { debug } from "./debug.js";
+
+/** Upstream's default `tableName`, also the table the migrations create in `schema`. */
+const DEFAULT_ATTACHMENTS_TABLE = "socket_io_attachments";
 
 /** Options shared with `@socket.io/postgres-adapter` (same names, defaults and meaning). */
 export interface UpstreamCompatibleOptions {
@@ -31,10 +35,13 @@ export interface UpstreamCompatibleOptions {
    */
   channelPrefix?: string;
   /**
-   * Table for non-logged cluster messages that are binary or larger than
-   * `payloadThreshold`. A bare name is looked up in `schema` (the migrations
-   * create `socket_io_attachments` there); `other_schema.table` names a table
-   * you created yourself, e.g. the one an upstream deployment already uses.
+   * Table for cluster messages that are binary or larger than
+   * `payloadThreshold`. As with `@socket.io/postgres-adapter` and
+   * `@socket.io/postgres-emitter`, a bare name is found through the pool's
+   * `search_path` (usually `public`), so every node of a mixed cluster uses
+   * the same table; `schema.table` names one explicitly. The default name,
+   * when the search path has no such table, is the one the migrations create
+   * in `schema`. A missing table is reported to `errorHandler` at start.
    * Folded to lower case, as Postgres folds upstream's unquoted name.
    * @default "socket_io_attachments"
    */
@@ -173,6 +180,12 @@ export interface RecoveryOptions {
    * and no restore replays them. Restores on this node are refused meanwhile.
    * The first successful write ends it. `false`: events wait in the queue
    * (up to `maxPendingWrites`) until the database is back.
+   *
+   * The same bound caps two other waits on the database: a new connection's
+   * CONNECT while its namespace has not started (past it, the socket is let
+   * in and dropped, to reconnect afresh, when the namespace starts), and a
+   * room or disconnect operation waiting for the events emitted before it
+   * (past it, the operation applies anyway and is reported).
    * @default 2000
    */
   unloggedDeliveryAfterMs?: number | false;
@@ -279,8 +292,8 @@ export type PostgresRecoveryAdapterOptions = UpstreamCompatibleOptions & Recover
 /** Every option with a value, validated once. */
 export interface ResolvedOptions {
   readonly channelPrefix: string;
-  /** Schema and table of the attachments table (unquoted). */
-  readonly attachmentsTable: { readonly schema: string; readonly table: string };
+  /** The attachments table as `tableName` names it (unquoted; resolved at start, see attachments-table.ts). */
+  readonly attachmentsTable: AttachmentsTableSpec;
   readonly payloadThreshold: number;
   readonly cleanupInterval: number;
   readonly heartbeatInterval: number;
@@ -431,15 +444,17 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     fail("channelPrefix", "a non-empty string of at most 40 bytes without double quotes or NUL", channelPrefix);
   }
 
-  const tableName = opts.tableName ?? "socket_io_attachments";
+  const tableName = opts.tableName ?? DEFAULT_ATTACHMENTS_TABLE;
   if (typeof tableName !== "string") fail("tableName", "a table name or schema.table", tableName);
   // Upstream writes the name into its SQL unquoted, so Postgres folds it to lower case; quoted here, it is folded first.
   const parts = tableName.toLowerCase().split(".");
   if (parts.length > 2 || !parts.every((p) => /^[a-z_][a-z0-9_]{0,62}$/.test(p))) {
     fail("tableName", "a table name or schema.table made of Postgres identifiers", tableName);
   }
-  const attachmentsTable =
-    parts.length === 2 ? { schema: parts[0]!, table: parts[1]! } : { schema, table: parts[0]! };
+  const attachmentsTable: AttachmentsTableSpec =
+    parts.length === 2
+      ? { schema: parts[0]!, table: parts[1]!, fallbackSchema: undefined }
+      : { schema: undefined, table: parts[0]!, fallbackSchema: parts[0] === DEFAULT_ATTACHMENTS_TABLE ? schema : undefined };
 
   const errorHandler = opts.errorHandler;
   if (errorHandler !== undefined && typeof errorHandler !== "function") {

@@ -112,6 +112,17 @@ export async function runPrunePass(
   const startedAt = new Date();
   const { batchSize } = plan;
   const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0, namespaces: [], skipped: [] };
+  // First: it needs no table of ours, so a node used as a plain drop-in for upstream (schema
+  // not migrated, recovery off) still cleans the shared attachments table, as upstream's nodes do.
+  // A missing attachments table (reported at start) must not stop the log's pruning: rethrown at the end.
+  let attachmentsFailure: unknown;
+  try {
+    report.attachments = await drain(batchSize, () =>
+      queries.pruneAttachments(client, plan.attachmentsMaxAgeMs, batchSize),
+    );
+  } catch (err) {
+    attachmentsFailure = err;
+  }
   for (const { namespace, retentionMs } of await planned(client, queries, plan)) {
     if (retentionMs === undefined) {
       report.skipped.push(namespace.name);
@@ -133,11 +144,9 @@ export async function runPrunePass(
     report.sessions = await drain(batchSize, () => queries.pruneSessions(client, batchSize));
     await queries.pruneNodes(client);
   }
-  report.attachments = await drain(batchSize, () =>
-    queries.pruneAttachments(client, plan.attachmentsMaxAgeMs, batchSize),
-  );
   const { logEntries, sessions, attachments, writers, namespaceRows } = report;
   await queries.recordRun(client, startedAt, JSON.stringify({ source, logEntries, sessions, attachments, writers, namespaceRows }));
+  if (attachmentsFailure !== undefined) throw attachmentsFailure;
   return report;
 }
 

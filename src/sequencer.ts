@@ -57,6 +57,11 @@ export interface SequencerOptions {
   /** Sends one entry to this node's sockets. Must not throw (errors are reported if it does). */
   deliver(entry: LogEntry): void;
   /**
+   * While true, nothing more is delivered (entries wait in `ahead`); whoever
+   * holds it calls `offer([])` when it ends. See program-order.ts.
+   */
+  paused?(): boolean;
+  /**
    * Committed entries in (after, upTo], oldest first, at most `limit`; upTo
    * undefined: to the newest. At most `maxBytes` of payload, except that the
    * row crossing it is included (so a read always returns a row when one exists).
@@ -256,6 +261,7 @@ export class Sequencer {
     const started = performance.now();
     let delivered = 0;
     for (let next = this.ahead.get(cursor + 1); next; next = this.ahead.get(cursor + 1)) {
+      if (this.opts.paused?.()) break;
       if (++delivered % CLOCK_EVERY === 0 && performance.now() - started > DELIVERY_SLICE_MS) {
         this.continueSoon();
         break;

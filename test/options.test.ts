@@ -13,7 +13,7 @@ describe("options", () => {
     const opts = resolveOptions(undefined);
     expect(opts).toMatchObject({
       channelPrefix: "socket.io",
-      attachmentsTable: { schema: "socket_io", table: "socket_io_attachments" },
+      attachmentsTable: { schema: undefined, table: "socket_io_attachments", fallbackSchema: "socket_io" },
       payloadThreshold: 8000,
       cleanupInterval: 30000,
       heartbeatInterval: 5000,
@@ -72,7 +72,9 @@ describe("options", () => {
 
   it("accepts a schema-qualified attachments table and turning the priming event off", () => {
     const opts = resolveOptions({ tableName: "public.socket_io_attachments", primeOffsetEvent: false, schema: "tenant_2" });
-    expect(opts.attachmentsTable).toEqual({ schema: "public", table: "socket_io_attachments" });
+    expect(opts.attachmentsTable).toEqual({ schema: "public", table: "socket_io_attachments", fallbackSchema: undefined });
+    // A bare name is found through the search path, as upstream does; only the default name falls back to `schema`.
+    expect(resolveOptions({ tableName: "events", schema: "tenant_2" }).attachmentsTable).toEqual({ schema: undefined, table: "events", fallbackSchema: undefined });
     expect(opts.primeOffsetEvent).toBe(false);
     expect(opts.logChannel).toBe("socket.io:tenant_2:log");
     expect(resolveOptions({ unloggedDeliveryAfterMs: false }).unloggedDeliveryAfterMs).toBe(false);
@@ -135,10 +137,12 @@ describe("options of @socket.io/postgres-adapter", () => {
   });
 
   it("an unquoted table name means what it means to upstream, which interpolates it unquoted: Postgres folds it to lower case", () => {
-    expect(resolveOptions({ tableName: "My_Attachments" }).attachmentsTable).toEqual({ schema: "socket_io", table: "my_attachments" });
+    // A bare name is found through the search path at start, as upstream's is (see attachments-table.ts).
+    expect(resolveOptions({ tableName: "My_Attachments" }).attachmentsTable).toEqual({ schema: undefined, table: "my_attachments", fallbackSchema: undefined });
     expect(resolveOptions({ tableName: "Public.Socket_IO_Attachments" }).attachmentsTable).toEqual({
       schema: "public",
       table: "socket_io_attachments",
+      fallbackSchema: undefined,
     });
   });
 });

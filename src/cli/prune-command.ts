@@ -75,7 +75,7 @@ deletes nothing.`,
     .addOption(new Option("--dry-run", "count what would be removed, delete nothing"))
     .addOption(new Option("--json", "print the report as one JSON object (for machines)"))
     .addOption(
-      new Option("--attachments-table <name>", "the adapter's tableName: a table of --schema, or schema.table (default: socket_io_attachments)").argParser(
+      new Option("--attachments-table <name>", "the adapter's tableName: a bare name is found through the search_path as the adapter does, or schema.table (default: socket_io_attachments on the search_path, else in --schema)").argParser(
         attachmentsTable,
       ),
     )
@@ -99,7 +99,7 @@ deletes nothing.`,
           schema: connection.schema,
           dryRun: flags.dryRun === true,
           attachmentsTable:
-            table === undefined ? undefined : table.length === 2 ? { schema: table[0]!, table: table[1]! } : { schema: connection.schema, table: table[0]! },
+            table === undefined ? undefined : table.length === 2 ? { schema: table[0]!, table: table[1]! } : { table: table[0]! },
           attachmentsMaxAgeMs: flags.attachmentsMaxAge,
           batchSize: flags.batchSize,
           lockTimeoutMs: flags.lockTimeout,

@@ -16,7 +16,8 @@ export class PruneQueries {
 
   constructor(
     schema: string,
-    private readonly attachments: string,
+    /** The attachments table's qualified name (a function: the node resolves it at start). */
+    private readonly attachmentsTable: string | (() => string),
   ) {
     this.namespaces = qualifiedName(schema, "namespaces");
     this.log = qualifiedName(schema, "log_entries");
@@ -25,6 +26,10 @@ export class PruneQueries {
     this.writers = qualifiedName(schema, "log_writers");
     this.nodes = qualifiedName(schema, "nodes");
     this.lockKey = `socket.io-postgres-recovery:prune:${schema}`;
+  }
+
+  private get attachments(): string {
+    return typeof this.attachmentsTable === "string" ? this.attachmentsTable : this.attachmentsTable();
   }
 
   /** One pruner per schema at a time: a session-level advisory lock, not waited for. */
