@@ -28,6 +28,9 @@ describe("options", () => {
       maxBufferedEntries: 20_000,
       maxBufferedBytes: 32 * 1024 * 1024,
       maxConcurrentRestoreReads: 4,
+      checkpointIntervalMs: 5000,
+      nodeHeartbeatIntervalMs: 1000,
+      nodeDeadAfterMs: 3000,
       logChannel: "socket.io:socket_io:log",
     });
     expect(Object.isFrozen(opts)).toBe(true);
@@ -60,6 +63,9 @@ describe("options", () => {
     [{ maxBufferedEntries: 10 }, /option "maxBufferedEntries" must be an integer from 100 to 10000000 \(entries\); got 10/],
     [{ maxBufferedBytes: 1000 }, /option "maxBufferedBytes" must be an integer from 65536 to 2147483648 \(bytes\); got 1000/],
     [{ maxConcurrentRestoreReads: 0 }, /option "maxConcurrentRestoreReads" must be an integer from 1 to 1000 \(reads\); got 0/],
+    [{ checkpointIntervalMs: 10 }, /option "checkpointIntervalMs" must be an integer from 100 to 86400000 \(ms\); got 10/],
+    [{ nodeHeartbeatIntervalMs: 0 }, /option "nodeHeartbeatIntervalMs"/],
+    [{ nodeHeartbeatIntervalMs: 1000, nodeDeadAfterMs: 1500 }, /option "nodeDeadAfterMs" must be at least twice nodeHeartbeatIntervalMs \(2000 ms\); got 1500/],
   ])("refuses %j", (input, message) => {
     expect(() => resolveOptions(input as never)).toThrow(OptionsError);
     expect(() => resolveOptions(input as never)).toThrow(message);
