@@ -96,6 +96,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       });
       this.writer = new LogWriter(this.logWriterHost(), ctx, this.sequencer);
       this.restorer = new Restorer(this.restorerHost(), ctx, this.sequencer, this.ledger, this.recovery.maxDisconnectionDuration);
+      // Emitted right after a socket's CONNECT packet is written, before the "connection" handlers run.
+      nsp.on("connect", (socket) => this.restorer?.onConnect(socket.id));
     }
     ctx.add(this);
     this.closeDeadline = new Promise<void>((resolve) => {
@@ -221,9 +223,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       started: () => this.started(),
       closing: () => this.closing !== undefined,
       inOutage: () => this.writer?.inOutage ?? false,
-      isConnected: (id) => this.namespace.sockets.has(id),
       sendTo: (id, data) => this.sendToSocket(id, data),
-      disconnect: (id) => this.namespace.sockets.get(id)?.disconnect(true),
+      dropConnection: (id) => {
+        const pending = (this.nsp as unknown as NamespaceInternals)._preConnectSockets?.get(id);
+        (pending ?? this.namespace.sockets.get(id))?.conn.close();
+      },
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };
   }
@@ -257,6 +261,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   private deliver(entry: LogEntry): void {
+    this.restorer?.onDelivered(entry);
     this.sendToLocalSockets(entry, entry.offset);
   }
 
@@ -313,7 +318,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       return;
     }
     const cursor = this.sequencer.cursor ?? UNSTARTED;
-    this.restorer?.onJoin(id, cursor);
+    this.restorer?.onJoin(id);
     this.ledger.join(id, rooms, cursor);
     super.addAll(id, rooms);
     if (!this.ledger.has(id)) {
@@ -413,6 +418,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 /** The in-memory adapter's recipient walk (private in its types; stable since socket.io-adapter 2.0). */
 interface InMemoryInternals {
   apply(opts: BroadcastOptions, callback: (socket: { id: SocketId }) => void): void;
+}
+
+/** Sockets between their creation and their connection (private in Socket.IO's types; 4.6+). */
+interface NamespaceInternals {
+  _preConnectSockets?: Map<SocketId, { conn: { close(): void } }>;
 }
 
 /** The parts of Socket.IO's Server this adapter reads that its types keep private. */

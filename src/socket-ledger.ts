@@ -53,6 +53,11 @@ export class SocketLedger {
     for (const room of rooms) if (!joined.has(room)) joined.set(room, cursor);
   }
 
+  /** The socket's rooms with their join cursors, live (changes with every join and leave). */
+  rooms(id: SocketId): ReadonlyMap<Room, number> | undefined {
+    return this.joins.get(id);
+  }
+
   leave(id: SocketId, room: Room): void {
     this.joins.get(id)?.delete(room);
   }
