@@ -6,7 +6,10 @@
  *   closed, nothing arrives);
  * - `refuse()` / `accept()`: every connection is reset and new ones are reset
  *   as soon as they open, until `accept()` (Postgres unreachable);
- * - `cut(match)`: resets the matching connections.
+ * - `cut(match)`: resets the matching connections;
+ * - `holdReplies(match)`: the matching connections stop forwarding what the
+ *   server sends, while what the client sends still reaches the server (a
+ *   statement runs and commits, its answer never arrives).
  *
  * It learns each connection's `application_name` from the startup packet
  * (plaintext: int32 length, int32 protocol 196608, then key\0value\0 pairs,
@@ -21,6 +24,8 @@ export interface ProxiedConnection {
   /** From the startup packet; "" until it is parsed or when the client sent none. */
   readonly applicationName: string;
   readonly frozen: boolean;
+  /** Server → client bytes are dropped (see `holdReplies`). */
+  readonly repliesHeld: boolean;
 }
 
 export interface PostgresProxy {
@@ -31,6 +36,8 @@ export interface PostgresProxy {
   connections(): ProxiedConnection[];
   /** Freezes the open connections that match; returns how many. */
   freeze(match: (c: ProxiedConnection) => boolean): number;
+  /** Drops what the server sends on the open connections that match; returns how many. */
+  holdReplies(match: (c: ProxiedConnection) => boolean): number;
   /** Resets the open connections that match; returns how many. */
   cut(match: (c: ProxiedConnection) => boolean): number;
   /** Resets every connection and every new one until `accept()`. */
@@ -46,6 +53,7 @@ const PROTOCOL_3 = 196608;
 interface Connection extends ProxiedConnection {
   applicationName: string;
   frozen: boolean;
+  repliesHeld: boolean;
   downstream: net.Socket;
   upstream: net.Socket;
 }
@@ -69,7 +77,7 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
     }
     const upstream = net.connect(targetPort, "127.0.0.1");
     upstream.on("error", () => undefined);
-    const c: Connection = { id: nextId++, applicationName: "", frozen: false, downstream, upstream };
+    const c: Connection = { id: nextId++, applicationName: "", frozen: false, repliesHeld: false, downstream, upstream };
     open.set(c.id, c);
     let head = Buffer.alloc(0);
     let parsing = true;
@@ -86,7 +94,7 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
       if (!c.frozen) upstream.write(chunk);
     });
     upstream.on("data", (chunk: Buffer) => {
-      if (!c.frozen) downstream.write(chunk);
+      if (!c.frozen && !c.repliesHeld) downstream.write(chunk);
     });
     // A close on either side closes the other (also when frozen: nothing of ours must linger).
     downstream.on("close", () => destroy(c));
@@ -104,10 +112,16 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
       parsed.port = String(port);
       return parsed.toString();
     },
-    connections: () => [...open.values()].map(({ id, applicationName, frozen }) => ({ id, applicationName, frozen })),
+    connections: () =>
+      [...open.values()].map(({ id, applicationName, frozen, repliesHeld }) => ({ id, applicationName, frozen, repliesHeld })),
     freeze(match) {
       const hit = matching(match).filter((c) => !c.frozen);
       for (const c of hit) c.frozen = true;
+      return hit.length;
+    },
+    holdReplies(match) {
+      const hit = matching(match).filter((c) => !c.repliesHeld);
+      for (const c of hit) c.repliesHeld = true;
       return hit.length;
     },
     cut(match) {
