@@ -47,7 +47,8 @@ export class NodeContext {
   ) {
     const report = (err: Error) => this.reportError(err);
     this.log = new LogQueries(pool, opts.schema, { preparedStatements: opts.preparedStatements });
-    this.sessions = new SessionStore(new SessionQueries(pool, opts.schema), {
+    // Session writes announce themselves on the log channel (payload "s|…"), which every node listens to.
+    this.sessions = new SessionStore(new SessionQueries(pool, opts.schema, opts.logChannel), {
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPendingWrites,
       onError: report,
@@ -139,6 +140,10 @@ export class NodeContext {
   private onNotification(channel: string, payload: string): void {
     try {
       if (channel === this.opts.logChannel) {
+        if (payload.startsWith("s|")) {
+          this.sessions.onWritten(payload.slice(2));
+          return;
+        }
         const [id, from, count, inline] = payload.split("|");
         const member = this.byNamespaceId.get(Number(id));
         member?.onLogNotification(Number(from), Number(count), inline ?? "");

@@ -28,21 +28,33 @@ export interface TakenSession {
 export class SessionQueries {
   private readonly sessions: string;
 
+  /**
+   * `writtenChannel`: where each write announces the sessions it stored
+   * (`s|` and their `writtenKey`s, see SessionStore.take), or nothing.
+   */
   constructor(
     private readonly pool: Pool,
     schema: string,
+    private readonly writtenChannel?: string,
   ) {
     this.sessions = qualifiedName(schema, "sessions");
   }
 
-  /** Writes a batch in one statement. A pid written twice keeps its newest session. */
+  /** Writes a batch in one statement (and one NOTIFY). A pid written twice keeps its newest session. */
   async insert(records: readonly SessionRecord[]): Promise<void> {
     // The newest record per pid wins, even inside one batch (ON CONFLICT cannot touch a row twice).
     const latest = new Map<string, SessionRecord>();
     for (const r of records) latest.set(r.pidHash.toString("hex"), r);
     const batch = [...latest.values()];
-    await this.pool.query(
-      `INSERT INTO ${this.sessions}
+    let announce = "";
+    let written = "";
+    if (this.writtenChannel !== undefined) {
+      written = `s|${batch.map((r) => writtenKey(r.pidHash)).join(",")}`;
+      // A NOTIFY payload stays under 8000 bytes: past it, every waiting restore looks again.
+      if (written.length > 7900) written = "s|*";
+      announce = `WITH written AS (`;
+    }
+    const insert = `INSERT INTO ${this.sessions}
          (pid_hash, namespace_id, sid, floor_offset, last_offset, payload, expires_at)
        SELECT s.pid_hash, s.namespace_id, s.sid, s.floor_offset, s.last_offset, s.payload,
               now() + s.ttl_ms * interval '1 millisecond'
@@ -51,17 +63,21 @@ export class SessionQueries {
        ON CONFLICT (pid_hash) DO UPDATE SET
          namespace_id = EXCLUDED.namespace_id, sid = EXCLUDED.sid,
          floor_offset = EXCLUDED.floor_offset, last_offset = EXCLUDED.last_offset,
-         payload = EXCLUDED.payload, disconnected_at = now(), expires_at = EXCLUDED.expires_at`,
-      [
-        batch.map((r) => r.pidHash),
-        batch.map((r) => r.namespaceId),
-        batch.map((r) => r.sid),
-        batch.map((r) => r.floorOffset),
-        batch.map((r) => r.lastOffset),
-        batch.map((r) => r.payload),
-        batch.map((r) => r.ttlMs),
-      ],
-    );
+         payload = EXCLUDED.payload, disconnected_at = now(), expires_at = EXCLUDED.expires_at`;
+    const params: unknown[] = [
+      batch.map((r) => r.pidHash),
+      batch.map((r) => r.namespaceId),
+      batch.map((r) => r.sid),
+      batch.map((r) => r.floorOffset),
+      batch.map((r) => r.lastOffset),
+      batch.map((r) => r.payload),
+      batch.map((r) => r.ttlMs),
+    ];
+    if (announce === "") {
+      await this.pool.query(insert, params);
+    } else {
+      await this.pool.query(`${announce}${insert}) SELECT pg_notify($8, $9)`, [...params, this.writtenChannel, written]);
+    }
   }
 
   /**
@@ -115,4 +131,9 @@ export interface SessionKey {
 
 function keyOf(pidHash: Buffer, namespaceId: number): string {
   return `${namespaceId}:${pidHash.toString("hex")}`;
+}
+
+/** How a session write names a session in its NOTIFY: 8 bytes of the pid's hash, in hex (16 characters). */
+export function writtenKey(pidHash: Buffer): string {
+  return pidHash.subarray(0, 8).toString("hex");
 }
