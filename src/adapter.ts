@@ -331,7 +331,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   override del(id: SocketId, room: Room): void {
-    this.ledger.leave(id, room);
+    this.ledger.leave(id, room, this.sequencer?.cursor ?? UNSTARTED);
     super.del(id, room);
   }
 
@@ -373,7 +373,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     }
     let payload: Buffer;
     try {
-      payload = encodeSession({ rooms: snapshot.rooms, data: session.data });
+      payload = encodeSession({ rooms: snapshot.rooms, left: snapshot.left, data: session.data });
     } catch (err) {
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: socket.data of ${session.sid} does not serialize; its session is not stored`, { cause: err }));
       return;

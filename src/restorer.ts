@@ -194,7 +194,7 @@ export class Restorer {
       return { refused: `unreadable session: ${asError(err).message}` };
     }
     const joinedAt = new Map<Room, number>(contents.rooms);
-    const membership: Membership = { joinedAt, memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
+    const membership: Membership = { joinedAt, left: contents.left ?? [], memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
 
     // 3. The replay plan, and 4. the stitch, opened before the read: what is delivered from `upTo` on
     // is captured for this socket. Failing here puts the session back; refusing consumes it.

@@ -152,10 +152,10 @@ export class Stitcher {
     const pending = this.pending.get(id);
     if (!pending || pending.state !== "handed") return;
     pending.state = "joined";
-    this.ledger.resume(id, pending.floor, pending.membership.joinedAt, pending.floor);
+    this.ledger.resume(id, pending.floor, pending.membership.joinedAt, pending.floor, pending.membership.left);
     // Rooms its middlewares join or leave count from now on, as they will for live delivery.
     const live = this.ledger.rooms(id);
-    if (live) pending.membership = { joinedAt: live, memberSince: pending.membership.memberSince };
+    if (live) pending.membership = { joinedAt: live, left: this.ledger.leftRooms(id), memberSince: pending.membership.memberSince };
     if (pending.overflowed) this.host.dropConnection(id);
   }
 
