@@ -10,6 +10,7 @@ import { userInfo } from "node:os";
 import path from "node:path";
 import { importEmbeddedPostgres } from "../tools/embedded-postgres.js";
 import { freePort } from "../tools/free-port.js";
+import { dataRootReachableByPostgres } from "../tools/postgres-user-access.js";
 
 export interface DemoDatabase {
   url: string;
@@ -19,7 +20,8 @@ export interface DemoDatabase {
   stop(): Promise<void>;
 }
 
-const ROOT = path.resolve(import.meta.dirname, "..", ".embedded-pg");
+/** In the clone; as root in a clone the `postgres` user cannot enter, elsewhere (see tools/postgres-user-access.ts). */
+const PREFERRED_ROOT = path.resolve(import.meta.dirname, "..", ".embedded-pg");
 const PASSWORD = "demo";
 
 export async function demoDatabase(): Promise<DemoDatabase> {
@@ -27,11 +29,12 @@ export async function demoDatabase(): Promise<DemoDatabase> {
   if (fromEnv) return { url: fromEnv, description: "DATABASE_URL", embedded: false, stop: async () => {} };
 
   const EmbeddedPostgres = await importEmbeddedPostgres();
-  await mkdir(ROOT, { recursive: true });
+  const root = await dataRootReachableByPostgres(PREFERRED_ROOT);
+  await mkdir(root, { recursive: true });
   // Postgres refuses to run as root; embedded-postgres then runs it as the OS user `postgres`.
   const asRoot = userInfo().uid === 0;
-  if (asRoot) await chmod(ROOT, 0o755);
-  const databaseDir = path.join(ROOT, "data");
+  if (asRoot) await chmod(root, 0o755);
+  const databaseDir = path.join(root, "data");
   const fresh = !existsSync(path.join(databaseDir, "PG_VERSION"));
   if (!fresh) await stopLeftover(databaseDir);
   const port = await freePort();
@@ -58,15 +61,21 @@ export async function demoDatabase(): Promise<DemoDatabase> {
   } catch (err) {
     // embedded-postgres rejects without a reason when the server exits: show what it logged.
     const detail = err instanceof Error ? err.message : logTail.join(" | ");
-    throw new Error(`the embedded Postgres in ${path.relative(process.cwd(), databaseDir)} did not start: ${detail || "no output"}`);
+    throw new Error(`the embedded Postgres in ${shown(databaseDir)} did not start: ${detail || "no output"}`);
   }
-  await writeFile(path.join(ROOT, "last-port"), String(port));
+  await writeFile(path.join(root, "last-port"), String(port));
   return {
     url: `postgres://postgres:${PASSWORD}@127.0.0.1:${port}/postgres`,
-    description: `embedded Postgres on 127.0.0.1:${port}, data in ${path.relative(process.cwd(), databaseDir)}${fresh ? " (new)" : " (kept from the last run)"}`,
+    description: `embedded Postgres on 127.0.0.1:${port}, data in ${shown(databaseDir)}${fresh ? " (new)" : " (kept from the last run)"}`,
     embedded: true,
     stop: () => server.stop(),
   };
+}
+
+/** A path relative to the working directory when it lies inside it, else absolute. */
+function shown(file: string): string {
+  const relative = path.relative(process.cwd(), file);
+  return relative.startsWith("..") ? file : relative;
 }
 
 /**
@@ -89,7 +98,7 @@ async function stopLeftover(databaseDir: string): Promise<void> {
   const parentCmdline = await readFile(`/proc/${parent}/cmdline`, "utf8").catch(() => "");
   if (parentCmdline.includes("supervisor.ts")) {
     throw new Error(
-      `another demo is using ${path.relative(process.cwd(), databaseDir)} (its Postgres is pid ${pid}, its supervisor pid ${parent}): stop it first, or set DATABASE_URL`,
+      `another demo is using ${shown(databaseDir)} (its Postgres is pid ${pid}, its supervisor pid ${parent}): stop it first, or set DATABASE_URL`,
     );
   }
   console.log(`  (stopping the embedded Postgres an earlier run left running, pid ${pid})`);
@@ -101,6 +110,6 @@ async function stopLeftover(databaseDir: string): Promise<void> {
 
 /** Port of the embedded server of the last run (informational). */
 export async function lastPort(): Promise<string | undefined> {
-  return readFile(path.join(ROOT, "last-port"), "utf8").catch(() => undefined);
+  return readFile(path.join(await dataRootReachableByPostgres(PREFERRED_ROOT), "last-port"), "utf8").catch(() => undefined);
 }
 

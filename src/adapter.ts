@@ -24,11 +24,16 @@ import {
   type Session,
   type SocketId,
 } from "socket.io-adapter";
+import { atMost, installConnectGate, type ConnectGated } from "./connect-gate.js";
 import { decodeBatchFromNotify, decodePacket, encodeSession, formatOffset, type LogEntry, type LoggedPacket } from "./codec.js";
 import { debug } from "./debug.js";
 import { asError, isMissingSchemaError } from "./errors.js";
 import { LogWriter, type LogWriterHost } from "./log-writer.js";
+import { MixedCluster } from "./mixed-cluster.js";
 import type { NamespaceMember, NodeContext } from "./node-context.js";
+import { encodeOptions, isOrderedOperation, orderedOperation, type OperationMessage } from "./operation-messages.js";
+import { prepareLoggedPacket } from "./payload.js";
+import { orderDisconnect, ProgramOrder } from "./program-order.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
@@ -54,12 +59,14 @@ interface RecoverySettings {
   maxDisconnectionDuration: number;
 }
 
-export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat implements NamespaceMember {
+export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat implements NamespaceMember, ConnectGated {
   readonly nspName: string;
   private readonly recovery: RecoverySettings | undefined;
   private readonly sequencer: Sequencer | undefined;
   private readonly writer: LogWriter | undefined;
   private readonly restorer: Restorer | undefined;
+  /** Room and disconnect operations after the events emitted before them (see program-order.ts). */
+  private readonly order: ProgramOrder | undefined;
   private namespaceId: number | undefined;
   private readonly ledger = new SocketLedger();
   private readonly ready: Promise<void>;
@@ -70,6 +77,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private gaveUp = false;
   /** Whether the initial heartbeat went out (see init()). */
   private announced = false;
+  /** Logged broadcasts for the peers that do not read our log (see mixed-cluster.ts). */
+  readonly mixedCluster: MixedCluster;
 
   constructor(
     nsp: Namespace,
@@ -78,6 +87,14 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     super(nsp, { heartbeatInterval: ctx.opts.heartbeatInterval, heartbeatTimeout: ctx.opts.heartbeatTimeout });
     this.nspName = nsp.name;
     const csr = serverInternals(nsp).opts.connectionStateRecovery;
+    this.mixedCluster = new MixedCluster({
+      uid: this.uid,
+      nsp: nsp.name,
+      logSchema: csr ? ctx.opts.schema : undefined,
+      heartbeatTimeout: ctx.opts.heartbeatTimeout,
+      publish: (message) => ctx.bus.publish(message),
+      isLocalSocket: (room) => nsp.sockets.has(room),
+    });
     if (csr) {
       this.recovery = { maxDisconnectionDuration: csr.maxDisconnectionDuration ?? 2 * 60 * 1000 };
       this.sequencer = new Sequencer({
@@ -86,16 +103,26 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         // A restore over maxReplayBytes is refused, so the ring never needs more (see recent-entries.ts).
         recentBytes: ctx.opts.maxReplayBytes,
         readBatchSize: 5000,
+        maxBufferedEntries: ctx.opts.maxBufferedEntries,
+        maxBufferedBytes: ctx.opts.maxBufferedBytes,
         deliver: (entry) => this.deliver(entry),
-        read: async (after, upTo, limit) => {
+        paused: () => this.order?.holdsDelivery ?? false,
+        read: async (after, upTo, limit, maxBytes) => {
           const id = this.namespaceId;
           if (id === undefined) return [];
-          return (await this.ctx.log.range(id, after, upTo, limit)).entries;
+          return (await this.ctx.log.range(id, after, upTo, limit, maxBytes)).entries;
         },
         onError: (err) => this.ctx.reportError(err),
       });
       this.writer = new LogWriter(this.logWriterHost(), ctx, this.sequencer);
       this.restorer = new Restorer(this.restorerHost(), ctx, this.sequencer, this.ledger, this.recovery.maxDisconnectionDuration);
+      this.order = new ProgramOrder({
+        cursor: () => this.sequencer?.cursor,
+        maxWaitMs: ctx.opts.unloggedDeliveryAfterMs,
+        resumeDelivery: () => this.sequencer?.offer([]),
+        onError: (err) => this.ctx.reportError(err),
+      });
+      installConnectGate(nsp);
       // Emitted right after a socket's CONNECT packet is written, before the "connection" handlers run.
       nsp.on("connect", (socket) => this.restorer?.onConnect(socket.id));
     }
@@ -172,9 +199,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           if (this.gaveUp) return;
           this.namespaceId = id;
           this.ctx.bindNamespaceId(id, this);
-          // Sockets that connected or joined rooms before the cursor was known start at the head.
-          for (const id of this.ledger.settle(head)) this.prime(id, head);
+          // Rooms joined before the cursor was known (in middlewares) count from the head. Sockets
+          // that got their CONNECT before it (see admit()) may have missed entries up to the head.
+          for (const id of this.ledger.settle(head)) this.dropEarlySocket(id);
           this.sequencer.start(head);
+          this.order?.delivered(); // operations of other nodes that were waiting for the cursor
           // A NOTIFY that arrived before the namespace id was known was dropped: read the table once.
           this.sequencer.catchUp();
         }
@@ -192,11 +221,43 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     }
   }
 
+  /**
+   * Resolves when a new socket may get its CONNECT (see connect-gate.ts): once
+   * the cursor is known, so every entry committed after the CONNECT is above
+   * it. While the database does not answer, a socket waits at most
+   * `unloggedDeliveryAfterMs` (the same trade as outage mode: serve rather
+   * than wait); such a socket is dropped when the namespace starts.
+   */
+  admit(): Promise<void> {
+    if (!this.sequencer || this.sequencer.cursor !== undefined) return Promise.resolve();
+    return atMost(this.started(), this.ctx.opts.unloggedDeliveryAfterMs);
+  }
+
+  /**
+   * A socket that got its CONNECT before the cursor was known (let in by
+   * admit() while the database did not answer). Entries committed since its
+   * CONNECT may be at or below the head the namespace started from: it would
+   * never get them. Its connection is closed without a session, so its client
+   * reconnects at once and starts afresh (`recovered === false`) rather than
+   * miss them without knowing.
+   */
+  private dropEarlySocket(id: SocketId): void {
+    this.ledger.forget(id);
+    const socket = this.namespace.sockets.get(id);
+    if (!socket) return;
+    this.ctx.reportError(
+      new Error(`socket.io-postgres-recovery: ${id} in "${this.nspName}" connected before the namespace started; closing its connection so it starts afresh`),
+    );
+    socket.conn.close();
+  }
+
   // ---- writing and delivering the log --------------------------------------
 
   override broadcast(packet: Packet, opts: BroadcastOptions): Promise<void> {
-    if (!this.writer || !isLogged(packet, opts)) return super.broadcast(packet, opts);
-    return this.writer.submit({ data: packet.data, rooms: [...opts.rooms], except: [...(opts.except ?? [])] });
+    const writer = this.writer;
+    if (!writer || !this.order || !isLogged(packet, opts)) return super.broadcast(packet, opts);
+    const logged = { data: packet.data, rooms: [...opts.rooms], except: [...(opts.except ?? [])] };
+    return this.order.event(logged, (p) => writer.submit(p));
   }
 
   /** Resolves when the namespace started, or when closing gave up waiting for it. */
@@ -211,7 +272,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       namespaceId: () => this.namespaceId,
       started: () => this.started(),
       closing: () => this.closing !== undefined,
+      prepare: (packet) => prepareLoggedPacket(this.namespace, packet.data, [...packet.rooms], [...packet.except]),
       deliverUnlogged: (packet) => this.deliverUnlogged(packet),
+      committed: (packets, from) => this.order?.committed(packets, from),
+      accepted: (packet) => this.mixedCluster.relay(packet),
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };
   }
@@ -263,6 +327,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private deliver(entry: LogEntry): void {
     this.restorer?.onDelivered(entry);
     this.sendToLocalSockets(entry, entry.offset);
+    // Operations that follow this entry apply now, before the next one (see program-order.ts).
+    this.order?.delivered();
   }
 
   /**
@@ -283,7 +349,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   protected override doPublish(message: ClusterMessage): Promise<Offset> {
     // Failures are reported by the bus; Socket.IO only logs the rejection to its debug output.
-    return this.ctx.bus.publish(message).then(() => "");
+    return this.ctx.bus.publish(this.mixedCluster.tagOutgoing(message)).then(() => "");
   }
 
   protected override doPublishResponse(_requesterUid: ServerId, response: ClusterResponse): Promise<void> {
@@ -291,6 +357,16 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   onClusterMessage(message: ClusterMessage | ClusterResponse): void {
+    this.mixedCluster.observe(message);
+    if (this.mixedCluster.isFromOurLog(message)) return; // delivered from the log, with its offset
+    const order = this.order;
+    if (order && isOrderedOperation(message) && message.nsp === this.nspName) {
+      // Issued after events of its node up to that offset: applies once they are delivered here.
+      void order.remote(message.data.afterOffset, () => {
+        this.onMessage(message);
+      });
+      return;
+    }
     if (
       this.recovery &&
       message.type === MessageType.BROADCAST &&
@@ -310,8 +386,61 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.onMessage(message as ClusterMessage);
   }
 
+  // ---- room and disconnect operations, in program order -----------------------
+
+  override addSockets(opts: BroadcastOptions, rooms: Room[]): Promise<void> {
+    if (!this.order) return super.addSockets(opts, rooms);
+    return this.operation(this.order, opts, { type: MessageType.SOCKETS_JOIN, data: { opts: encodeOptions(opts), rooms } }, () =>
+      Adapter.prototype.addSockets.call(this, opts, rooms),
+    );
+  }
+
+  override delSockets(opts: BroadcastOptions, rooms: Room[]): Promise<void> {
+    if (!this.order) return super.delSockets(opts, rooms);
+    return this.operation(this.order, opts, { type: MessageType.SOCKETS_LEAVE, data: { opts: encodeOptions(opts), rooms } }, () =>
+      Adapter.prototype.delSockets.call(this, opts, rooms),
+    );
+  }
+
+  override disconnectSockets(opts: BroadcastOptions, close: boolean): Promise<void> {
+    if (!this.order) return super.disconnectSockets(opts, close);
+    return this.operation(this.order, opts, { type: MessageType.DISCONNECT_SOCKETS, data: { opts: encodeOptions(opts), close } }, () =>
+      Adapter.prototype.disconnectSockets.call(this, opts, close),
+    );
+  }
+
+  /**
+   * Applies an operation on this node's sockets and publishes it to the
+   * cluster (unless local), once the events this node emitted before it are
+   * delivered here; the other nodes apply it at the same point of the log.
+   */
+  private operation(order: ProgramOrder, opts: BroadcastOptions, message: OperationMessage, applyLocally: () => void): Promise<void> {
+    const local = opts.flags?.local === true;
+    return order.local((afterOffset) => {
+      applyLocally();
+      return local ? undefined : this.publishAndReturnOffset(orderedOperation(message, afterOffset));
+    }, !local);
+  }
+
+  /**
+   * Whether `socket.leave()` on a connected socket must wait for the events
+   * this node emitted before it. Not while an operation applies (it is in
+   * order already).
+   */
+  private mustFollowEvents(id: SocketId): boolean {
+    const order = this.order;
+    return order !== undefined && !order.applying && !order.idle && this.ledger.has(id) && this.namespace.sockets.has(id);
+  }
+
   // ---- rooms, priming --------------------------------------------------------
 
+  /**
+   * Joins apply at once, never after the events emitted before them: a join
+   * that waited would make the socket miss what other nodes send to the room
+   * meanwhile, after the app joined it (in its connection handler, say). The
+   * price: an event this node sent to the room just before the join, still
+   * on its way, reaches the socket too (live and in a replay alike).
+   */
   override addAll(id: SocketId, rooms: Set<Room>): void {
     if (!this.sequencer) {
       super.addAll(id, rooms);
@@ -321,8 +450,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.restorer?.onJoin(id);
     this.ledger.join(id, rooms, cursor);
     super.addAll(id, rooms);
+    const socket = this.namespace.sockets.get(id);
+    if (socket && this.order) orderDisconnect(socket, this.order);
     if (!this.ledger.has(id)) {
-      const socket = this.namespace.sockets.get(id);
       if (socket && !socket.recovered) {
         this.ledger.begin(id, cursor);
         if (cursor !== UNSTARTED) this.prime(id, cursor);
@@ -330,7 +460,14 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     }
   }
 
-  override del(id: SocketId, room: Room): void {
+  override del(id: SocketId, room: Room): Promise<void> | void {
+    if (this.mustFollowEvents(id) && this.rooms.get(room)?.has(id)) {
+      return this.order?.local(() => this.leaveNow(id, room), false);
+    }
+    this.leaveNow(id, room);
+  }
+
+  private leaveNow(id: SocketId, room: Room): void {
     this.ledger.leave(id, room, this.sequencer?.cursor ?? UNSTARTED);
     super.del(id, room);
   }
@@ -400,6 +537,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.closing ??= (async () => {
       this.startCloseTimer();
       const { closeTimeoutMs } = this.ctx.opts;
+      // One deadline for every step, the node context's included (see NodeContext.close).
+      const deadline = Date.now() + closeTimeoutMs;
       try {
         await this.writer?.close(closeTimeoutMs);
       } catch (err) {
@@ -407,9 +546,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       }
       await Promise.race([this.ctx.sessions.flush(), this.closeDeadline]);
       this.gaveUp = true; // nothing left that needs the namespace to start
+      this.order?.close();
       super.close();
       this.sequencer?.close();
-      await this.ctx.remove(this);
+      await this.ctx.remove(this, deadline);
     })();
     return this.closing;
   }

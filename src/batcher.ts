@@ -5,8 +5,11 @@
  * after it.
  *
  * Each item gets a promise for its own result. `close()` refuses new items and
- * resolves once everything already queued is written (or has failed for good).
+ * resolves once everything already queued is written (or has failed for good),
+ * or at its deadline, whichever comes first: a write that never settles (a
+ * half-open connection) cannot hold it up.
  */
+import { settledBy } from "./deadline.js";
 import { debug } from "./debug.js";
 
 export interface BatcherOptions<T, R> {
@@ -62,6 +65,8 @@ export class Batcher<T, R> {
   private scheduled = false;
   private closed = false;
   private closeDeadline = Infinity;
+  /** Set at the close deadline: nothing is written or retried any more. */
+  private abandoned = false;
   private retryTimer: NodeJS.Timeout | undefined;
   private wakeRetry: (() => void) | undefined;
   private added = 0;
@@ -124,13 +129,27 @@ export class Batcher<T, R> {
   }
 
   /**
-   * Refuses new items and writes what is queued. Failed writes are retried
-   * until `timeoutMs` from now at the most; what is still unwritten then fails.
+   * Refuses new items and writes what is queued, for `timeoutMs` from the
+   * first call at the most: failed writes are retried until then, and then
+   * what is still unwritten fails (`BatcherClosedError`), the batch being
+   * written included. That write is not awaited any longer; it may still
+   * complete (its outcome is then ignored).
    */
   async close(timeoutMs: number): Promise<void> {
     if (!this.closed) this.closeDeadline = Date.now() + timeoutMs;
     this.closed = true;
-    await this.flush();
+    if (await settledBy(this.flush(), this.closeDeadline)) return;
+    this.abandon();
+  }
+
+  /** The close deadline passed: fails every item not written yet and stops retrying. */
+  private abandon(): void {
+    this.abandoned = true;
+    const left = this.queue.splice(0);
+    this.writing = new Set();
+    this.wakeRetry?.();
+    const err = new BatcherClosedError("socket.io-postgres-recovery: not written before the close deadline (the write may still commit)");
+    for (const q of left) q.reject(err);
   }
 
   private writing = new Set<Queued<T, R>>();
@@ -203,6 +222,7 @@ export class Batcher<T, R> {
             this.retryTimer.unref();
           });
           this.wakeRetry = undefined;
+          if (this.abandoned) return;
         }
       }
     }

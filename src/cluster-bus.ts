@@ -13,12 +13,12 @@
  * checked `Listener` and cleanup is part of the coordinated pruning.
  */
 import { decode, encode } from "@msgpack/msgpack";
-import type { Pool } from "pg";
-import { MessageType, type ClusterMessage, type ClusterResponse } from "socket.io-adapter";
+import type { ClusterMessage, ClusterResponse } from "socket.io-adapter";
 import { hasBinary } from "@socket.io/postgres-adapter/dist/util.js";
 import { Batcher } from "./batcher.js";
 import { debug } from "./debug.js";
-import { qualifiedName } from "./sql/identifiers.js";
+import type { AttachmentsTable } from "./attachments-table.js";
+import type { Queryable } from "./sql/bounded-queries.js";
 
 /** Postgres' longest identifier, hence longest NOTIFY channel name (NAMEDATALEN - 1). */
 const MAX_CHANNEL_BYTES = 63;
@@ -26,17 +26,10 @@ const MAX_CHANNEL_BYTES = 63;
 /** A message as it travels (upstream adds nothing more than the attachment id). */
 type WireMessage = (ClusterMessage | ClusterResponse) & { attachmentId?: string };
 
-const MAY_CARRY_BINARY = new Set<number>([
-  MessageType.BROADCAST,
-  MessageType.BROADCAST_ACK,
-  MessageType.SERVER_SIDE_EMIT,
-  MessageType.SERVER_SIDE_EMIT_RESPONSE,
-]);
-
 export interface ClusterBusOptions {
   channelPrefix: string;
   payloadThreshold: number;
-  attachmentsTable: { schema: string; table: string };
+  attachmentsTable: AttachmentsTable;
   /** Whether a message was sent by one of this node's adapters (it is then dropped). */
   isFromSelf(uid: string | undefined): boolean;
   dispatch(message: ClusterMessage | ClusterResponse): void;
@@ -44,14 +37,12 @@ export interface ClusterBusOptions {
 }
 
 export class ClusterBus {
-  private readonly attachments: string;
   private readonly outbox: Batcher<ClusterMessage | ClusterResponse, void>;
 
   constructor(
-    private readonly pool: Pool,
+    private readonly pool: Queryable,
     private readonly opts: ClusterBusOptions,
   ) {
-    this.attachments = qualifiedName(opts.attachmentsTable.schema, opts.attachmentsTable.table);
     this.outbox = new Batcher({
       write: (messages) => this.sendBatch(messages),
       maxBatchSize: 200,
@@ -126,21 +117,28 @@ export class ClusterBus {
     return messages.map(() => undefined);
   }
 
-  /** The NOTIFY payload: the JSON message, or a header pointing at an attachment row. */
+  /**
+   * The NOTIFY payload: the JSON message, or a header pointing at an attachment
+   * row. Upstream looks for binary only in broadcasts, acks and serverSideEmit;
+   * here every message is checked, so that a fetchSockets response carrying
+   * Buffers in `socket.data` travels as msgpack (which upstream receivers
+   * decode for any message type) instead of JSON's `{ type: "Buffer", data }`.
+   */
   private async encode(message: ClusterMessage | ClusterResponse): Promise<string> {
-    if (!(MAY_CARRY_BINARY.has(message.type) && hasBinary(message))) {
+    if (!hasBinary(message)) {
       const json = JSON.stringify(message);
       if (Buffer.byteLength(json) <= this.opts.payloadThreshold) return json;
     }
+    const table = await this.opts.attachmentsTable.name();
     const { rows } = await this.pool.query<{ id: string }>(
-      `INSERT INTO ${this.attachments} (payload) VALUES ($1) RETURNING id::text AS id`,
-      [Buffer.from(encode(message))],
+      `INSERT INTO ${table} (payload) VALUES ($1) RETURNING id::text AS id`,
+      [attachmentBytes(message)],
     );
     return JSON.stringify({ uid: message.uid, type: message.type, attachmentId: rows[0]?.id });
   }
 
   /** Handles one NOTIFY payload of a bus channel. */
-  receive(payload: string): void {
+  receive(payload: string, channel: string): void {
     let message: WireMessage;
     try {
       message = JSON.parse(payload) as WireMessage;
@@ -149,19 +147,47 @@ export class ClusterBus {
       return;
     }
     if (this.opts.isFromSelf(message.uid)) return;
+    // @socket.io/postgres-emitter (0.1.x) sends no nsp: the channel says which namespace it is for.
+    const nsp = channel.slice(`${this.opts.channelPrefix}#`.length);
     if (message.attachmentId === undefined) {
-      this.opts.dispatch(message);
+      this.opts.dispatch(withNamespace(message, nsp));
       return;
     }
-    this.pool
-      .query<{ payload: Buffer }>(`SELECT payload FROM ${this.attachments} WHERE id = $1`, [message.attachmentId])
+    const header = message;
+    this.opts.attachmentsTable
+      .name()
+      .then((table) => this.pool.query<{ payload: Buffer }>(`SELECT payload FROM ${table} WHERE id = $1`, [header.attachmentId]))
       .then(({ rows }) => {
         const row = rows[0];
-        if (!row) throw new Error(`attachment ${message.attachmentId} not found (already cleaned up?)`);
-        this.opts.dispatch(decode(row.payload) as ClusterMessage | ClusterResponse);
+        if (!row) throw new Error(`attachment ${header.attachmentId} not found (already cleaned up, or the sender uses another table: check tableName)`);
+        const full = decode(row.payload) as ClusterMessage | ClusterResponse;
+        // Ids are per table: a sender writing to another table (a different tableName or
+        // search_path) names a row of ours holding some other message. Never deliver that.
+        if (full?.uid !== header.uid || full.type !== header.type) {
+          throw new Error(
+            `attachment ${header.attachmentId} from ${String(header.uid)} holds another node's message: the nodes use different attachments tables (check tableName and search_path)`,
+          );
+        }
+        this.opts.dispatch(withNamespace(full, nsp));
       })
       .catch((err: unknown) => {
         this.opts.onError(new Error("socket.io-postgres-recovery: could not read a cluster message attachment", { cause: err }));
       });
+  }
+}
+
+/** The message, with the channel's namespace when it names none. */
+function withNamespace<T extends ClusterMessage | ClusterResponse>(message: T, nsp: string): T {
+  return typeof message.nsp === "string" ? message : { ...message, nsp };
+}
+
+/** The msgpack attachment of a message (upstream's format). */
+function attachmentBytes(message: ClusterMessage | ClusterResponse): Buffer {
+  try {
+    return Buffer.from(encode(message));
+  } catch {
+    // msgpack refuses what JSON leaves out (a function in socket.data beside a Buffer): send what
+    // JSON keeps, as for a message without binary, rather than fail the message and its batch.
+    return Buffer.from(encode(JSON.parse(JSON.stringify(message)) as unknown));
   }
 }

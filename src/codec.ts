@@ -3,8 +3,9 @@
  *
  * Payloads are msgpack so that Buffers and typed arrays anywhere in an event's
  * arguments or in `socket.data` come back byte-exact (JSON would turn them
- * into objects). `undefined` object properties are dropped, as JSON drops them
- * on live delivery, so a replayed packet looks like the live one.
+ * into objects). An event's arguments arrive here already normalised to what
+ * a client decodes (see payload.ts); `socket.data` is stored as it is.
+ * `undefined` object properties are dropped, as JSON would drop them.
  */
 import { Decoder, Encoder } from "@msgpack/msgpack";
 
@@ -47,13 +48,21 @@ function decodable(encoded: Buffer): Buffer {
 }
 
 export function decodePacket(offset: number, payload: Uint8Array): LogEntry {
+  return { offset, bytes: payload.byteLength, ...decodeLoggedPacket(payload, `log entry ${offset}`) };
+}
+
+/**
+ * The packet as stored. The emitting node delivers this too, not the packet it
+ * encoded, so that its clients get what every other node and every replay
+ * sends, whatever msgpack changes (a lone surrogate in a long string becomes
+ * U+FFFD: its encoder goes through TextEncoder).
+ */
+export function decodeLoggedPacket(payload: Uint8Array, what = "a log entry"): LoggedPacket {
   const decoded = decoder.decode(payload);
   if (!Array.isArray(decoded) || decoded.length !== 3 || !Array.isArray(decoded[0])) {
-    throw new Error(`socket.io-postgres-recovery: log entry ${offset} is not a packet this version understands`);
+    throw new Error(`socket.io-postgres-recovery: ${what} is not a packet this version understands`);
   }
   return {
-    offset,
-    bytes: payload.byteLength,
     data: decoded[0] as unknown[],
     rooms: decoded[1] as string[],
     except: decoded[2] as string[],

@@ -73,6 +73,26 @@ export class Listener {
     }
   }
 
+  /**
+   * Removes a channel (a dynamic namespace that Socket.IO closed). Its
+   * NOTIFYs stop reaching this node; a later `listen()` adds it again.
+   */
+  async unlisten(channel: string): Promise<void> {
+    if (!this.channels.delete(channel)) return;
+    const client = this.client;
+    if (!client || this.connecting) return; // the next connection listens only to the channels left
+    try {
+      await client.query(`UNLISTEN ${quoteIdentifier(channel)}`);
+    } catch {
+      // The connection is failing: its replacement listens only to the channels left.
+    }
+  }
+
+  /** The channels listened to (or to be, once connected). */
+  get channelNames(): readonly string[] {
+    return [...this.channels];
+  }
+
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.checkTimer);
@@ -134,6 +154,9 @@ export class Listener {
         await client.query(missing.map((c) => `LISTEN ${quoteIdentifier(c)}`).join("; "));
         missing.forEach((c) => listened.add(c));
       }
+      // Channels removed meanwhile (unlisten() while connecting).
+      const removed = [...listened].filter((c) => !this.channels.has(c));
+      if (removed.length > 0) await client.query(removed.map((c) => `UNLISTEN ${quoteIdentifier(c)}`).join("; "));
       return client;
     } catch (err) {
       await endQuietly(client);

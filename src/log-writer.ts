@@ -3,22 +3,34 @@
  * the log (one statement, one transaction, one NOTIFY per batch), idempotent
  * retries, and outage mode when the log stays unwritable.
  *
+ * An accepted event is never dropped while the node runs: a failed batch is
+ * retried until it commits, whatever the error. Errors that pass on their own
+ * (the database away, a failover, a timeout) are retried fast; the others
+ * (a revoked grant, a prepared statement clashing on a pooled connection,
+ * which the pool then discards) more slowly, each failure reported. Meanwhile
+ * outage mode delivers around the batch, and its retry is the probe that
+ * ends outage mode (see outage.ts). Only `close()` gives up on a batch, at its
+ * deadline.
+ *
  * Nothing is delivered here when it is written: a committed batch is offered
  * to the namespace's sequencer, which delivers it when its cursor reaches it
  * (see sequencer.ts). Only outage mode delivers directly, unlogged, through
  * `deliverUnlogged`.
  */
 import { Batcher, BatcherFullError, BatcherTakenError } from "./batcher.js";
-import { encodeBatchForNotify, encodePacket, type LoggedPacket } from "./codec.js";
+import { encodeBatchForNotify, type LoggedPacket } from "./codec.js";
 import { debug } from "./debug.js";
 import { isTransientDatabaseError } from "./errors.js";
 import type { NodeContext } from "./node-context.js";
 import { OutageMonitor } from "./outage.js";
+import type { PreparedPacket } from "./payload.js";
 import type { Sequencer } from "./sequencer.js";
 
 /** Payload of the adapter's "outage-started" event. */
 export interface OutageStartedEvent {
   failingForMs: number;
+  /** The latest failed attempt's error; undefined when the write hangs rather than fails. */
+  lastError: Error | undefined;
 }
 
 /** Payload of the adapter's "outage-ended" event. */
@@ -36,16 +48,32 @@ export interface LogWriterHost {
   started(): Promise<void>;
   /** Whether the adapter is closing (a full queue then is not worth an unlogged delivery). */
   closing(): boolean;
+  /**
+   * The event as every node and replay delivers it, and its bytes for the log
+   * (see payload.ts). Throws when its arguments cannot be sent.
+   */
+  prepare(packet: LoggedPacket): PreparedPacket;
   /** Sends to this node's sockets only, without an offset in the log. */
   deliverUnlogged(packet: LoggedPacket): void;
+  /** Packets as submitted, committed at offsets `from`, `from + 1`, …; called before the sequencer gets them. */
+  committed(packets: readonly LoggedPacket[], from: number): void;
+  /**
+   * An event accepted for the log (prepared, within maxEntryBytes), before it
+   * is queued: the adapter relays it to nodes that do not read the log (see
+   * mixed-cluster.ts), in program order with its other cluster messages.
+   */
+  accepted(packet: LoggedPacket): void;
   emit(event: "outage-started", payload: OutageStartedEvent): void;
   emit(event: "outage-ended", payload: OutageEndedEvent): void;
 }
 
-interface QueuedEntry {
-  packet: LoggedPacket;
-  payload: Buffer;
-}
+/** Longest wait between two attempts of a batch after a transient error. */
+const TRANSIENT_RETRY_CAP_MS = 500;
+/** Longest wait between two attempts after any other error (a grant revoked, ...). */
+const OTHER_RETRY_CAP_MS = 2000;
+
+/** `submitted`: the packet as `submit()` got it (the host knows it by identity, see `committed`). */
+type QueuedEntry = PreparedPacket & { submitted: LoggedPacket };
 
 export class LogWriter {
   private readonly batcher: Batcher<QueuedEntry, number>;
@@ -68,17 +96,26 @@ export class LogWriter {
       maxBatchBytes: 64 * 1024 * 1024,
       sizeOf: (item) => item.payload.length,
       maxPending: ctx.opts.maxPendingWrites,
-      isRetryable: isTransientDatabaseError,
-      // Capped low: connected clients wait for these retries, and the outage decision
-      // (unloggedDeliveryAfterMs) should not be made by the backoff.
-      retryDelayMs: (attempt) => Math.min(50 * 2 ** attempt, 500),
+      // Every failure: dropping the batch would lose accepted events, and leave outage mode
+      // (if it starts) with no write to end it. Appends are idempotent, so retrying is safe.
+      isRetryable: () => true,
+      // Transient errors: capped low, since connected clients wait for these retries and the
+      // outage decision (unloggedDeliveryAfterMs) should not be made by the backoff. Others
+      // wait for someone to fix something: slower, but still bounding how long outage mode
+      // outlasts the fix.
+      retryDelayMs: (attempt) =>
+        isTransientDatabaseError(this.outage.lastError)
+          ? Math.min(50 * 2 ** attempt, TRANSIENT_RETRY_CAP_MS)
+          : Math.min(100 * 2 ** attempt, OTHER_RETRY_CAP_MS),
       maxAttempts: Infinity,
-      onError: (err) =>
-        this.ctx.reportError(new Error(`socket.io-postgres-recovery: appending to the log of "${host.nspName}" failed`, { cause: err })),
+      onError: (err) => {
+        this.outage.writeFailed(err);
+        this.ctx.reportError(new Error(`socket.io-postgres-recovery: appending to the log of "${host.nspName}" failed; retrying`, { cause: err }));
+      },
     });
     this.outage = new OutageMonitor({
       afterMs: ctx.opts.unloggedDeliveryAfterMs,
-      onStarted: (failingForMs) => this.startOutage(failingForMs),
+      onStarted: (failingForMs, lastError) => this.startOutage(failingForMs, lastError),
       onEnded: () => this.endOutage(),
     });
   }
@@ -96,7 +133,8 @@ export class LogWriter {
     const { nspName } = this.host;
     let queued: QueuedEntry;
     try {
-      queued = { packet, payload: encodePacket(packet) };
+      // Normalised once, here, to what a client decodes (JSON semantics, binary kept).
+      queued = { ...this.host.prepare(packet), submitted: packet };
     } catch (err) {
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: cannot log an event of "${nspName}": its arguments do not serialize`, { cause: err }));
       return;
@@ -110,6 +148,7 @@ export class LogWriter {
       );
       return;
     }
+    this.host.accepted(queued.packet);
     if (this.outage.inOutage) {
       this.deliverUnlogged(queued.packet);
       return;
@@ -127,7 +166,10 @@ export class LogWriter {
     }
   }
 
-  /** Writes what is queued, within `timeoutMs`; refuses new events from now on. */
+  /**
+   * Writes what is queued, within `timeoutMs` (the batcher gives up on the
+   * rest then, even on a write that never answers); refuses new events from now on.
+   */
   async close(timeoutMs: number): Promise<void> {
     this.outage.stop();
     await this.batcher.close(timeoutMs);
@@ -141,13 +183,15 @@ export class LogWriter {
    * flight, whose commit is in doubt: it is retried and delivered from the log)
    * and every new event to this node's sockets, unlogged.
    */
-  private startOutage(failingForMs: number): void {
+  private startOutage(failingForMs: number, lastError: Error | undefined): void {
     this.unloggedPackets = 0;
-    this.host.emit("outage-started", { failingForMs });
+    this.host.emit("outage-started", { failingForMs, lastError });
     this.ctx.reportError(
       new Error(
-        `socket.io-postgres-recovery: the log of "${this.host.nspName}" has been unwritable for ${failingForMs} ms; ` +
-          "delivering new events to this node's sockets only, unlogged, until a write succeeds",
+        `socket.io-postgres-recovery: the log of "${this.host.nspName}" has been unwritable for ${failingForMs} ms` +
+          (lastError ? "" : " (the write hangs)") +
+          "; delivering new events to this node's sockets only, unlogged, until a write succeeds",
+        lastError ? { cause: lastError } : undefined,
       ),
     );
     for (const item of this.batcher.take(() => true)) this.deliverUnlogged(item.packet);
@@ -188,6 +232,8 @@ export class LogWriter {
     );
     this.outage.writeSucceeded();
     if (appliedBefore) debug("batch %d of %s had been committed by an earlier attempt", this.batchNumber, writerId);
+    // Operations waiting for these events learn their offsets before any of them can be delivered.
+    this.host.committed(items.map((item) => item.submitted), from);
     // Offered to the sequencer as a whole, in this same tick: delivered when the cursor reaches them.
     this.sequencer.offer(items.map((item, i) => ({ offset: from + i, bytes: item.payload.length, ...item.packet })));
     return items.map((_, i) => from + i);

@@ -6,14 +6,18 @@
  */
 import type { ClientConfig, Pool } from "pg";
 import type { ClusterMessage, ClusterResponse } from "socket.io-adapter";
+import { AttachmentsTable } from "./attachments-table.js";
 import { ClusterBus } from "./cluster-bus.js";
+import { settledBy } from "./deadline.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import { Listener } from "./listener.js";
 import type { ResolvedOptions } from "./options.js";
-import { Pruner, type PruneReport } from "./pruner.js";
+import { NAMESPACE_ACTIVITY_INTERVAL_MS, Pruner, type PruneReport } from "./pruner.js";
+import { Semaphore } from "./semaphore.js";
 import { SessionStore } from "./session-store.js";
-import { qualifiedName } from "./sql/identifiers.js";
+import { checkTablesAtStart } from "./startup-check.js";
+import { boundedQueries } from "./sql/bounded-queries.js";
 import { LogQueries } from "./sql/log-queries.js";
 import { PruneQueries } from "./sql/prune-queries.js";
 import { SessionQueries } from "./sql/session-queries.js";
@@ -34,11 +38,17 @@ export class NodeContext {
   readonly sessions: SessionStore;
   readonly listener: Listener;
   readonly bus: ClusterBus;
+  /** The attachments table the bus and the pruner use (shared with upstream's nodes). */
+  readonly attachments: AttachmentsTable;
+  /** Restores reading the table at once, over all namespaces of this node. */
+  readonly restoreReads: Semaphore;
   private readonly pruner: Pruner;
   private readonly members = new Map<string, NamespaceMember>();
   /** Cluster ids of this node's adapters: messages from them are our own. */
   private readonly ownUids = new Set<string>();
   private readonly byNamespaceId = new Map<number, NamespaceMember>();
+  /** Marks this node's namespaces active, so pruning never deletes their rows (see `touchNamespaces`). */
+  private readonly activityTimer: NodeJS.Timeout;
   private closing: Promise<void> | undefined;
 
   constructor(
@@ -46,17 +56,21 @@ export class NodeContext {
     readonly opts: ResolvedOptions,
   ) {
     const report = (err: Error) => this.reportError(err);
-    this.log = new LogQueries(pool, opts.schema, { preparedStatements: opts.preparedStatements });
+    // Every statement of ours gets a bound; the pool itself is left as the caller made it.
+    const db = boundedQueries(pool, opts.queryTimeoutMs === false ? undefined : opts.queryTimeoutMs);
+    this.log = new LogQueries(db, opts.schema, { preparedStatements: opts.preparedStatements });
+    this.restoreReads = new Semaphore(opts.maxConcurrentRestoreReads, "maxConcurrentRestoreReads");
     // Session writes announce themselves on the log channel (payload "s|…"), which every node listens to.
-    this.sessions = new SessionStore(new SessionQueries(pool, opts.schema, opts.logChannel), {
+    this.sessions = new SessionStore(new SessionQueries(db, opts.schema, opts.logChannel), {
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPendingWrites,
       onError: report,
     });
-    this.bus = new ClusterBus(pool, {
+    this.attachments = new AttachmentsTable(db, opts.attachmentsTable, report);
+    this.bus = new ClusterBus(db, {
       channelPrefix: opts.channelPrefix,
       payloadThreshold: opts.payloadThreshold,
-      attachmentsTable: opts.attachmentsTable,
+      attachmentsTable: this.attachments,
       isFromSelf: (uid) => uid !== undefined && this.ownUids.has(uid),
       dispatch: (message) => this.members.get(message.nsp)?.onClusterMessage(message),
       onError: report,
@@ -72,7 +86,7 @@ export class NodeContext {
     });
     this.pruner = new Pruner(
       pool,
-      new PruneQueries(opts.schema, qualifiedName(opts.attachmentsTable.schema, opts.attachmentsTable.table)),
+      new PruneQueries(opts.schema, () => this.attachments.current),
       {
         retentionMs: () => {
           let longest: number | undefined;
@@ -87,9 +101,17 @@ export class NodeContext {
       },
       report,
     );
+    checkTablesAtStart(db, opts.schema, this.attachments, report);
     this.listener.start();
     void this.listener.listen(opts.logChannel);
     this.pruner.start(opts.pruneIntervalMs);
+    const activityMs = Math.min(opts.pruneIntervalMs, NAMESPACE_ACTIVITY_INTERVAL_MS);
+    this.activityTimer = setInterval(() => {
+      this.log.touchNamespaces([...this.byNamespaceId.keys()], activityMs / 2).catch((err: unknown) => {
+        report(new Error("socket.io-postgres-recovery: marking this node's namespaces active failed; retrying next interval", { cause: err }));
+      });
+    }, activityMs);
+    this.activityTimer.unref();
   }
 
   get closed(): boolean {
@@ -105,12 +127,23 @@ export class NodeContext {
     this.byNamespaceId.set(id, member);
   }
 
-  /** Removes a namespace; the last one out closes the shared resources. */
-  async remove(member: NamespaceMember): Promise<void> {
-    if (this.members.get(member.nspName) === member) this.members.delete(member.nspName);
+  /**
+   * Removes a namespace; the last one out closes the shared resources, by
+   * `deadline` (ms since the epoch: the one its own close started, so that
+   * `io.close()` as a whole keeps to `closeTimeoutMs`). A namespace removed
+   * while others stay (a dynamic namespace Socket.IO closed with
+   * `cleanupEmptyChildNamespaces`) gives up its channel, unless a new adapter
+   * of the same name took its place meanwhile: thousands of dynamic
+   * namespaces must not leave thousands of channels behind.
+   */
+  async remove(member: NamespaceMember, deadline = Date.now() + this.opts.closeTimeoutMs): Promise<void> {
+    if (this.members.get(member.nspName) === member) {
+      this.members.delete(member.nspName);
+      if (this.members.size > 0) await this.listener.unlisten(this.bus.channelOf(member.nspName));
+    }
     this.ownUids.delete(member.serverUid());
     for (const [id, m] of this.byNamespaceId) if (m === member) this.byNamespaceId.delete(id);
-    if (this.members.size === 0) await this.close();
+    if (this.members.size === 0) await this.close(deadline);
   }
 
   /** Runs a pruning pass now (for operators and tests); see `pruneIntervalMs`. */
@@ -126,12 +159,34 @@ export class NodeContext {
     }
   }
 
-  private close(): Promise<void> {
+  /**
+   * Every step starts, in order, whatever the time; each is awaited until
+   * `deadline` at the most. One that is still running then (a statement on a
+   * half-open connection, a pool with no free connection) goes on unawaited
+   * and is reported: past the deadline the orchestrator would kill the node.
+   */
+  private close(deadline: number): Promise<void> {
     this.closing ??= (async () => {
-      await this.sessions.close(this.opts.closeTimeoutMs);
-      await this.pruner.stop();
-      await this.bus.idle();
-      await this.listener.close();
+      clearInterval(this.activityTimer);
+      const steps: Array<[string, () => Promise<unknown>]> = [
+        ["writing sessions", () => this.sessions.close(Math.max(0, deadline - Date.now()))],
+        ["the pruning pass", () => this.pruner.stop()],
+        ["publishing cluster messages", () => this.bus.idle()],
+        ["closing the LISTEN connection", () => this.listener.close()],
+      ];
+      const late: string[] = [];
+      for (const [what, step] of steps) {
+        try {
+          if (!(await settledBy(step(), deadline))) late.push(what);
+        } catch (err) {
+          this.reportError(new Error(`socket.io-postgres-recovery: closing: ${what} failed`, { cause: asError(err) }));
+        }
+      }
+      if (late.length > 0) {
+        this.reportError(
+          new Error(`socket.io-postgres-recovery: closing gave up waiting at closeTimeoutMs (${this.opts.closeTimeoutMs} ms) for: ${late.join(", ")}`),
+        );
+      }
       debug("node context closed");
     })();
     return this.closing;
@@ -148,7 +203,7 @@ export class NodeContext {
         const member = this.byNamespaceId.get(Number(id));
         member?.onLogNotification(Number(from), Number(count), inline ?? "");
       } else if (this.bus.owns(channel)) {
-        this.bus.receive(payload);
+        this.bus.receive(payload, channel);
       }
     } catch (err) {
       this.reportError(new Error("socket.io-postgres-recovery: failed to handle a notification", { cause: asError(err) }));

@@ -20,7 +20,11 @@
  *   `maxDisconnectionDuration` plus `retentionMarginMs`.
  * - **prune**: deleting expired sessions and entries past retention.
  */
+import type { AttachmentsTableSpec } from "./attachments-table.js";
 import { debug } from "./debug.js";
+
+/** Upstream's default `tableName`, also the table the migrations create in `schema`. */
+const DEFAULT_ATTACHMENTS_TABLE = "socket_io_attachments";
 
 /** Options shared with `@socket.io/postgres-adapter` (same names, defaults and meaning). */
 export interface UpstreamCompatibleOptions {
@@ -31,10 +35,14 @@ export interface UpstreamCompatibleOptions {
    */
   channelPrefix?: string;
   /**
-   * Table for non-logged cluster messages that are binary or larger than
-   * `payloadThreshold`. A bare name is looked up in `schema` (the migrations
-   * create `socket_io_attachments` there); `other_schema.table` names a table
-   * you created yourself, e.g. the one an upstream deployment already uses.
+   * Table for cluster messages that are binary or larger than
+   * `payloadThreshold`. As with `@socket.io/postgres-adapter` and
+   * `@socket.io/postgres-emitter`, a bare name is found through the pool's
+   * `search_path` (usually `public`), so every node of a mixed cluster uses
+   * the same table; `schema.table` names one explicitly. The default name,
+   * when the search path has no such table, is the one the migrations create
+   * in `schema`. A missing table is reported to `errorHandler` at start.
+   * Folded to lower case, as Postgres folds upstream's unquoted name.
    * @default "socket_io_attachments"
    */
   tableName?: string;
@@ -172,6 +180,12 @@ export interface RecoveryOptions {
    * and no restore replays them. Restores on this node are refused meanwhile.
    * The first successful write ends it. `false`: events wait in the queue
    * (up to `maxPendingWrites`) until the database is back.
+   *
+   * The same bound caps two other waits on the database: a new connection's
+   * CONNECT while its namespace has not started (past it, the socket is let
+   * in and dropped, to reconnect afresh, when the namespace starts), and a
+   * room or disconnect operation waiting for the events emitted before it
+   * (past it, the operation applies anyway and is reported).
    * @default 2000
    */
   unloggedDeliveryAfterMs?: number | false;
@@ -183,10 +197,33 @@ export interface RecoveryOptions {
    */
   preparedStatements?: boolean;
   /**
-   * How long `io.close()` keeps trying to write what is queued (log entries,
-   * sessions) while the database is slow or away. Past it, what is left is
-   * reported to `errorHandler` and given up: those sessions are not
-   * restorable, those events are not delivered.
+   * Bound on each statement the adapter runs on the pool (log appends and
+   * reads, session writes and takes, cluster messages), in milliseconds, as
+   * pg's per-query `query_timeout`. A statement without an answer by then
+   * fails and the pool discards its connection; a log append is then retried
+   * on another connection (idempotently). This is what unsticks a write sent
+   * into a half-open connection, which would otherwise hold the namespace's
+   * log on this node until TCP gives up (often many minutes).
+   * Trade-off: a healthy statement slower than this is abandoned and retried
+   * (harmless, but wasted work): keep it well above your slowest healthy
+   * write (large batches of large events on a slow link). The pool's own
+   * `query_timeout`, when shorter, applies instead; the pool's settings are
+   * never changed. Waiting for a free pooled connection is not covered (that
+   * is the pool's `connectionTimeoutMillis`). `false`: no bound of ours.
+   * @default 15000
+   */
+  queryTimeoutMs?: number | false;
+  /**
+   * How long `io.close()` may take, in milliseconds: writing what is queued
+   * (log entries, sessions) while the database is slow or away, then
+   * releasing the LISTEN connection and the background work. Every step
+   * shares this one deadline, so `io.close()` returns within it (plus a few
+   * milliseconds) even when a statement never answers (a half-open
+   * connection, an exhausted pool). Past it, what is left is reported to
+   * `errorHandler` and given up: those sessions are not restorable, those
+   * events are not delivered by this node (a write already sent may still
+   * commit, and is then delivered by the other nodes). Keep it below the
+   * orchestrator's grace period before SIGKILL.
    * @default 10000
    */
   closeTimeoutMs?: number;
@@ -197,6 +234,33 @@ export interface RecoveryOptions {
    * @default 10000
    */
   recentEntries?: number;
+  /**
+   * Most entries a node holds per namespace ahead of what it delivered (a
+   * node that delivers slower than the cluster commits, or catching up).
+   * Entries beyond are dropped from memory and read from the table once
+   * delivery made room: never lost, but read twice. Larger: fewer re-reads
+   * when a node lags; smaller: less memory per lagging namespace.
+   * @default 20000
+   */
+  maxBufferedEntries?: number;
+  /**
+   * Most payload bytes a node holds per namespace ahead of what it delivered,
+   * plus the one entry that crosses it; like `maxBufferedEntries`, the rest
+   * is read from the table later. Also bounds each catch-up read of the
+   * table by bytes.
+   * @default 33554432 (32 MiB)
+   */
+  maxBufferedBytes?: number;
+  /**
+   * Most restores of a node reading the table at the same time (restores
+   * served from memory do not count). Others wait their turn within
+   * `restoreTimeoutMs`, past which they are refused as any slow restore.
+   * Larger: a reconnection storm restores faster if the database keeps up;
+   * smaller: fewer pooled connections and less memory taken by replays
+   * (each read is up to `maxReplayBytes`).
+   * @default 4
+   */
+  maxConcurrentRestoreReads?: number;
 }
 
 export type PostgresRecoveryAdapterOptions = UpstreamCompatibleOptions & RecoveryOptions;
@@ -204,8 +268,8 @@ export type PostgresRecoveryAdapterOptions = UpstreamCompatibleOptions & Recover
 /** Every option with a value, validated once. */
 export interface ResolvedOptions {
   readonly channelPrefix: string;
-  /** Schema and table of the attachments table (unquoted). */
-  readonly attachmentsTable: { readonly schema: string; readonly table: string };
+  /** The attachments table as `tableName` names it (unquoted; resolved at start, see attachments-table.ts). */
+  readonly attachmentsTable: AttachmentsTableSpec;
   readonly payloadThreshold: number;
   readonly cleanupInterval: number;
   readonly heartbeatInterval: number;
@@ -228,7 +292,11 @@ export interface ResolvedOptions {
   readonly maxPendingWrites: number;
   readonly closeTimeoutMs: number;
   readonly recentEntries: number;
+  readonly maxBufferedEntries: number;
+  readonly maxBufferedBytes: number;
+  readonly maxConcurrentRestoreReads: number;
   readonly unloggedDeliveryAfterMs: number | false;
+  readonly queryTimeoutMs: number | false;
   readonly preparedStatements: boolean;
   /** NOTIFY channel of the message log (one per schema). */
   readonly logChannel: string;
@@ -267,6 +335,9 @@ const INTEGER_RULES = {
   closeTimeoutMs: { min: 0, max: 600_000, unit: "ms" },
   // Only saves restores a query: 0 turns the ring off.
   recentEntries: { min: 0, max: 10_000_000, unit: "entries" },
+  maxBufferedEntries: { min: 100, max: 10_000_000, unit: "entries" },
+  maxBufferedBytes: { min: 64 * 1024, max: 2 ** 31, unit: "bytes" },
+  maxConcurrentRestoreReads: { min: 1, max: 1000, unit: "reads" },
 } satisfies Record<string, IntegerRule>;
 
 type IntegerOption = keyof typeof INTEGER_RULES;
@@ -278,6 +349,7 @@ const KNOWN_OPTIONS = new Set<string>([
   "schema",
   "primeOffsetEvent",
   "unloggedDeliveryAfterMs",
+  "queryTimeoutMs",
   "preparedStatements",
   ...Object.keys(INTEGER_RULES),
 ]);
@@ -342,14 +414,17 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     fail("channelPrefix", "a non-empty string of at most 40 bytes without double quotes or NUL", channelPrefix);
   }
 
-  const tableName = opts.tableName ?? "socket_io_attachments";
+  const tableName = opts.tableName ?? DEFAULT_ATTACHMENTS_TABLE;
   if (typeof tableName !== "string") fail("tableName", "a table name or schema.table", tableName);
-  const parts = tableName.split(".");
-  if (parts.length > 2 || !parts.every((p) => /^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(p))) {
+  // Upstream writes the name into its SQL unquoted, so Postgres folds it to lower case; quoted here, it is folded first.
+  const parts = tableName.toLowerCase().split(".");
+  if (parts.length > 2 || !parts.every((p) => /^[a-z_][a-z0-9_]{0,62}$/.test(p))) {
     fail("tableName", "a table name or schema.table made of Postgres identifiers", tableName);
   }
-  const attachmentsTable =
-    parts.length === 2 ? { schema: parts[0]!, table: parts[1]! } : { schema, table: parts[0]! };
+  const attachmentsTable: AttachmentsTableSpec =
+    parts.length === 2
+      ? { schema: parts[0]!, table: parts[1]!, fallbackSchema: undefined }
+      : { schema: undefined, table: parts[0]!, fallbackSchema: parts[0] === DEFAULT_ATTACHMENTS_TABLE ? schema : undefined };
 
   const errorHandler = opts.errorHandler;
   if (errorHandler !== undefined && typeof errorHandler !== "function") {
@@ -371,6 +446,14 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     (typeof unloggedDeliveryAfterMs !== "number" || !Number.isInteger(unloggedDeliveryAfterMs) || unloggedDeliveryAfterMs < 100 || unloggedDeliveryAfterMs > 600_000)
   ) {
     fail("unloggedDeliveryAfterMs", "an integer from 100 to 600000 (ms) or false", unloggedDeliveryAfterMs);
+  }
+
+  const queryTimeoutMs = opts.queryTimeoutMs ?? 15_000;
+  if (
+    queryTimeoutMs !== false &&
+    (typeof queryTimeoutMs !== "number" || !Number.isInteger(queryTimeoutMs) || queryTimeoutMs < 100 || queryTimeoutMs > 600_000)
+  ) {
+    fail("queryTimeoutMs", "an integer from 100 to 600000 (ms) or false", queryTimeoutMs);
   }
 
   const preparedStatements = opts.preparedStatements ?? true;
@@ -418,7 +501,11 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     maxPendingWrites: integer(opts, "maxPendingWrites", 100_000),
     closeTimeoutMs: integer(opts, "closeTimeoutMs", 10_000),
     recentEntries: integer(opts, "recentEntries", 10_000),
+    maxBufferedEntries: integer(opts, "maxBufferedEntries", 20_000),
+    maxBufferedBytes: integer(opts, "maxBufferedBytes", 32 * 1024 * 1024),
+    maxConcurrentRestoreReads: integer(opts, "maxConcurrentRestoreReads", 4),
     unloggedDeliveryAfterMs: unloggedDeliveryAfterMs as number | false,
+    queryTimeoutMs: queryTimeoutMs as number | false,
     preparedStatements,
     logChannel,
   });

@@ -5,12 +5,21 @@
  * to delivering new events to its own sockets, unlogged, rather than keeping
  * every connected client waiting for a database that is away.
  *
- * Only the timing lives here; what "outage mode" does is the adapter's.
+ * It is the one write-health state of a namespace's log on this node, fed by
+ * every outcome of every append attempt: started, failed (with its error),
+ * succeeded. Only a success ends an outage, and something always comes to
+ * try: the log writer retries a failed batch until it commits (whatever the
+ * error), so the batch whose commit is in doubt is the probe. A probe of its
+ * own (`SELECT 1`) would prove less: it succeeds on a read-only standby, or
+ * for a role that lost its INSERT grant.
+ *
+ * Only the timing lives here; what "outage mode" does is the log writer's.
  */
 export interface OutageMonitorOptions {
   /** Continuous failure before outage mode; false: never (events wait in the queue). */
   afterMs: number | false;
-  onStarted(failingForMs: number): void;
+  /** `lastError`: the latest failed attempt's error (none when the write hangs rather than fails). */
+  onStarted(failingForMs: number, lastError: Error | undefined): void;
   onEnded(): void;
 }
 
@@ -24,6 +33,8 @@ export class OutageMonitor {
   private due = 0;
   private timer: NodeJS.Timeout | undefined;
   private active = false;
+  /** The latest failure since the last success. */
+  private failure: Error | undefined;
 
   constructor(private readonly opts: OutageMonitorOptions) {}
 
@@ -39,8 +50,19 @@ export class OutageMonitor {
     this.arm(this.opts.afterMs);
   }
 
+  /** A log write attempt failed; it will be retried (see the class comment). */
+  writeFailed(err: Error): void {
+    this.failure = err;
+  }
+
+  /** The latest failure since the last success, if any. */
+  get lastError(): Error | undefined {
+    return this.failure;
+  }
+
   /** A log write committed: the database is back (or never left). */
   writeSucceeded(): void {
+    this.failure = undefined;
     if (this.failingSince === undefined) return;
     clearTimeout(this.timer);
     this.failingSince = undefined;
@@ -76,7 +98,7 @@ export class OutageMonitor {
         return;
       }
       this.active = true;
-      this.opts.onStarted(Date.now() - this.failingSince);
+      this.opts.onStarted(Date.now() - this.failingSince, this.failure);
     });
   }
 }

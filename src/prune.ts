@@ -7,7 +7,7 @@
 import type pg from "pg";
 import { previewPrunePass, runPrunePass, type PrunePassReport, type PrunePlan } from "./pruner.js";
 import { requireMigratedSchema } from "./schema-ready.js";
-import { qualifiedName } from "./sql/identifiers.js";
+import { AttachmentsTable, type AttachmentsTableSpec } from "./attachments-table.js";
 import { PruneQueries } from "./sql/prune-queries.js";
 
 const PREFIX = "socket.io-postgres-recovery:";
@@ -17,8 +17,12 @@ export interface PruneOptions {
   schema?: string;
   /** Count what would be removed, in one read-only transaction; delete nothing. */
   dryRun?: boolean;
-  /** Attachments table, unquoted `schema.table` (default: `socket_io_attachments` in `schema`). */
-  attachmentsTable?: { schema: string; table: string };
+  /**
+   * The adapter's `tableName`, unquoted: without `schema`, found through the
+   * pool's search_path as the adapter does (default: `socket_io_attachments`
+   * there, else in `schema`).
+   */
+  attachmentsTable?: { schema?: string; table: string };
   /** Age past which attachments go (ms); the adapter's `cleanupInterval`. @default 30000 */
   attachmentsMaxAgeMs?: number;
   /** Rows per DELETE. @default 5000 */
@@ -34,8 +38,15 @@ export interface PruneOutcome extends PrunePassReport {
 
 export async function prune(pool: pg.Pool, options: PruneOptions = {}): Promise<PruneOutcome> {
   const { schema } = await requireMigratedSchema(pool, options.schema);
-  const attachments = options.attachmentsTable ?? { schema, table: "socket_io_attachments" };
-  const queries = new PruneQueries(schema, qualifiedName(attachments.schema, attachments.table));
+  const given = options.attachmentsTable;
+  const table = given?.table ?? "socket_io_attachments";
+  const spec: AttachmentsTableSpec = {
+    schema: given?.schema,
+    table,
+    fallbackSchema: given?.schema === undefined && table === "socket_io_attachments" ? schema : undefined,
+  };
+  const attachments = await new AttachmentsTable(pool, spec, () => undefined).name();
+  const queries = new PruneQueries(schema, attachments);
   const plan: PrunePlan = {
     retentionMs: (namespace) => namespace.storedRetentionMs ?? undefined,
     sessions: true,

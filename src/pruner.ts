@@ -23,6 +23,8 @@ export interface PruneReport {
   sessions: number;
   attachments: number;
   writers: number;
+  /** Rows of namespaces unused for long, deleted (see `pruneNamespace`). */
+  namespaceRows: number;
 }
 
 /** A namespace as a pass sees it: `storedRetentionMs` is what its nodes wrote (null: none yet). */
@@ -56,6 +58,8 @@ export interface PrunePassReport {
   sessions: number;
   attachments: number;
   writers: number;
+  /** Rows of namespaces unused for long: no entries, sessions nor writers left, no node marking them active. */
+  namespaceRows: number;
   /** Namespaces whose log was pruned, by name. */
   namespaces: NamespacePruneCounts[];
   /** Namespaces left alone: the plan gave them no retention. */
@@ -64,6 +68,16 @@ export interface PrunePassReport {
 
 /** How long past the retention a writer's row is kept after its last batch. */
 export const WRITER_IDLE_MS = 60 * 60 * 1000;
+
+/**
+ * How long past the retention a namespace's row is kept after a node last
+ * marked it active. Nodes mark the namespaces they hold every
+ * `NAMESPACE_ACTIVITY_INTERVAL_MS` at most (more often with a shorter
+ * `pruneIntervalMs`), so a held namespace is marked a dozen times or more
+ * within this margin.
+ */
+export const NAMESPACE_IDLE_MS = 60 * 60 * 1000;
+export const NAMESPACE_ACTIVITY_INTERVAL_MS = 5 * 60 * 1000;
 
 /** Each namespace with the retention the plan gives it. */
 async function planned(client: PoolClient, queries: PruneQueries, plan: PrunePlan) {
@@ -97,7 +111,18 @@ export async function runPrunePass(
 ): Promise<PrunePassReport> {
   const startedAt = new Date();
   const { batchSize } = plan;
-  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaces: [], skipped: [] };
+  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0, namespaces: [], skipped: [] };
+  // First: it needs no table of ours, so a node used as a plain drop-in for upstream (schema
+  // not migrated, recovery off) still cleans the shared attachments table, as upstream's nodes do.
+  // A missing attachments table (reported at start) must not stop the log's pruning: rethrown at the end.
+  let attachmentsFailure: unknown;
+  try {
+    report.attachments = await drain(batchSize, () =>
+      queries.pruneAttachments(client, plan.attachmentsMaxAgeMs, batchSize),
+    );
+  } catch (err) {
+    attachmentsFailure = err;
+  }
   for (const { namespace, retentionMs } of await planned(client, queries, plan)) {
     if (retentionMs === undefined) {
       report.skipped.push(namespace.name);
@@ -111,13 +136,14 @@ export async function runPrunePass(
     report.namespaces.push({ name: namespace.name, retentionMs, logEntries, writers });
     report.logEntries += logEntries;
     report.writers += writers;
+    // Last: only a row whose entries, sessions and writers are all gone can go.
+    const removed = await queries.pruneNamespace(client, namespace.id, retentionMs + NAMESPACE_IDLE_MS);
+    if (removed) report.namespaceRows++;
   }
   if (plan.sessions) report.sessions = await drain(batchSize, () => queries.pruneSessions(client, batchSize));
-  report.attachments = await drain(batchSize, () =>
-    queries.pruneAttachments(client, plan.attachmentsMaxAgeMs, batchSize),
-  );
-  const { logEntries, sessions, attachments, writers } = report;
-  await queries.recordRun(client, startedAt, JSON.stringify({ source, logEntries, sessions, attachments, writers }));
+  const { logEntries, sessions, attachments, writers, namespaceRows } = report;
+  await queries.recordRun(client, startedAt, JSON.stringify({ source, logEntries, sessions, attachments, writers, namespaceRows }));
+  if (attachmentsFailure !== undefined) throw attachmentsFailure;
   return report;
 }
 
@@ -126,7 +152,7 @@ export async function runPrunePass(
  * deletes nothing, records nothing, takes no lock.
  */
 export async function previewPrunePass(client: PoolClient, queries: PruneQueries, plan: PrunePlan): Promise<PrunePassReport> {
-  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaces: [], skipped: [] };
+  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0, namespaces: [], skipped: [] };
   await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
   try {
     for (const { namespace, retentionMs } of await planned(client, queries, plan)) {
@@ -139,6 +165,8 @@ export async function previewPrunePass(client: PoolClient, queries: PruneQueries
       report.namespaces.push({ name: namespace.name, retentionMs, logEntries, writers });
       report.logEntries += logEntries;
       report.writers += writers;
+      // What this snapshot shows unused; a real pass may find more (it deletes entries and writers first).
+      if (await queries.countNamespace(client, namespace.id, retentionMs + NAMESPACE_IDLE_MS)) report.namespaceRows++;
     }
     if (plan.sessions) report.sessions = await queries.countSessions(client);
     report.attachments = await queries.countAttachments(client, plan.attachmentsMaxAgeMs);
@@ -182,7 +210,7 @@ export class Pruner {
   }
 
   private async pass(): Promise<PruneReport> {
-    const report: PruneReport = { ran: false, logEntries: 0, sessions: 0, attachments: 0, writers: 0 };
+    const report: PruneReport = { ran: false, logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0 };
     const client = await this.pool.connect();
     let broken: Error | undefined;
     try {
@@ -209,6 +237,7 @@ export class Pruner {
         report.sessions = pass.sessions;
         report.attachments = pass.attachments;
         report.writers = pass.writers;
+        report.namespaceRows = pass.namespaceRows;
         debug("prune: %j", report);
       } finally {
         await this.queries.unlock(client);

@@ -210,7 +210,11 @@ export class Restorer {
       const { maxReplayEntries, maxReplayBytes } = this.ctx.opts;
       const entries =
         this.sequencer.recentRange(offset, upTo) ??
-        (await this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes)).entries;
+        (
+          await this.ctx.restoreReads.run(deadline, () =>
+            this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes),
+          )
+        ).entries;
       const plan = planReplay(entries, offset, upTo, stored.lastOffset, membership, this.ctx.opts);
       if (plan.refused !== undefined) return { refused: plan.refused };
       if (pending.overflowed) return { refused: "more was delivered during the restore than maxReplayEntries or maxReplayBytes allow" };

@@ -42,6 +42,13 @@ export const namespaces = pgTable("namespaces", {
    * nodes' settings; NULL until a node with recovery starts.
    */
   retentionMs: bigint("retention_ms", { mode: "number" }),
+  /**
+   * Last time a node started or held this namespace: set when a node starts
+   * it, refreshed periodically while a node holds it. Pruning deletes a row
+   * only when it is long past (see `pruneNamespace` in sql/prune-queries.ts),
+   * so the head of a namespace some node still serves never goes back to 0.
+   */
+  activeAt: timestamp("active_at", { withTimezone: true }).notNull().defaultNow(),
 });
 
 /** The message log: one row per logged broadcast, addressed by (namespace, offset). */
@@ -63,14 +70,19 @@ export const logEntries = pgTable(
  * it already committed, so a write retried after an ambiguous failure (the
  * connection died after the commit, before the answer) is not logged twice.
  */
-export const logWriters = pgTable("log_writers", {
-  writerId: text("writer_id").primaryKey(),
-  namespaceId: integer("namespace_id").notNull(),
-  lastBatch: bigint("last_batch", { mode: "number" }).notNull().default(0),
-  /** First offset of that batch, so a retry learns where it went. */
-  lastFrom: bigint("last_from", { mode: "number" }).notNull().default(0),
-  updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
-});
+export const logWriters = pgTable(
+  "log_writers",
+  {
+    writerId: text("writer_id").primaryKey(),
+    namespaceId: integer("namespace_id").notNull(),
+    lastBatch: bigint("last_batch", { mode: "number" }).notNull().default(0),
+    /** First offset of that batch, so a retry learns where it went. */
+    lastFrom: bigint("last_from", { mode: "number" }).notNull().default(0),
+    updatedAt: timestamp("updated_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  // Pruning looks up a namespace's idle writers: without it, every pass scans the whole table.
+  (t) => [index("log_writers_namespace_updated_at_idx").on(t.namespaceId, t.updatedAt)],
+);
 
 /** Sessions of disconnected sockets, waiting to be restored once or to expire. */
 export const sessions = pgTable(

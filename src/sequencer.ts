@@ -11,6 +11,13 @@
  *
  * Delivery is synchronous (one loop, no awaits, no promise resolved per
  * entry), so nothing can interleave between two deliveries.
+ *
+ * Bounded: what waits ahead of the cursor is at most `maxBufferedEntries`
+ * offsets past it and `maxBufferedBytes` of payload. Beyond that an entry is
+ * dropped, not lost: its offset is committed (`knownHead` says so), so it is
+ * read from the table once delivery has made room. Reads fetch only what is
+ * not held (after the end of the run held from the cursor), so a catch-up
+ * reads each row once.
  */
 import type { LogEntry } from "./codec.js";
 import { asError } from "./errors.js";
@@ -37,10 +44,29 @@ export interface SequencerOptions {
   recentBytes?: number;
   /** Entries read per table read. */
   readBatchSize: number;
+  /**
+   * Most offsets held ahead of the cursor: an entry more than this past the
+   * cursor is dropped (and read from the table later).
+   */
+  maxBufferedEntries: number;
+  /**
+   * Most payload bytes held ahead of the cursor, plus the entry that crosses
+   * it (the entry right after the cursor is always taken).
+   */
+  maxBufferedBytes: number;
   /** Sends one entry to this node's sockets. Must not throw (errors are reported if it does). */
   deliver(entry: LogEntry): void;
-  /** Committed entries in (after, upTo], oldest first, at most `limit`; upTo undefined: to the newest. */
-  read(after: number, upTo: number | undefined, limit: number): Promise<LogEntry[]>;
+  /**
+   * While true, nothing more is delivered (entries wait in `ahead`); whoever
+   * holds it calls `offer([])` when it ends. See program-order.ts.
+   */
+  paused?(): boolean;
+  /**
+   * Committed entries in (after, upTo], oldest first, at most `limit`; upTo
+   * undefined: to the newest. At most `maxBytes` of payload, except that the
+   * row crossing it is included (so a read always returns a row when one exists).
+   */
+  read(after: number, upTo: number | undefined, limit: number, maxBytes: number): Promise<LogEntry[]>;
   onError(err: Error): void;
 }
 
@@ -56,6 +82,17 @@ export class Sequencer {
   /** Highest offset known to be committed. */
   private knownHead = 0;
   private readonly ahead = new Map<number, LogEntry>();
+  /** Total `bytes` of the entries in `ahead`. */
+  private aheadTotal = 0;
+  /**
+   * Every offset in (cursor, heldHint] was in `ahead` when last looked at.
+   * Entries leave `ahead` only by delivery (which moves the cursor past them)
+   * or by skipping pruned ones, so the hint stays true; it makes finding the
+   * end of the held run amortized O(1).
+   */
+  private heldHint = 0;
+  /** Entries were dropped for the bounds since `ahead` was last empty (reported once per episode). */
+  private overflowing = false;
   private readonly recent: RecentEntries;
   /** A continuation of drain() is scheduled (see DELIVERY_SLICE_MS). */
   private sliceScheduled = false;
@@ -72,6 +109,16 @@ export class Sequencer {
     this.recent = new RecentEntries(opts.recentEntries, opts.recentBytes);
   }
 
+  /** Entries waiting ahead of the cursor (for status and tests). */
+  get aheadCount(): number {
+    return this.ahead.size;
+  }
+
+  /** Payload bytes waiting ahead of the cursor. */
+  get aheadBytes(): number {
+    return this.aheadTotal;
+  }
+
   /** The offset of the last delivered entry; undefined until `start()`. */
   get cursor(): number | undefined {
     return this._cursor;
@@ -82,17 +129,75 @@ export class Sequencer {
     if (this._cursor !== undefined) return;
     this._cursor = head;
     this.knownHead = Math.max(this.knownHead, head);
-    for (const offset of this.ahead.keys()) if (offset <= head) this.ahead.delete(offset);
+    this.dropAheadThrough(head);
     this.drain();
   }
 
   /** Entries whose data is here (own writes, NOTIFY payloads, reads). */
   offer(entries: readonly LogEntry[]): void {
+    let dropped = 0;
     for (const entry of entries) {
       if (entry.offset > this.knownHead) this.knownHead = entry.offset;
-      if (this._cursor === undefined || entry.offset > this._cursor) this.ahead.set(entry.offset, entry);
+      if (this.hold(entry) === "dropped") dropped++;
     }
+    if (dropped > 0) this.reportOverflow(dropped);
     this.drain();
+  }
+
+  /**
+   * Keeps an entry ahead of the cursor when it fits the bounds. Before
+   * `start()` the cursor is unknown: entries are kept within the bounds
+   * counted from the lowest offset that could be next (they are few: the
+   * NOTIFYs of a namespace's first moments).
+   */
+  private hold(entry: LogEntry): "held" | "dropped" | "ignored" {
+    const cursor = this._cursor;
+    if (cursor !== undefined && entry.offset <= cursor) return "ignored";
+    const previous = this.ahead.get(entry.offset);
+    if (previous) return "ignored"; // the same committed entry again (a read after a NOTIFY)
+    const next = cursor === undefined ? undefined : cursor + 1;
+    if (entry.offset !== next) {
+      if (cursor !== undefined && entry.offset > cursor + this.opts.maxBufferedEntries) return "dropped";
+      if (cursor === undefined && this.ahead.size >= this.opts.maxBufferedEntries) return "dropped";
+      // Like a read's byte bound, the entry that crosses the bound is kept: one always fits.
+      if (this.aheadTotal >= this.opts.maxBufferedBytes) return "dropped";
+    }
+    this.ahead.set(entry.offset, entry);
+    this.aheadTotal += entry.bytes;
+    return "held";
+  }
+
+  private take(offset: number): void {
+    const entry = this.ahead.get(offset);
+    if (!entry) return;
+    this.ahead.delete(offset);
+    this.aheadTotal -= entry.bytes;
+  }
+
+  private dropAheadThrough(through: number): void {
+    for (const offset of this.ahead.keys()) if (offset <= through) this.take(offset);
+  }
+
+  /** The end of the run of consecutive offsets held from the cursor on (the cursor when none). */
+  private heldThrough(): number {
+    const cursor = this._cursor ?? 0;
+    let end = Math.max(cursor, this.heldHint);
+    while (this.ahead.has(end + 1)) end++;
+    this.heldHint = end;
+    return end;
+  }
+
+  private reportOverflow(dropped: number): void {
+    if (this.overflowing) return;
+    this.overflowing = true;
+    this.opts.onError(
+      new Error(
+        `socket.io-postgres-recovery: this node delivers slower than the log grows: ${this.ahead.size} entries ` +
+          `(${this.aheadTotal} bytes) wait ahead of its cursor ${this._cursor ?? "(not started)"}, the bound ` +
+          `(maxBufferedEntries ${this.opts.maxBufferedEntries}, maxBufferedBytes ${this.opts.maxBufferedBytes}); ` +
+          `${dropped} entries beyond it are read from the table later (nothing is lost)`,
+      ),
+    );
   }
 
   /** A committed range whose data has to be read (a NOTIFY without payload). */
@@ -156,11 +261,12 @@ export class Sequencer {
     const started = performance.now();
     let delivered = 0;
     for (let next = this.ahead.get(cursor + 1); next; next = this.ahead.get(cursor + 1)) {
+      if (this.opts.paused?.()) break;
       if (++delivered % CLOCK_EVERY === 0 && performance.now() - started > DELIVERY_SLICE_MS) {
         this.continueSoon();
         break;
       }
-      this.ahead.delete(next.offset);
+      this.take(next.offset);
       cursor = next.offset;
       this._cursor = cursor;
       this.recent.push(next);
@@ -180,8 +286,10 @@ export class Sequencer {
         }
       }
     }
+    if (this.ahead.size === 0) this.overflowing = false;
     if (this.sliceScheduled) return; // the rest is here already: no gap to fill yet
-    if (this.readAfterSlices) {
+    if (this.readAfterSlices || this.readToEnd) {
+      // A read waited for the slices, or a read to the end stopped at the bounds: go on now.
       this.readAfterSlices = false;
       this.readSoon(0);
       return;
@@ -220,8 +328,8 @@ export class Sequencer {
   private read(): void {
     if (this.closed || this.reading || this._cursor === undefined) return;
     if (this.sliceScheduled) {
-      // What a read would fetch from the cursor on is mostly here already, waiting for its slice:
-      // reading now would fetch it again (and again, for every read during a long catch-up).
+      // Entries are here already, waiting for their slice: read once they are delivered, which
+      // keeps what is held ahead small (a read under way goes on within the bounds meanwhile).
       this.readAfterSlices = true;
       return;
     }
@@ -245,26 +353,47 @@ export class Sequencer {
       });
   }
 
+  /**
+   * Reads what is committed and not held: after the end of the run held from
+   * the cursor, never what is already in memory, within the bounds. Stops at
+   * the bounds with `readToEnd` kept, so that delivery resumes it (drain).
+   */
   private async readFromTable(toEnd: boolean): Promise<void> {
     for (;;) {
       const cursor = this._cursor;
       if (cursor === undefined || this.closed) return;
+      const after = this.heldThrough();
       const upTo = toEnd ? undefined : this.knownHead;
-      if (upTo !== undefined && upTo <= cursor) return;
-      const entries = await this.opts.read(cursor, upTo, this.opts.readBatchSize);
-      if (this._cursor !== cursor) {
-        // Delivery moved on while we read; offer what we have and look again.
-        this.offer(entries);
-        continue;
-      }
-      const first = entries[0];
-      if (first === undefined) {
-        if (upTo !== undefined) this.skipPruned(upTo);
+      if (upTo !== undefined && upTo <= after) return;
+      const room = cursor + this.opts.maxBufferedEntries - after;
+      const bytesLeft = this.opts.maxBufferedBytes - this.aheadTotal;
+      if (room <= 0 || (bytesLeft <= 0 && after > cursor)) {
+        // Full: delivery makes room, then goes on reading (see drain).
+        if (toEnd) this.readToEnd = true;
         return;
       }
-      if (first.offset !== cursor + 1) this.skipPruned(first.offset - 1);
+      const limit = Math.min(this.opts.readBatchSize, room);
+      const maxBytes = Math.max(bytesLeft, 0);
+      const entries = await this.opts.read(after, upTo, limit, maxBytes);
+      if (this.closed || this._cursor === undefined) return;
+      // Whether what the table lacks can be judged pruned: the read started at the cursor and
+      // nothing was delivered nor arrived meanwhile. Otherwise deliver first, then look again.
+      const exact = after === cursor && this._cursor === cursor && !this.ahead.has(cursor + 1);
+      const first = entries[0];
+      if (first === undefined) {
+        if (upTo !== undefined && exact) this.skipPruned(upTo);
+        return;
+      }
+      if (first.offset !== after + 1) {
+        if (!exact) {
+          this.offer(entries);
+          return;
+        }
+        this.skipPruned(first.offset - 1);
+      }
       this.offer(entries);
-      if (entries.length < this.opts.readBatchSize) return;
+      // Fewer rows than asked, and not cut by the byte bound: the table has no more for now.
+      if (entries.length < limit && totalBytes(entries) <= maxBytes) return;
     }
   }
 
@@ -279,7 +408,13 @@ export class Sequencer {
     );
     this._cursor = through;
     this.recent.clear();
-    for (const offset of this.ahead.keys()) if (offset <= through) this.ahead.delete(offset);
+    this.dropAheadThrough(through);
     this.drain();
   }
+}
+
+function totalBytes(entries: readonly LogEntry[]): number {
+  let total = 0;
+  for (const entry of entries) total += entry.bytes;
+  return total;
 }

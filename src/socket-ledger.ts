@@ -92,7 +92,10 @@ export class SocketLedger {
     this.left.delete(id);
   }
 
-  /** The namespace started at `head`: unknown cursors become it. Returns the sockets to prime. */
+  /**
+   * The namespace started at `head`: unknown cursors become it. Returns the
+   * sockets whose session began before (connected before the cursor was known).
+   */
   settle(head: number): SocketId[] {
     for (const rooms of this.joins.values()) {
       for (const [room, at] of rooms) if (at === UNSTARTED) rooms.set(room, head);

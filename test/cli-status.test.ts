@@ -6,6 +6,7 @@
 import pg from "pg";
 import { describe, expect, it } from "vitest";
 import type { RecoveryStatus } from "../src/index.js";
+import { knownMigrations } from "../src/migrate.js";
 import {
   closedPort,
   expectOneLineFailure,
@@ -18,6 +19,10 @@ import {
 } from "./helpers/cli.js";
 import { Cluster, goOffline, join, waitForHead, waitForSession } from "./helpers/cluster.js";
 import { useClusterSuite } from "./fixtures/suite.js";
+
+/** Every migration this version ships, in order (the literal list changes with each new migration). */
+const TAGS = knownMigrations().map((m) => m.tag);
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
 const db = useClusterSuite("cli_status");
 
@@ -105,7 +110,7 @@ describe("status", () => {
     const facts = await namespaceFacts(schema);
 
     expect(status.schema).toBe(schema);
-    expect(status.migrations).toEqual({ applied: ["0000_init", "0001_namespace_retention"], pending: [] });
+    expect(status.migrations).toEqual({ applied: TAGS, pending: [] });
     expect(status.namespaces.map((n) => n.name)).toEqual(["/", "/chat"]);
     expect(facts.map((f) => f.name)).toEqual(["/", "/chat"]);
     for (const [i, fact] of facts.entries()) {
@@ -168,7 +173,9 @@ describe("status", () => {
     expectSuccess(run);
     const lines = run.stdout.trimEnd().split("\n");
     expect(lines[0]).toMatch(
-      /^schema "status_\d+" on 127\.0\.0\.1:\d+\/t_cli_status_\w+: up to date, 2 migrations applied \(0000_init, 0001_namespace_retention\)$/,
+      new RegExp(
+        `^schema "status_\\d+" on 127\\.0\\.0\\.1:\\d+/t_cli_status_\\w+: up to date, ${TAGS.length} migrations applied \\(${escapeRegExp(TAGS.join(", "))}\\)$`,
+      ),
     );
     const header = lines.findIndex((l) => /^\s+NAME\s+HEAD\s+OLDEST\s+OLDEST AGE\s+ENTRIES\s+BYTES\s+RETENTION\s+SESSIONS\s+WRITERS$/.test(l));
     expect(header).toBeGreaterThan(0);
@@ -210,13 +217,17 @@ describe("status failures (exit 1, one line)", () => {
     await withClient((c) => c.query("CREATE SCHEMA empty_schema"));
     await migratePartially(db.url, "older_schema", 1);
     const empty = await runCli(["status", "--json", "--database-url", db.url, "--schema", "empty_schema"]);
-    expectOneLineFailure(empty, 1, /schema "empty_schema" lacks 2 migration\(s\) \(0000_init, 0001_namespace_retention\): run `socket\.io-postgres-recovery migrate`/);
+    expectOneLineFailure(
+      empty,
+      1,
+      new RegExp(`schema "empty_schema" lacks ${TAGS.length} migration\\(s\\) \\(${escapeRegExp(TAGS.join(", "))}\\): run \`socket\\.io-postgres-recovery migrate\``),
+    );
     const older = await runCliInProcess(["status", "--database-url", db.url, "--schema", "older_schema"]);
-    expectOneLineFailure(older, 1, /schema "older_schema" lacks 1 migration\(s\) \(0001_namespace_retention\)/);
+    expectOneLineFailure(older, 1, new RegExp(`schema "older_schema" lacks ${TAGS.length - 1} migration\\(s\\) \\(${escapeRegExp(TAGS.slice(1).join(", "))}\\)`));
   });
 
   it("refuses a schema migrated by a newer version", async () => {
-    await migratePartially(db.url, "newer_schema", 2);
+    await migratePartially(db.url, "newer_schema", TAGS.length);
     await withClient((c) =>
       c.query(`INSERT INTO newer_schema."__drizzle_migrations" (hash, created_at) VALUES ('feed', $1)`, [Date.now() + 86_400_000]),
     );

@@ -13,17 +13,16 @@
  *
  * Screenshots go to test-artifacts/demo-page/ (ignored by git).
  */
-import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { findChromium } from "./helpers/browser.js";
 import { waitFor } from "./helpers/cluster.js";
 import { createTestDatabase, type TestDatabase } from "./helpers/database.js";
 import { isRunning, startDemo, type DemoProcess } from "./helpers/demo-process.js";
 
 const ARTIFACTS = path.resolve(import.meta.dirname, "..", "test-artifacts", "demo-page");
-const CHROMIUM = "/usr/bin/chromium";
 const CHROMIUM_ARGS = [
   "--headless",
   "--no-sandbox",
@@ -127,12 +126,14 @@ describe("the npm start demo page", () => {
   let browser: Browser | undefined;
 
   beforeAll(async () => {
-    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install chromium), as .ci/run does`);
+    // The system's Chromium, else the one an npm dev dependency ships (see helpers/browser.ts).
+    const chromiumBinary = await findChromium();
+    console.log(`[demo-page] browser: ${chromiumBinary.description}`);
     await mkdir(ARTIFACTS, { recursive: true });
     // Not migrated: the demo applies the migrations itself.
     db = await createTestDatabase("demo_page");
     demo = await startDemo(db.url);
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+    browser = await chromium.launch({ executablePath: chromiumBinary.executablePath, args: CHROMIUM_ARGS });
   });
 
   afterAll(async () => {

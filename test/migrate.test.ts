@@ -100,6 +100,18 @@ describe("migrate()", () => {
     expect(b.rows).toEqual([]);
   });
 
+  it("indexes what pruning filters on (a namespace's idle writers), in the configured schema", async () => {
+    const db = await database("migrate_indexes");
+    const p = pool(db);
+    await migrate(p, { schema: "app_i" });
+    const { rows } = await p.query<{ indexdef: string }>(
+      "SELECT indexdef FROM pg_indexes WHERE schemaname = 'app_i' AND tablename = 'log_writers' AND indexname = 'log_writers_namespace_updated_at_idx'",
+    );
+    expect(rows.map((r) => r.indexdef)).toEqual([
+      "CREATE INDEX log_writers_namespace_updated_at_idx ON app_i.log_writers USING btree (namespace_id, updated_at)",
+    ]);
+  });
+
   it("refuses an invalid schema name before touching the database", async () => {
     const db = await database("migrate_bad_schema");
     const p = pool(db);

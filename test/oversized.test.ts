@@ -137,7 +137,8 @@ describe("oversized and deeply nested events", () => {
     expect(got[1]!.args[0]).toBe("after");
     expect(await logHead(cluster.node(0).pool)).toBe(head + 2);
     expect(errorsOf(cluster.node(0))).toEqual([
-      expect.stringMatching(/cannot log an event of "\/": its arguments do not serialize <- Too deep objects in depth \d+/),
+      // Socket.IO's own encoder overflows the stack on it (it would throw at emit without our adapter too).
+      expect.stringMatching(/cannot log an event of "\/": its arguments do not serialize <- (Too deep objects in depth \d+|Socket.IO cannot encode them: a cycle, or nesting too deep)/),
     ]);
     expect(await comeBack(offline, cluster.node(0))).toBe(true);
     await waitFor(() => missed.length === 2);

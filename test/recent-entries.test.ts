@@ -42,4 +42,31 @@ describe("RecentEntries", () => {
     for (let offset = 51; offset <= 53; offset++) ring.push(entry(offset, 25));
     expect(offsets(ring.range(49, 53))).toEqual([50, 51, 52, 53]);
   });
+
+  it("allocates slots on demand: an empty ring holds a few, a full one `capacity`", () => {
+    const ring = new RecentEntries(10_000);
+    // Preallocated, 5,000 quiet dynamic namespaces cost 10,000 slots each (about 400 MB).
+    expect(ring.allocatedSlots).toBeLessThanOrEqual(16);
+    for (let offset = 1; offset <= 100; offset++) ring.push(entry(offset, 1));
+    expect(ring.allocatedSlots).toBeLessThanOrEqual(128);
+    expect(offsets(ring.range(0, 100))).toEqual(Array.from({ length: 100 }, (_, i) => i + 1));
+    for (let offset = 101; offset <= 25_000; offset++) ring.push(entry(offset, 1));
+    expect(ring.allocatedSlots).toBe(10_000);
+    expect(offsets(ring.range(15_000, 25_000))?.length).toBe(10_000);
+    expect(ring.range(14_999, 25_000)).toBeUndefined();
+    ring.push(entry(30_000, 1)); // a gap clears the ring, and gives its memory back
+    expect(ring.allocatedSlots).toBeLessThanOrEqual(16);
+    expect(offsets(ring.range(29_999, 30_000))).toEqual([30_000]);
+  });
+
+  it("keeps every entry in place while it grows, whatever offset it starts at", () => {
+    for (const start of [1, 7, 15, 16, 17, 1023, 99_999]) {
+      const ring = new RecentEntries(1000);
+      for (let offset = start; offset < start + 1500; offset++) {
+        ring.push(entry(offset, 1));
+        const held = Math.min(offset - start + 1, 1000);
+        expect(offsets(ring.range(offset - held, offset))?.length).toBe(held);
+      }
+    }
+  });
 });

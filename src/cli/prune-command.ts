@@ -22,11 +22,13 @@ interface PruneFlags extends ConnectionFlags {
 
 /** `table` or `schema.table`, like the adapter's `tableName` option. */
 function attachmentsTable(value: string): string {
-  const parts = value.split(".");
-  if (parts.length > 2 || !parts.every((p) => /^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(p))) {
+  // Folded to lower case like the adapter's tableName (which upstream writes unquoted).
+  const folded = value.toLowerCase();
+  const parts = folded.split(".");
+  if (parts.length > 2 || !parts.every((p) => /^[a-z_][a-z0-9_]{0,62}$/.test(p))) {
     throw new InvalidArgumentError("expected a table name or schema.table made of Postgres identifiers.");
   }
-  return value;
+  return folded;
 }
 
 export function renderPrune(outcome: PruneOutcome, target: string): string {
@@ -34,7 +36,8 @@ export function renderPrune(outcome: PruneOutcome, target: string): string {
   const lines = [
     `${outcome.dryRun ? "dry run on" : "pruned"} schema "${outcome.schema}" on ${target}: ${verb} ` +
       `${count(outcome.logEntries, "log entry", "log entries")}, ${count(outcome.sessions, "expired session")}, ` +
-      `${count(outcome.attachments, "attachment")}, ${count(outcome.writers, "idle writer")}`,
+      `${count(outcome.attachments, "attachment")}, ${count(outcome.writers, "idle writer")}` +
+      (outcome.namespaceRows > 0 ? `, ${count(outcome.namespaceRows, "unused namespace row")}` : ""),
   ];
   if (outcome.namespaces.length > 0) {
     lines.push(
@@ -72,7 +75,7 @@ deletes nothing.`,
     .addOption(new Option("--dry-run", "count what would be removed, delete nothing"))
     .addOption(new Option("--json", "print the report as one JSON object (for machines)"))
     .addOption(
-      new Option("--attachments-table <name>", "the adapter's tableName: a table of --schema, or schema.table (default: socket_io_attachments)").argParser(
+      new Option("--attachments-table <name>", "the adapter's tableName: a bare name is found through the search_path as the adapter does, or schema.table (default: socket_io_attachments on the search_path, else in --schema)").argParser(
         attachmentsTable,
       ),
     )
@@ -96,7 +99,7 @@ deletes nothing.`,
           schema: connection.schema,
           dryRun: flags.dryRun === true,
           attachmentsTable:
-            table === undefined ? undefined : table.length === 2 ? { schema: table[0]!, table: table[1]! } : { schema: connection.schema, table: table[0]! },
+            table === undefined ? undefined : table.length === 2 ? { schema: table[0]!, table: table[1]! } : { table: table[0]! },
           attachmentsMaxAgeMs: flags.attachmentsMaxAge,
           batchSize: flags.batchSize,
           lockTimeoutMs: flags.lockTimeout,

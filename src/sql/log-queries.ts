@@ -1,6 +1,7 @@
 /** SQL of the message log: namespaces' heads, appending batches, reading ranges. */
-import type { Pool, PoolClient } from "pg";
+import { createHash } from "node:crypto";
 import { decodePacket, type LogEntry } from "../codec.js";
+import type { Queryable } from "./bounded-queries.js";
 import { qualifiedName } from "./identifiers.js";
 
 export interface NamespaceRow {
@@ -20,50 +21,97 @@ export class LogQueries {
   private readonly namespaces: string;
   private readonly log: string;
   private readonly writers: string;
+  private readonly appendSql: string;
 
-  /** `db` is normally the pool; a client inside a transaction works too (tests use that). */
+  /** `pool` is normally the pool with a query timeout (bounded-queries.ts); a client inside a transaction works too (tests use that). */
   constructor(
-    private readonly pool: Pool | PoolClient,
+    private readonly pool: Queryable,
     schema: string,
     { preparedStatements = true }: { preparedStatements?: boolean } = {},
   ) {
     this.namespaces = qualifiedName(schema, "namespaces");
     this.log = qualifiedName(schema, "log_entries");
     this.writers = qualifiedName(schema, "log_writers");
-    // Named per schema: the statement's text differs between schemas.
-    this.appendStatementName = preparedStatements ? `socket.io-postgres-recovery:append:${schema}` : undefined;
+    this.appendSql = this.appendText();
+    this.appendStatementName = preparedStatements ? statementName("append", this.appendSql) : undefined;
   }
 
   /**
    * The append is the hot path and its plan costs about as much as running
    * it (measured: 1.1 ms unprepared, 0.55 ms prepared, one row, on the local
    * Postgres 15): it runs as a named prepared statement, parsed and planned
-   * once per connection. Off (`preparedStatements: false`) for poolers that
-   * do not keep prepared statements across transactions.
+   * once per connection. Off (`preparedStatements: false`, then undefined)
+   * for poolers that do not keep prepared statements across transactions.
    */
-  private readonly appendStatementName: string | undefined;
+  readonly appendStatementName: string | undefined;
 
   /**
    * Creates the namespace's row if needed; returns its id and current head.
    * `retentionMs` (this node's log retention) raises the stored one, never
    * lowers it: the operator's `prune` must keep what the longest-retaining
-   * node needs. The row is only updated when the value grows, so a restart
-   * does not take the row lock that serializes the namespace's writers.
+   * node needs.
+   *
+   * The row is read first and written only when it is missing, its
+   * retention must grow, or its activity mark (`active_at`) is over a minute
+   * old. `INSERT … ON CONFLICT DO UPDATE … WHERE` would lock the row even when
+   * its WHERE is false (Postgres locks every conflicting row it considers), so
+   * every restart would wait for the namespace's writers and hold them up in
+   * turn: behind a stuck writer (or another session's lock) a node could not
+   * even start.
+   *
+   * The mark matters because pruning deletes rows of namespaces unused for
+   * long (`pruneNamespace`), and a row deleted after a node read its id would
+   * leave that node appending to a row that is gone. A mark under a minute
+   * old cannot be pruned (that takes retention + 1 h without one), and the
+   * node keeps marking it from now on (`touchNamespaces`).
    */
   async namespace(name: string, retentionMs?: number): Promise<NamespaceRow> {
+    const current = await this.readNamespace(name);
+    const wanted = retentionMs ?? null;
+    const retentionCovered = wanted === null || (current?.retentionMs != null && current.retentionMs >= wanted);
+    if (current && retentionCovered && current.markedRecently) return { id: current.id, head: current.head };
     await this.pool.query(
       `INSERT INTO ${this.namespaces} AS n (name, retention_ms) VALUES ($1, $2)
-       ON CONFLICT (name) DO UPDATE SET retention_ms = EXCLUDED.retention_ms
-       WHERE EXCLUDED.retention_ms > COALESCE(n.retention_ms, -1)`,
-      [name, retentionMs ?? null],
+       ON CONFLICT (name) DO UPDATE SET retention_ms = GREATEST(n.retention_ms, EXCLUDED.retention_ms), active_at = now()
+       WHERE EXCLUDED.retention_ms > COALESCE(n.retention_ms, -1) OR n.active_at < now() - interval '1 minute'`,
+      [name, wanted],
     );
-    const { rows } = await this.pool.query<{ id: number; head: string }>(
-      `SELECT id, head::text AS head FROM ${this.namespaces} WHERE name = $1`,
+    const row = await this.readNamespace(name);
+    if (!row) throw new Error(`socket.io-postgres-recovery: namespace row for "${name}" vanished`);
+    return { id: row.id, head: row.head };
+  }
+
+  private async readNamespace(
+    name: string,
+  ): Promise<(NamespaceRow & { retentionMs: number | null; markedRecently: boolean }) | undefined> {
+    const { rows } = await this.pool.query<{ id: number; head: string; retention_ms: string | null; marked_recently: boolean }>(
+      `SELECT id, head::text AS head, retention_ms::text AS retention_ms,
+              active_at >= now() - interval '1 minute' AS marked_recently
+       FROM ${this.namespaces} WHERE name = $1`,
       [name],
     );
     const row = rows[0];
-    if (!row) throw new Error(`socket.io-postgres-recovery: namespace row for "${name}" vanished`);
-    return { id: row.id, head: Number(row.head) };
+    if (!row) return undefined;
+    return {
+      id: row.id,
+      head: Number(row.head),
+      retentionMs: row.retention_ms === null ? null : Number(row.retention_ms),
+      markedRecently: row.marked_recently,
+    };
+  }
+
+  /**
+   * Marks namespaces this node holds as active (see `namespace`), skipping
+   * rows marked within `freshMs` (by this node or another), so that a
+   * cluster writes each row about once per interval.
+   */
+  async touchNamespaces(ids: readonly number[], freshMs: number): Promise<void> {
+    if (ids.length === 0) return;
+    await this.pool.query(
+      `UPDATE ${this.namespaces} SET active_at = now()
+       WHERE id = ANY($1::int[]) AND active_at < now() - $2 * interval '1 millisecond'`,
+      [ids, freshMs],
+    );
   }
 
   /** Creates the writer's row (before its first batch, and before each retry: see `append`). */
@@ -117,7 +165,22 @@ export class LogQueries {
   private async runAppend(values: unknown[]): Promise<AppendResult | "unregistered"> {
     const { rows } = await this.pool.query<{ from_offset: string | null; applied_before: boolean | null }>({
       ...(this.appendStatementName === undefined ? {} : { name: this.appendStatementName }),
-      text: `WITH writer AS (
+      text: this.appendSql,
+      values,
+    });
+    const row = rows[0];
+    if (!row) {
+      throw new Error(
+        `socket.io-postgres-recovery: batch ${String(values[6])} of writer ${String(values[5])} was neither appended nor found (the writer's row records a later batch)`,
+      );
+    }
+    if (row.from_offset === null) return "unregistered";
+    return { from: Number(row.from_offset), appliedBefore: row.applied_before === true };
+  }
+
+  /** The append's SQL (see `append`). */
+  private appendText(): string {
+    return `WITH writer AS (
          SELECT last_batch, last_from FROM ${this.writers} WHERE writer_id = $6 FOR UPDATE
        ), bumped AS (
          UPDATE ${this.namespaces} SET head = head + $2
@@ -137,17 +200,7 @@ export class LogQueries {
        UNION ALL
        SELECT last_from::text, true, NULL FROM writer WHERE last_batch = $7
        UNION ALL
-       SELECT NULL, NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM writer)`,
-      values,
-    });
-    const row = rows[0];
-    if (!row) {
-      throw new Error(
-        `socket.io-postgres-recovery: batch ${String(values[6])} of writer ${String(values[5])} was neither appended nor found (the writer's row records a later batch)`,
-      );
-    }
-    if (row.from_offset === null) return "unregistered";
-    return { from: Number(row.from_offset), appliedBefore: row.applied_before === true };
+       SELECT NULL, NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM writer)`;
   }
 
   /**
@@ -191,4 +244,15 @@ export class LogQueries {
           );
     return { entries: rows.map((row) => decodePacket(Number(row.offset_text), row.payload)) };
   }
+}
+
+/**
+ * A prepared statement's name: Postgres cuts names at 63 bytes, so the name
+ * must not grow with the schema's (two schemas sharing a long prefix on one
+ * connection would otherwise clash: "prepared statement … already exists").
+ * A hash of the text itself, which names the schema, also keeps two versions
+ * of this package (a statement whose text changed) from clashing on one pool.
+ */
+function statementName(kind: string, text: string): string {
+  return `socket.io-postgres-recovery:${kind}:${createHash("sha256").update(text).digest("hex").slice(0, 16)}`;
 }

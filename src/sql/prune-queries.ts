@@ -15,7 +15,8 @@ export class PruneQueries {
 
   constructor(
     schema: string,
-    private readonly attachments: string,
+    /** The attachments table's qualified name (a function: the node resolves it at start). */
+    private readonly attachmentsTable: string | (() => string),
   ) {
     this.namespaces = qualifiedName(schema, "namespaces");
     this.log = qualifiedName(schema, "log_entries");
@@ -23,6 +24,10 @@ export class PruneQueries {
     this.maintenance = qualifiedName(schema, "maintenance");
     this.writers = qualifiedName(schema, "log_writers");
     this.lockKey = `socket.io-postgres-recovery:prune:${schema}`;
+  }
+
+  private get attachments(): string {
+    return typeof this.attachmentsTable === "string" ? this.attachmentsTable : this.attachmentsTable();
   }
 
   /** One pruner per schema at a time: a session-level advisory lock, not waited for. */
@@ -91,6 +96,35 @@ export class PruneQueries {
     return result.rowCount ?? 0;
   }
 
+  /**
+   * Deletes the namespace's row when nothing can refer to it any more: no
+   * log entry, no session (live or expired), no writer left, and no node
+   * marked it active for `idleMs` (nodes mark the namespaces they hold
+   * periodically, and when they start one: see `LogQueries.namespace`). A
+   * recreated row starts again at head 0; with no session, no entry and no
+   * node serving it, no client holds an offset that the new head could
+   * contradict. True when the row was deleted.
+   *
+   * A node starting the namespace meanwhile either marks it first (this
+   * delete, waiting on the row lock, then sees the fresh mark and keeps it)
+   * or finds it gone and creates a new row.
+   */
+  async pruneNamespace(client: PoolClient, namespaceId: number, idleMs: number): Promise<boolean> {
+    const result = await client.query(
+      `DELETE FROM ${this.namespaces} AS n WHERE n.id = $1 AND ${this.unused("n")}`,
+      [namespaceId, idleMs],
+    );
+    return (result.rowCount ?? 0) > 0;
+  }
+
+  /** The condition of `pruneNamespace` on row `n` ($1 its id, $2 the idle time). */
+  private unused(n: string): string {
+    return `${n}.active_at < now() - $2 * interval '1 millisecond'
+      AND NOT EXISTS (SELECT 1 FROM ${this.log} WHERE namespace_id = $1)
+      AND NOT EXISTS (SELECT 1 FROM ${this.sessions} WHERE namespace_id = $1)
+      AND NOT EXISTS (SELECT 1 FROM ${this.writers} WHERE namespace_id = $1)`;
+  }
+
   async pruneSessions(client: PoolClient, limit: number): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.sessions} WHERE pid_hash IN (
@@ -129,6 +163,11 @@ export class PruneQueries {
         WHERE namespace_id = $1 AND updated_at < now() - $2 * interval '1 millisecond'`,
       [namespaceId, idleMs],
     );
+  }
+
+  /** Whether `pruneNamespace` would delete the row now. */
+  async countNamespace(client: PoolClient, namespaceId: number, idleMs: number): Promise<boolean> {
+    return (await this.count(client, `SELECT count(*) AS n FROM ${this.namespaces} AS n WHERE n.id = $1 AND ${this.unused("n")}`, [namespaceId, idleMs])) > 0;
   }
 
   async countSessions(client: PoolClient): Promise<number> {

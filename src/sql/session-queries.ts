@@ -1,5 +1,5 @@
 /** SQL of sessions: batched writes and single-use takes. */
-import type { Pool } from "pg";
+import type { Queryable } from "./bounded-queries.js";
 import { qualifiedName } from "./identifiers.js";
 
 /** A session as written (see the `sessions` table in schema.ts). */
@@ -33,7 +33,7 @@ export class SessionQueries {
    * (`s|` and their `writtenKey`s, see SessionStore.take), or nothing.
    */
   constructor(
-    private readonly pool: Pool,
+    private readonly pool: Queryable,
     schema: string,
     private readonly writtenChannel?: string,
   ) {

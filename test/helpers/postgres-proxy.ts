@@ -7,6 +7,12 @@
  * - `refuse()` / `accept()`: every connection is reset and new ones are reset
  *   as soon as they open, until `accept()` (Postgres unreachable);
  * - `cut(match)`: resets the matching connections;
+ * - `hold()` / `release()`: new connections wait, their bytes kept, until
+ *   `release()` (a database that is slow to reach: TLS, another region);
+ * - `stall(match)` / `unstall()`: the matching open connections stop being
+ *   read, their bytes kept, until `unstall()` (a slow answer, not a dead one);
+ * - `delayAnswers(match, ms)`: what Postgres sends on the matching open
+ *   connections reaches the node `ms` later (latency on some connections only);
  * - `holdReplies(match)`: the matching connections stop forwarding what the
  *   server sends, while what the client sends still reaches the server (a
  *   statement runs and commits, its answer never arrives).
@@ -36,13 +42,27 @@ export interface PostgresProxy {
   connections(): ProxiedConnection[];
   /** Freezes the open connections that match; returns how many. */
   freeze(match: (c: ProxiedConnection) => boolean): number;
-  /** Drops what the server sends on the open connections that match; returns how many. */
-  holdReplies(match: (c: ProxiedConnection) => boolean): number;
   /** Resets the open connections that match; returns how many. */
   cut(match: (c: ProxiedConnection) => boolean): number;
+  /** Drops what the server sends on the open connections that match; returns how many. */
+  holdReplies(match: (c: ProxiedConnection) => boolean): number;
   /** Resets every connection and every new one until `accept()`. */
   refuse(): void;
   accept(): void;
+  /** New connections wait (nothing is forwarded, nothing lost) until `release()`. */
+  hold(): void;
+  /** Lets the held connections through, in the order they came, and new ones at once. */
+  release(): void;
+  /** Connections waiting in `hold()`. */
+  held(): number;
+  /**
+   * Stops reading the matching open connections in both directions; their
+   * bytes wait (nothing is lost) until `unstall()`. Returns how many.
+   */
+  stall(match: (c: ProxiedConnection) => boolean): number;
+  unstall(): void;
+  /** Postgres' bytes on the matching open connections are forwarded `ms` late (in order). Returns how many. */
+  delayAnswers(match: (c: ProxiedConnection) => boolean, ms: number): number;
   close(): Promise<void>;
 }
 
@@ -54,6 +74,8 @@ interface Connection extends ProxiedConnection {
   applicationName: string;
   frozen: boolean;
   repliesHeld: boolean;
+  stalled: boolean;
+  answerDelayMs: number;
   downstream: net.Socket;
   upstream: net.Socket;
 }
@@ -61,6 +83,9 @@ interface Connection extends ProxiedConnection {
 export async function startPostgresProxy(targetPort: number): Promise<PostgresProxy> {
   const open = new Map<number, Connection>();
   let refusing = false;
+  let holding = false;
+  /** Connections accepted during hold(): paused (their bytes wait in the socket) until release(). */
+  const waiting: Array<{ downstream: net.Socket; forward(): void }> = [];
   let nextId = 1;
 
   const destroy = (c: Connection) => {
@@ -75,9 +100,18 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
       downstream.resetAndDestroy();
       return;
     }
+    if (holding) {
+      // No "data" listener yet: the socket stays paused and keeps what the client sends.
+      waiting.push({ downstream, forward: () => forward(downstream) });
+      return;
+    }
+    forward(downstream);
+  });
+  const forward = (downstream: net.Socket) => {
+    if (downstream.destroyed) return;
     const upstream = net.connect(targetPort, "127.0.0.1");
     upstream.on("error", () => undefined);
-    const c: Connection = { id: nextId++, applicationName: "", frozen: false, repliesHeld: false, downstream, upstream };
+    const c: Connection = { id: nextId++, applicationName: "", frozen: false, repliesHeld: false, stalled: false, answerDelayMs: 0, downstream, upstream };
     open.set(c.id, c);
     let head = Buffer.alloc(0);
     let parsing = true;
@@ -94,12 +128,14 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
       if (!c.frozen) upstream.write(chunk);
     });
     upstream.on("data", (chunk: Buffer) => {
-      if (!c.frozen && !c.repliesHeld) downstream.write(chunk);
+      if (c.frozen || c.repliesHeld) return;
+      if (c.answerDelayMs > 0) setTimeout(() => downstream.writable && downstream.write(chunk), c.answerDelayMs);
+      else downstream.write(chunk);
     });
     // A close on either side closes the other (also when frozen: nothing of ours must linger).
     downstream.on("close", () => destroy(c));
     upstream.on("close", () => destroy(c));
-  });
+  };
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const port = (server.address() as net.AddressInfo).port;
 
@@ -142,8 +178,39 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
     accept() {
       refusing = false;
     },
+    hold() {
+      holding = true;
+    },
+    release() {
+      holding = false;
+      for (const w of waiting.splice(0)) w.forward();
+    },
+    held: () => waiting.filter((w) => !w.downstream.destroyed).length,
+    stall(match) {
+      const hit = matching(match).filter((c) => !c.stalled);
+      for (const c of hit) {
+        c.stalled = true;
+        c.downstream.pause();
+        c.upstream.pause();
+      }
+      return hit.length;
+    },
+    delayAnswers(match, ms) {
+      const hit = matching(match);
+      for (const c of hit) c.answerDelayMs = ms;
+      return hit.length;
+    },
+    unstall() {
+      for (const c of open.values()) {
+        if (!c.stalled) continue;
+        c.stalled = false;
+        c.downstream.resume();
+        c.upstream.resume();
+      }
+    },
     async close() {
       refusing = true;
+      for (const w of waiting.splice(0)) w.downstream.destroy();
       for (const c of [...open.values()]) destroy(c);
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },

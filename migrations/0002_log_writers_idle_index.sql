@@ -1,0 +1,1 @@
+CREATE INDEX "log_writers_namespace_updated_at_idx" ON "log_writers" USING btree ("namespace_id","updated_at");

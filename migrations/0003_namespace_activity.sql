@@ -1,0 +1,1 @@
+ALTER TABLE "namespaces" ADD COLUMN "active_at" timestamp with time zone DEFAULT now() NOT NULL;

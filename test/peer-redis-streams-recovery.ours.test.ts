@@ -1,0 +1,8 @@
+/**
+ * @socket.io/redis-streams-adapter's connection-state-recovery suite
+ * (vendored unchanged in test/peer/redis-streams-adapter/), run against: ours.
+ * See README "Upstream's test suites".
+ */
+import { runRedisStreamsRecoverySuite } from "./peer/run.js";
+
+await runRedisStreamsRecoverySuite("ours");
