@@ -5,9 +5,10 @@
  * pruned). Each batch is logged once and delivered once.
  *
  * The node reaches Postgres through a proxy (helpers/postgres-proxy.ts) that
- * can drop the server's answers or reset connections; its pool holds one
- * connection, and nothing else uses it during the test (heartbeats and
- * pruning are far away).
+ * can drop the server's answers or reset connections; its pool holds two
+ * connections, both open before the test acts on them (an emit also
+ * publishes a cluster message, which takes the other one); heartbeats and
+ * pruning are far away.
  */
 import pg from "pg";
 import { afterEach, describe, expect, it } from "vitest";
@@ -63,7 +64,7 @@ describe("appends in doubt", () => {
     const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1 });
     const node = await cluster.addNode({
       databaseUrl: proxy.through(db.url),
-      poolMax: 1,
+      poolMax: 2,
       adapter: { heartbeatInterval: 600_000, heartbeatTimeout: 1_200_000, pruneIntervalMs: 600_000 },
     });
     const client = await cluster.connect(0, { rooms: ["r"] });
@@ -71,6 +72,8 @@ describe("appends in doubt", () => {
     // The first append registers the writer and opens the pooled connection.
     node.io.to("r").emit("ev", { n: "warm-up" });
     await waitFor(() => got.length === 1);
+    await Promise.all([node.pool.query("SELECT pg_sleep(0.05)"), node.pool.query("SELECT pg_sleep(0.05)")]);
+    expect(node.pool.totalCount).toBe(2);
     return { cluster, node, got };
   }
 
@@ -78,11 +81,11 @@ describe("appends in doubt", () => {
     const { cluster, node, got } = await start();
     const pool = cluster.node(0).pool;
     const head = await logHead(pool);
-    expect(proxy!.holdReplies(pooled)).toBe(1);
+    expect(proxy!.holdReplies(pooled)).toBe(2);
     node.io.to("r").emit("ev", { n: "lost-answer" });
     // Committed, but node1 never hears back; then its connection resets and it retries.
     await waitForHead(pool, head + 1);
-    expect(proxy!.cut((c) => pooled(c) && c.repliesHeld)).toBe(1);
+    expect(proxy!.cut((c) => pooled(c) && c.repliesHeld)).toBe(2);
     node.io.to("r").emit("ev", { n: "after" });
     await waitFor(() => ns(got).includes("after"), { timeout: 8000 });
     expect(await logged(pool, "lost-answer")).toBe(1);
@@ -111,7 +114,7 @@ describe("appends in doubt", () => {
       node.io.to("r").emit("ev", { n: "pruned-row" });
       await waitFor(async () => (await appendsWaiting(pool)) === 1, { message: "the first attempt waiting" });
       // node1 loses that connection and retries on a new one, while the first attempt goes on.
-      expect(proxy!.cut(pooled)).toBe(1);
+      expect(proxy!.cut(pooled)).toBe(2);
       await waitFor(async () => (await appendsWaiting(pool)) === 2, { message: "the retry waiting too" });
       await admin.query("COMMIT");
     } finally {
