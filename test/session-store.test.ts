@@ -15,12 +15,13 @@ import { createTestDatabase, type TestDatabase } from "./helpers/database.js";
 
 const CHANNEL = "test:session-store";
 
-/** The real queries, counting the take statements. */
+/** The real queries, counting the take statements that completed. */
 class CountingQueries extends SessionQueries {
   takes = 0;
-  override take(keys: ReadonlyArray<SessionKey>): Promise<Array<TakenSession | undefined>> {
+  override async take(keys: ReadonlyArray<SessionKey>): Promise<Array<TakenSession | undefined>> {
+    const taken = await super.take(keys);
     this.takes++;
-    return super.take(keys);
+    return taken;
   }
 }
 
@@ -84,7 +85,8 @@ describe("session store", () => {
       await listener.query(`LISTEN "${CHANNEL}"`);
       // Far longer than the test may run: only the announcement can end this wait in time.
       const taking = taker.take(hashPid("late"), namespaceId, 60_000);
-      await waitFor(() => queries.takes === 1);
+      await waitFor(() => queries.takes === 1); // the first look found nothing
+
       writer.persist(record("late", "s-late"));
       const taken = await bounded(taking, 5000, "the take");
       expect(taken?.sid).toBe("s-late");
