@@ -123,8 +123,6 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         onError: (err) => this.ctx.reportError(err),
       });
       installConnectGate(nsp);
-      // Emitted right after a socket's CONNECT packet is written, before the "connection" handlers run.
-      nsp.on("connect", (socket) => this.restorer?.onConnect(socket.id));
     }
     ctx.add(this);
     this.closeDeadline = new Promise<void>((resolve) => {
@@ -287,6 +285,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       started: () => this.started(),
       closing: () => this.closing !== undefined,
       inOutage: () => this.writer?.inOutage ?? false,
+      isConnected: (id) => this.namespace.sockets.has(id),
       sendTo: (id, data) => this.sendToSocket(id, data),
       dropConnection: (id) => {
         const pending = (this.nsp as unknown as NamespaceInternals)._preConnectSockets?.get(id);

@@ -6,7 +6,7 @@
  * 3. plan the replay of what the client missed, up to this node's cursor;
  * 4. stitch that replay to live delivery (stitch.ts): what the node delivers
  *    until the socket is connected is captured for it and sent with the
- *    replay, right after the CONNECT packet.
+ *    replay, at its connection, right before the CONNECT packet.
  *
  * A refusal in steps 1–3 consumes the session (it was presented with an offset it
  * cannot honour); a failure (an error, the restore timing out) puts it back,
@@ -52,6 +52,8 @@ export interface RestorerHost {
   closing(): boolean;
   /** Whether log writes are failing (outage mode): restores are refused meanwhile. */
   inOutage(): boolean;
+  /** Whether the socket is connected (in the namespace's sockets, past its middlewares). */
+  isConnected(id: SocketId): boolean;
   /** Sends one packet's data to one connected local socket. */
   sendTo(id: SocketId, data: unknown[]): void;
   /** Closes the connection of a local socket that is not connected yet (recoverable for its client). */
@@ -80,6 +82,7 @@ export class Restorer {
   ) {
     this.stitcher = new Stitcher(
       {
+        isConnected: (id) => host.isConnected(id),
         sendTo: (id, data) => host.sendTo(id, data),
         dropConnection: (id) => host.dropConnection(id),
         putBack: (record) => this.putBack(record),
@@ -144,11 +147,6 @@ export class Restorer {
   /** A socket joins rooms (`addAll`), before the ledger records it. */
   onJoin(id: SocketId): void {
     this.stitcher.onJoin(id);
-  }
-
-  /** A socket connected: its CONNECT packet is written (the namespace's "connect" event). */
-  onConnect(id: SocketId): void {
-    this.stitcher.onConnect(id);
   }
 
   /** A socket leaves the namespace (`delAll`). */
@@ -222,7 +220,8 @@ export class Restorer {
         this.putBack(taken);
         return { refused: "abandoned" };
       }
-      // Socket.IO creates the socket in this same tick; it gets its replay when it connects (stitch.ts).
+      // Socket.IO creates the socket in this same tick; it gets its replay when it connects (stitch.ts),
+      // not from missedPackets, which Socket.IO would send before the middlewares run.
       this.stitcher.handOver(pending, plan.entries);
       pending = undefined;
       const session: Session = { sid: stored.sid, pid, rooms: [...joinedAt.keys()], data: contents.data, missedPackets: [] };

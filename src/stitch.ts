@@ -7,18 +7,21 @@
  * enters after its middlewares. So from `upTo` on, every entry this node
  * delivers and that is addressed to the socket (by the restored membership,
  * plus the rooms its middlewares join) is appended to the restore's own
- * list. When the socket connects, the replay and that list are sent right
- * after the CONNECT packet, in the same tick; from then on it receives live.
- * Nothing falls between the two and nothing depends on how much the node
- * delivered meanwhile (the ring of recent entries only saves a query).
+ * list. When the socket connects (Socket.IO joins it to its own room right
+ * before writing the CONNECT packet), the replay and that list are sent, in
+ * the same tick, just before the CONNECT packet, as Socket.IO sends missed
+ * packets; from then on it receives live. Nothing falls between the two and
+ * nothing depends on how much the node delivered meanwhile (the ring of
+ * recent entries only saves a query).
  *
- * Nothing is sent before CONNECT: socket.io-client buffers the packets that
- * arrive before it, does not move its offset for them, and keeps them
- * across a reconnection. A restored socket discarded during its middlewares
- * (the connection dropped) would then leave its client with a replay it
- * processes twice: from that buffer, then from the next restore. Sent after
- * CONNECT, every packet that reaches the client is processed and moves its
- * offset; if the connection drops before, Socket.IO discards the socket and
+ * Nothing is sent while the middlewares run (Socket.IO would send
+ * `missedPackets` from the socket's constructor): socket.io-client buffers
+ * the packets that arrive before CONNECT, does not move its offset for them,
+ * and keeps them across a reconnection. A restored socket discarded during
+ * its middlewares (the connection dropped) would leave its client with a
+ * replay it processes twice: from that buffer, then from the next restore.
+ * Sent with the CONNECT packet, in one flush, the replay reaches the client
+ * with it; if the connection drops before, Socket.IO discards the socket and
  * the taken session goes back as it was (the client processed none of it).
  *
  * A pending restore ends when the socket connects, when it leaves the
@@ -35,6 +38,8 @@ import type { SocketLedger } from "./socket-ledger.js";
 import type { SessionRecord } from "./sql/session-queries.js";
 
 export interface StitchHost {
+  /** Whether the socket is connected (in the namespace's sockets, past its middlewares). */
+  isConnected(id: SocketId): boolean;
   /** Sends one packet's data to one connected local socket. */
   sendTo(id: SocketId, data: unknown[]): void;
   /** Closes the connection of a socket that is not connected yet (the client reconnects and restores again). */
@@ -145,24 +150,28 @@ export class Stitcher {
 
   /**
    * Socket.IO joins rooms for `id`: first the restored rooms, in the socket's
-   * constructor, right after the restore resolved; later any room its
-   * middlewares join. Call before the ledger records the join.
+   * constructor, right after the restore resolved; then any room its
+   * middlewares join; then, once connected, its own room again, right before
+   * the CONNECT packet: the replay goes out then. Call before the ledger
+   * records the join.
    */
   onJoin(id: SocketId): void {
     const pending = this.pending.get(id);
-    if (!pending || pending.state !== "handed") return;
-    pending.state = "joined";
-    this.ledger.resume(id, pending.floor, pending.membership.joinedAt, pending.floor, pending.membership.left);
-    // Rooms its middlewares join or leave count from now on, as they will for live delivery.
-    const live = this.ledger.rooms(id);
-    if (live) pending.membership = { joinedAt: live, left: this.ledger.leftRooms(id), memberSince: pending.membership.memberSince };
-    if (pending.overflowed) this.host.dropConnection(id);
+    if (!pending || pending.state === "reading") return;
+    if (pending.state === "handed") {
+      pending.state = "joined";
+      this.ledger.resume(id, pending.floor, pending.membership.joinedAt, pending.floor, pending.membership.left);
+      // Rooms its middlewares join or leave count from now on, as they will for live delivery.
+      const live = this.ledger.rooms(id);
+      if (live) pending.membership = { joinedAt: live, left: this.ledger.leftRooms(id), memberSince: pending.membership.memberSince };
+      if (pending.overflowed) this.host.dropConnection(id);
+    }
+    if (this.host.isConnected(id)) this.connected(pending);
   }
 
-  /** The socket connected and its CONNECT packet is written: the replay follows it at once. */
-  onConnect(id: SocketId): void {
-    const pending = this.pending.get(id);
-    if (!pending || pending.state !== "joined") return;
+  /** The socket is connected and its CONNECT packet comes next: the replay goes first. */
+  private connected(pending: Pending): void {
+    const id = pending.sid;
     this.pending.delete(id);
     if (pending.overflowed) {
       // Its connection is closing already; Socket.IO stores its session (nothing sent: as taken).
