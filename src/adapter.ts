@@ -296,7 +296,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       inOutage: () => this.writer?.inOutage ?? false,
       isConnected: (id) => this.namespace.sockets.has(id),
       sendTo: (id, data) => this.sendToSocket(id, data),
-      disconnect: (id) => this.namespace.sockets.get(id)?.disconnect(true),
+      dropConnection: (id) => {
+        const pending = (this.nsp as unknown as NamespaceInternals)._preConnectSockets?.get(id);
+        (pending ?? this.namespace.sockets.get(id))?.conn.close();
+      },
       taken: (sid, pid, generation, durable) => this.durability?.expectRestored(sid, pid, generation, durable),
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };
@@ -311,7 +314,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         if (!socket || cursor === undefined || namespaceId === undefined) return undefined;
         const snapshot = this.ledger.snapshot(id, [...socket.rooms], cursor);
         if (!snapshot) return undefined;
-        return { namespaceId, rooms: snapshot.rooms, floor: snapshot.floor, data: socket.data };
+        return { namespaceId, rooms: snapshot.rooms, left: snapshot.left, floor: snapshot.floor, data: socket.data };
       },
       release: (id, data, offset) => {
         this.sendToSocket(id, data);
@@ -357,6 +360,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   private deliver(entry: LogEntry): void {
+    this.restorer?.onDelivered(entry);
     this.sendToLocalSockets(entry, entry.offset);
     // Operations that follow this entry apply now, before the next one (see program-order.ts).
     this.order?.delivered();
@@ -490,7 +494,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       return;
     }
     const cursor = this.sequencer.cursor ?? UNSTARTED;
-    this.restorer?.onJoin(id, cursor);
+    this.restorer?.onJoin(id);
     this.ledger.join(id, rooms, cursor);
     super.addAll(id, rooms);
     const socket = this.namespace.sockets.get(id);
@@ -513,7 +517,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   private leaveNow(id: SocketId, room: Room): void {
-    this.ledger.leave(id, room);
+    this.ledger.leave(id, room, this.sequencer?.cursor ?? UNSTARTED);
     super.del(id, room);
     // Leaving its own room is part of leaving the namespace (delAll follows).
     if (room !== id && this.namespace.sockets.has(id)) this.durability?.changed(id, undefined, true);
@@ -561,7 +565,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const fence = this.durability?.disconnected(session.sid);
     let payload: Buffer;
     try {
-      payload = encodeSession({ rooms: snapshot.rooms, data: session.data });
+      payload = encodeSession({ rooms: snapshot.rooms, left: snapshot.left, data: session.data });
     } catch (err) {
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: socket.data of ${session.sid} does not serialize; its session is not stored`, { cause: err }));
       return;
@@ -613,6 +617,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 /** The in-memory adapter's recipient walk (private in its types; stable since socket.io-adapter 2.0). */
 interface InMemoryInternals {
   apply(opts: BroadcastOptions, callback: (socket: { id: SocketId }) => void): void;
+}
+
+/** Sockets between their creation and their connection (private in Socket.IO's types; 4.6+). */
+interface NamespaceInternals {
+  _preConnectSockets?: Map<SocketId, { conn: { close(): void } }>;
 }
 
 /** The parts of Socket.IO's Server this adapter reads that its types keep private. */

@@ -39,6 +39,8 @@ export interface BatcherOptions<T, R> {
 }
 
 interface Queued<T, R> {
+  /** Order of arrival (see flush()). */
+  seq: number;
   item: T;
   resolve(result: R): void;
   reject(err: Error): void;
@@ -67,6 +69,7 @@ export class Batcher<T, R> {
   private abandoned = false;
   private retryTimer: NodeJS.Timeout | undefined;
   private wakeRetry: (() => void) | undefined;
+  private added = 0;
 
   constructor(private readonly opts: BatcherOptions<T, R>) {}
 
@@ -87,7 +90,7 @@ export class Batcher<T, R> {
       );
     }
     return new Promise<R>((resolve, reject) => {
-      this.queue.push({ item, resolve, reject });
+      this.queue.push({ seq: ++this.added, item, resolve, reject });
       this.schedule();
     });
   }
@@ -111,9 +114,14 @@ export class Batcher<T, R> {
     return false;
   }
 
-  /** Resolves when everything queued so far has been written or has failed. */
+  /**
+   * Resolves when everything queued so far has been written or has failed.
+   * What is added meanwhile is not waited for: a steady stream of new items
+   * cannot keep a caller waiting.
+   */
   async flush(): Promise<void> {
-    while (this.queue.length > 0 || this.inFlight) {
+    const last = this.added;
+    while ((this.queue[0]?.seq ?? Infinity) <= last) {
       this.wakeRetry?.();
       if (!this.inFlight) this.run();
       await this.inFlight;

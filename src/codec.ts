@@ -87,11 +87,16 @@ export function decodeBatchFromNotify(base64: string): Uint8Array[] {
 export interface StoredSessionPayload {
   /** Each room with the offset of this node's cursor when the socket joined it. */
   readonly rooms: ReadonlyArray<readonly [room: string, joinedAt: number]>;
+  /** Rooms the socket was in and left since its floor, each with the cursors of the join and of the leave. */
+  readonly left?: ReadonlyArray<LeftRoom>;
   readonly data: unknown;
 }
 
+export type LeftRoom = readonly [room: string, joinedAt: number, leftAt: number];
+
 export function encodeSession(payload: StoredSessionPayload): Buffer {
-  const bytes = encoder.encode({ r: payload.rooms, d: payload.data });
+  const left = payload.left ?? [];
+  const bytes = encoder.encode(left.length > 0 ? { r: payload.rooms, l: left, d: payload.data } : { r: payload.rooms, d: payload.data });
   return decodable(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength));
 }
 
@@ -101,11 +106,11 @@ export function encodedByteLength(value: unknown): number {
 }
 
 export function decodeSession(payload: Uint8Array): StoredSessionPayload {
-  const decoded = decoder.decode(payload) as { r?: unknown; d?: unknown } | null;
-  if (!decoded || !Array.isArray(decoded.r)) {
+  const decoded = decoder.decode(payload) as { r?: unknown; l?: unknown; d?: unknown } | null;
+  if (!decoded || !Array.isArray(decoded.r) || (decoded.l !== undefined && !Array.isArray(decoded.l))) {
     throw new Error("socket.io-postgres-recovery: malformed stored session");
   }
-  return { rooms: decoded.r as Array<[string, number]>, data: decoded.d };
+  return { rooms: decoded.r as Array<[string, number]>, left: (decoded.l ?? []) as LeftRoom[], data: decoded.d };
 }
 
 /**

@@ -68,7 +68,8 @@ export class NodeContext {
     const db = boundedQueries(pool, opts.queryTimeoutMs === false ? undefined : opts.queryTimeoutMs);
     this.log = new LogQueries(db, opts.schema, { preparedStatements: opts.preparedStatements });
     this.restoreReads = new Semaphore(opts.maxConcurrentRestoreReads, "maxConcurrentRestoreReads");
-    const sessionQueries = new SessionQueries(db, opts.schema);
+    // Session writes announce themselves on the log channel (payload "s|…"), which every node listens to.
+    const sessionQueries = new SessionQueries(db, opts.schema, opts.logChannel);
     this.liveness = new NodeLiveness(new LivenessQueries(db, opts.schema), {
       nodeId: sessionQueries.nodeId,
       intervalMs: opts.nodeHeartbeatIntervalMs,
@@ -220,6 +221,10 @@ export class NodeContext {
   private onNotification(channel: string, payload: string): void {
     try {
       if (channel === this.opts.logChannel) {
+        if (payload.startsWith("s|")) {
+          this.sessions.onWritten(payload.slice(2));
+          return;
+        }
         const [id, from, count, inline] = payload.split("|");
         const member = this.byNamespaceId.get(Number(id));
         member?.onLogNotification(Number(from), Number(count), inline ?? "");

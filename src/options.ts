@@ -229,7 +229,8 @@ export interface RecoveryOptions {
   closeTimeoutMs?: number;
   /**
    * Recently delivered entries kept in memory per namespace: they serve
-   * restores on this node without reading the table.
+   * restores on this node without reading the table. 0 turns this off
+   * (every restore reads the table); correctness never depends on it.
    * @default 10000
    */
   recentEntries?: number;
@@ -360,8 +361,8 @@ const INTEGER_RULES = {
   maxBatchSize: { min: 1, max: 100_000, unit: "entries" },
   maxPendingWrites: { min: 1, max: 100_000_000, unit: "broadcasts" },
   closeTimeoutMs: { min: 0, max: 600_000, unit: "ms" },
-  // At least what a node delivers while a restore reads the table (see advanceStitch).
-  recentEntries: { min: 1000, max: 10_000_000, unit: "entries" },
+  // Only saves restores a query: 0 turns the ring off.
+  recentEntries: { min: 0, max: 10_000_000, unit: "entries" },
   checkpointIntervalMs: { min: 100, max: DAY_MS, unit: "ms" },
   nodeHeartbeatIntervalMs: { min: 50, max: 600_000, unit: "ms" },
   nodeDeadAfterMs: { min: 100, max: 3_600_000, unit: "ms" },

@@ -1,8 +1,7 @@
 /**
  * The most recently delivered entries of one namespace, consecutive by
- * offset, in a fixed-size ring. Serves restores on this node without a query,
- * and the entries delivered between a restore's read and the moment the
- * socket joins its rooms.
+ * offset, in a fixed-size ring. Serves restores on this node without a query
+ * (only that: stitching a replay to live delivery does not use it, see stitch.ts).
  *
  * Bounded in entries and in bytes: the newest entries are kept while their
  * total stays within `maxBytes` (the newest one always). The adapter passes

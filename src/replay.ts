@@ -6,25 +6,34 @@
  * of a session carries the cursor at which it was joined: entries after that
  * cursor were delivered while the socket was in the room.
  */
-import type { LogEntry } from "./codec.js";
+import type { LeftRoom, LogEntry } from "./codec.js";
 
 export interface Membership {
   /** Room → offset of the node's cursor when the socket joined it. */
   readonly joinedAt: ReadonlyMap<string, number>;
+  /**
+   * Rooms it was in and left: entries in (joinedAt, leftAt] reached it
+   * through them (or were kept from it, for an except-room).
+   */
+  readonly left?: ReadonlyArray<LeftRoom>;
   /** Cursor when the socket entered the namespace (for entries to everyone). */
   readonly memberSince: number;
 }
 
+/** Whether the socket was in `room` when the entry at `offset` was delivered. */
+function wasIn(member: Membership, room: string, offset: number): boolean {
+  const at = member.joinedAt.get(room);
+  if (at !== undefined && at < offset) return true;
+  if (member.left) {
+    for (const [r, joined, leftAt] of member.left) if (r === room && joined < offset && offset <= leftAt) return true;
+  }
+  return false;
+}
+
 export function isAddressedTo(entry: LogEntry, member: Membership): boolean {
-  for (const room of entry.except) {
-    const at = member.joinedAt.get(room);
-    if (at !== undefined && at < entry.offset) return false;
-  }
+  for (const room of entry.except) if (wasIn(member, room, entry.offset)) return false;
   if (entry.rooms.length === 0) return member.memberSince < entry.offset;
-  for (const room of entry.rooms) {
-    const at = member.joinedAt.get(room);
-    if (at !== undefined && at < entry.offset) return true;
-  }
+  for (const room of entry.rooms) if (wasIn(member, room, entry.offset)) return true;
   return false;
 }
 

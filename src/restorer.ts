@@ -1,22 +1,31 @@
 /**
- * Restoring sessions in one namespace on one node: taking a stored session
- * (single use), checking the client's offset, building the replay of what it
- * missed, and stitching that replay to live delivery so that nothing falls
- * between the two.
+ * Restoring sessions in one namespace on one node, in four steps:
+ *
+ * 1. take the stored session (single use, cluster-wide);
+ * 2. check the client's offset against it;
+ * 3. plan the replay of what the client missed, up to this node's cursor;
+ * 4. stitch that replay to live delivery (stitch.ts): what the node delivers
+ *    until the socket is connected is captured for it and sent with the
+ *    replay, at its connection, right before the CONNECT packet.
+ *
+ * A refusal in steps 1–3 consumes the session (it was presented with an offset it
+ * cannot honour); a failure (an error, the restore timing out) puts it back,
+ * and so does Socket.IO discarding the restored socket before it connects.
  *
  * Every refusal resolves to "not restored" (fail closed) and is announced as
  * a "restore-refused" event; an infrastructure failure is also reported.
  */
 import type { PrivateSessionId, Room, Session, SocketId } from "socket.io-adapter";
-import { decodeSession, formatOffset, parseOffset, type LogEntry } from "./codec.js";
+import { decodeSession, parseOffset, type LogEntry } from "./codec.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import type { NodeContext } from "./node-context.js";
-import { isAddressedTo, planReplay, refuseRange, type Membership } from "./replay.js";
+import { planReplay, refuseRange, type Membership } from "./replay.js";
 import type { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
 import type { SocketLedger } from "./socket-ledger.js";
-import type { SessionRecord } from "./sql/session-queries.js";
+import type { SessionRecord, TakenSession } from "./sql/session-queries.js";
+import { Stitcher, type PendingRestore } from "./stitch.js";
 
 /** Socket.IO treats a falsy restore result as "not restored"; its type says Session. */
 const NOT_RESTORED = null as unknown as Session;
@@ -24,7 +33,7 @@ const NOT_RESTORED = null as unknown as Session;
 /** Payload of the adapter's "session-restored" event. */
 export interface RestoredEvent {
   sid: SocketId;
-  /** Packets sent to the client as missed (from the restore's read). */
+  /** Missed packets the restore's read found for the client (more may follow: see stitch.ts). */
   replayed: number;
 }
 
@@ -45,10 +54,10 @@ export interface RestorerHost {
   inOutage(): boolean;
   /** Whether the socket is connected (in the namespace's sockets, past its middlewares). */
   isConnected(id: SocketId): boolean;
-  /** Sends one packet's data to one local socket. */
+  /** Sends one packet's data to one connected local socket. */
   sendTo(id: SocketId, data: unknown[]): void;
-  /** Closes a local socket server-side. */
-  disconnect(id: SocketId): void;
+  /** Closes the connection of a local socket that is not connected yet (recoverable for its client). */
+  dropConnection(id: SocketId): void;
   /**
    * The session of `sid` was taken in `generation` and its socket connects
    * next; `durable`: a row a crash-restore could use still holds its rooms.
@@ -63,37 +72,35 @@ interface RestoreAttempt {
   abandoned: boolean;
 }
 
-type RestoreOutcome = { session: Session & { missedPackets: unknown[][] } } | { refused: string };
-
-/** A restored socket whose replay is completed when it joins its rooms (see `onJoin`). */
-interface Stitch {
-  /** The session as it was taken, to put back if the socket never connects. */
-  taken: SessionRecord;
-  membership: Membership;
-  floor: number;
-  missedPackets: unknown[][];
-  /** Replay covers entries up to this offset; later ones are added at join time. */
-  upTo: number;
-  /** Offset of the last entry the replay sends to the socket (its offset when none). */
-  lastReplayed: number;
-  /** Whether Socket.IO has joined the restored rooms (and taken missedPackets). */
-  joined: boolean;
-  /** The ring did not hold what was delivered meanwhile: the socket is disconnected once connected. */
-  broken: boolean;
-  timer: NodeJS.Timeout;
-}
+type RestoreOutcome = { session: Session; replayed: number } | { refused: string };
 
 export class Restorer {
-  private readonly stitches = new Map<SocketId, Stitch>();
+  private readonly stitcher: Stitcher;
 
   constructor(
     private readonly host: RestorerHost,
     private readonly ctx: NodeContext,
     private readonly sequencer: Sequencer,
-    private readonly ledger: SocketLedger,
+    ledger: SocketLedger,
     /** Lifetime of a stored session (`maxDisconnectionDuration`). */
     private readonly sessionTtlMs: number,
-  ) {}
+  ) {
+    this.stitcher = new Stitcher(
+      {
+        isConnected: (id) => host.isConnected(id),
+        sendTo: (id, data) => host.sendTo(id, data),
+        dropConnection: (id) => host.dropConnection(id),
+        putBack: (record) => this.putBack(record),
+      },
+      ledger,
+      ctx.opts,
+    );
+  }
+
+  /** Restores between their read and their socket's connection. */
+  get pendingRestores(): number {
+    return this.stitcher.size;
+  }
 
   /**
    * Every refusal is announced as a "restore-refused" event on the adapter
@@ -123,8 +130,8 @@ export class Restorer {
     try {
       const outcome = await Promise.race([restoring, timeout]);
       if ("refused" in outcome) return this.refused(outcome.refused);
-      debug("restoring %s with %d missed packets", outcome.session.sid, outcome.session.missedPackets.length);
-      this.host.emit("session-restored", { sid: outcome.session.sid, replayed: outcome.session.missedPackets.length });
+      debug("restoring %s with %d missed packets", outcome.session.sid, outcome.replayed);
+      this.host.emit("session-restored", { sid: outcome.session.sid, replayed: outcome.replayed });
       return outcome.session;
     } catch (err) {
       // The restore may go on in the background: from now on it must leave no trace (see restore()).
@@ -137,6 +144,21 @@ export class Restorer {
     }
   }
 
+  /** Entries this node delivers, before they reach its sockets: pending restores capture theirs. */
+  onDelivered(entry: LogEntry): void {
+    this.stitcher.onDelivered(entry);
+  }
+
+  /** A socket joins rooms (`addAll`), before the ledger records it. */
+  onJoin(id: SocketId): void {
+    this.stitcher.onJoin(id);
+  }
+
+  /** A socket leaves the namespace (`delAll`). */
+  onLeave(id: SocketId): void {
+    this.stitcher.onLeave(id);
+  }
+
   /**
    * Decides a restore; the caller announces the outcome. Once `attempt` is
    * abandoned (the caller timed out and gave the client a new session), it
@@ -144,21 +166,15 @@ export class Restorer {
    */
   private async restore(pid: PrivateSessionId, offset: number, deadline: number, attempt: RestoreAttempt): Promise<RestoreOutcome> {
     await this.host.started();
-    const sequencer = this.sequencer;
     const namespaceId = this.host.namespaceId();
     if (namespaceId === undefined) return { refused: "namespace not started" };
+
+    // 1. Take: from here on, the session is this restore's.
     const pidHash = hashPid(pid);
     // While the socket's node is alive its session is the skeleton: wait (up to the restore's
     // deadline) for that node to write the session at the disconnect, or to be declared dead.
     const stored = await this.ctx.sessions.take(pidHash, namespaceId, this.ctx.opts.sessionWaitMs, deadline - 50);
     if (!stored) return { refused: "unknown pid (never stored, already restored, pruned, or another namespace's; or its node is still alive)" };
-    if (!stored.live) return { refused: "session expired" };
-    // After a crash, the last offset written to the socket is unknown: the client's offset may be
-    // anywhere from the floor to the head (waitFor below bounds it by what was committed).
-    const upper = stored.crashed ? Number.MAX_SAFE_INTEGER : stored.lastOffset;
-    if (offset < stored.floorOffset || offset > upper) {
-      return { refused: `offset ${offset} outside the session's range [${stored.floorOffset}, ${stored.crashed ? "head" : upper}]` };
-    }
     const taken: SessionRecord = {
       pidHash,
       namespaceId,
@@ -173,131 +189,83 @@ export class Restorer {
       nodeId: this.ctx.sessions.nodeId,
       generation: stored.generation,
     };
-    let upTo: number;
-    let entries: LogEntry[];
+    if (attempt.abandoned) {
+      this.putBack(taken);
+      return { refused: "abandoned" };
+    }
+
+    // 2. Validity: refused here, the session is consumed (fail closed).
+    const invalid = validity(stored, offset);
+    if (invalid !== undefined) return { refused: invalid };
+    let contents: ReturnType<typeof decodeSession>;
+    try {
+      contents = decodeSession(stored.payload);
+    } catch (err) {
+      return { refused: `unreadable session: ${asError(err).message}` };
+    }
+    const joinedAt = new Map<Room, number>(contents.rooms);
+    const membership: Membership = { joinedAt, left: contents.left ?? [], memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
+
+    // 3. The replay plan, and 4. the stitch, opened before the read: what is delivered from `upTo` on
+    // is captured for this socket. Failing here puts the session back; refusing consumes it.
+    let pending: PendingRestore | undefined;
     try {
       // The client may be ahead of this node: replay starts after its offset, so wait until we are there.
-      await sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
-      upTo = sequencer.cursor ?? offset;
+      await this.sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
+      const upTo = this.sequencer.cursor ?? offset;
       const tooLong = refuseRange(offset, upTo, this.ctx.opts);
       if (tooLong) return { refused: tooLong };
+      pending = this.stitcher.open(taken, offset, membership, upTo);
       // Bounded in count and bytes: a replay over either limit is refused below, so no more is read.
       const { maxReplayEntries, maxReplayBytes } = this.ctx.opts;
-      entries =
-        sequencer.recentRange(offset, upTo) ??
+      const entries =
+        this.sequencer.recentRange(offset, upTo) ??
         (
           await this.ctx.restoreReads.run(deadline, () =>
             this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes),
           )
         ).entries;
-    } catch (err) {
-      // Failed or timed out (whichever of the two same-deadline timers fired first): nothing was
-      // restored, so the session goes back. A pid still restores at most once.
-      this.ctx.sessions.persist(taken);
-      throw err;
-    }
-    if (attempt.abandoned) {
-      this.ctx.sessions.persist(taken);
-      return { refused: "abandoned" };
-    }
-    const { rooms, data } = decodeSession(stored.payload);
-    const joinedAt = new Map<Room, number>(rooms);
-    const membership: Membership = { joinedAt, memberSince: joinedAt.get(stored.sid) ?? stored.floorOffset };
-    const end = stored.crashed ? undefined : { lastDelivered: stored.lastOffset, cursor: stored.cursorOffset };
-    const plan = planReplay(entries, offset, upTo, end, membership, this.ctx.opts);
-    if (plan.refused !== undefined) return { refused: plan.refused };
-    // Its skeleton continues in the generation taken. A session taken from this node's own queue
-    // (never written) leaves this node's skeleton of the same generation in the table.
-    this.host.taken(stored.sid, pid, stored.generation, stored.fromQueue === true);
-    const missedPackets = plan.entries.map((entry) => [...entry.data, formatOffset(entry.offset)]);
-    const { lastReplayed } = plan;
-    // Socket.IO joins the rooms and sends missedPackets right after this resolves; entries this
-    // node delivers in between are added at that moment (onJoin), so the replay meets live delivery.
-    const timer = setTimeout(() => this.stitches.delete(stored.sid), 30_000);
-    timer.unref();
-    this.stitches.set(stored.sid, {
-      taken,
-      membership,
-      floor: offset,
-      missedPackets,
-      upTo,
-      lastReplayed,
-      joined: false,
-      broken: false,
-      timer,
-    });
-    return {
-      session: {
-        sid: stored.sid,
-        pid,
-        rooms: rooms.map(([room]) => room),
-        data,
-        missedPackets,
-      },
-    };
-  }
-
-  /**
-   * A socket joins rooms (`addAll`) at `cursor`. For a restored socket this
-   * closes the window between the restore's read and live delivery. Socket.IO
-   * joins the restored rooms in the socket's constructor, then sends
-   * `missedPackets`; entries delivered since the read are appended there. The
-   * socket only receives live deliveries once connected (after the
-   * middlewares when they are not skipped): what was delivered meanwhile is
-   * sent at that moment, just before the CONNECT packet.
-   */
-  onJoin(id: SocketId, cursor: number): void {
-    const stitch = this.stitches.get(id);
-    if (!stitch) return;
-    const connected = this.host.isConnected(id);
-    if (stitch.joined && !connected) return; // a middleware joining rooms: wait for the connection
-    const extra = cursor > stitch.upTo ? this.sequencer.recentRange(stitch.upTo, cursor) : [];
-    if (!stitch.joined) {
-      stitch.joined = true;
-      this.ledger.resume(id, stitch.floor, stitch.membership.joinedAt, stitch.lastReplayed);
-    }
-    if (!extra || stitch.broken) {
-      // More was delivered meanwhile than `recentEntries` holds. Make the client reconnect once
-      // connected: its next restore starts from what it did process.
-      stitch.broken = true;
-      if (connected) {
-        this.stitches.delete(id);
-        clearTimeout(stitch.timer);
-        this.ctx.reportError(new Error(`socket.io-postgres-recovery: the replay of ${id} outran recentEntries; disconnecting it to restore again`));
-        setImmediate(() => this.host.disconnect(id));
+      // After a crash nothing is known of the session's end: every entry after the offset is needed.
+      const end = stored.crashed ? undefined : { lastDelivered: stored.lastOffset, cursor: stored.cursorOffset };
+      const plan = planReplay(entries, offset, upTo, end, membership, this.ctx.opts);
+      if (plan.refused !== undefined) return { refused: plan.refused };
+      if (pending.overflowed) return { refused: "more was delivered during the restore than maxReplayEntries or maxReplayBytes allow" };
+      if (attempt.abandoned) {
+        this.putBack(taken);
+        return { refused: "abandoned" };
       }
-      return;
+      // Socket.IO creates the socket in this same tick; it gets its replay when it connects (stitch.ts),
+      // not from missedPackets, which Socket.IO would send before the middlewares run.
+      this.stitcher.handOver(pending, plan.entries);
+      pending = undefined;
+      // Its skeleton continues in the generation taken. A session taken from this node's own queue
+      // (never written) leaves this node's skeleton of the same generation in the table.
+      this.host.taken(stored.sid, pid, stored.generation, stored.fromQueue === true);
+      const session: Session = { sid: stored.sid, pid, rooms: [...joinedAt.keys()], data: contents.data, missedPackets: [] };
+      return { session, replayed: plan.entries.length };
+    } catch (err) {
+      // Failed or timed out: nothing was restored, so the session goes back. A pid still restores at most once.
+      this.putBack(taken);
+      throw err;
+    } finally {
+      if (pending) this.stitcher.cancel(pending);
     }
-    const addressed = extra.filter((entry) => isAddressedTo(entry, stitch.membership));
-    const missed = addressed.map((entry) => [...entry.data, formatOffset(entry.offset)]);
-    stitch.upTo = cursor;
-    stitch.lastReplayed = addressed.at(-1)?.offset ?? stitch.lastReplayed;
-    this.ledger.delivered(id, stitch.lastReplayed);
-    if (!connected) {
-      // Socket.IO is joining the rooms in the socket's constructor and sends missedPackets next.
-      stitch.missedPackets.push(...missed);
-      return;
-    }
-    for (const data of missed) this.host.sendTo(id, data);
-    this.stitches.delete(id);
-    clearTimeout(stitch.timer);
   }
 
-  /** A socket leaves the namespace (`delAll`). */
-  onLeave(id: SocketId): void {
-    const stitch = this.stitches.get(id);
-    if (!stitch) return;
-    clearTimeout(stitch.timer);
-    this.stitches.delete(id);
-    if (stitch.joined) {
-      // Restored, then discarded before it connected (the connection dropped during the
-      // middlewares): Socket.IO persists nothing for it, so put the taken session back.
-      // The client may hold any offset up to the replay's end; nothing in (lastReplayed, upTo] was addressed to it.
-      this.ctx.sessions.persist({
-        ...stitch.taken,
-        lastOffset: Math.max(stitch.taken.lastOffset, stitch.lastReplayed),
-        cursorOffset: Math.max(stitch.taken.cursorOffset, stitch.upTo),
-      });
-    }
+  /** A taken session that was not used goes back, as it was. */
+  private putBack(record: SessionRecord): void {
+    this.ctx.sessions.persist(record);
   }
+}
+
+/** Why `offset` cannot resume `session`, or undefined. */
+function validity(session: TakenSession, offset: number): string | undefined {
+  if (!session.live) return "session expired";
+  // After a crash, the last offset written to the socket is unknown: the client's offset may be
+  // anywhere from the floor to the head (the wait for this node's cursor bounds it by what was committed).
+  const upper = session.crashed ? Number.MAX_SAFE_INTEGER : session.lastOffset;
+  if (offset < session.floorOffset || offset > upper) {
+    return `offset ${offset} outside the session's range [${session.floorOffset}, ${session.crashed ? "head" : upper}]`;
+  }
+  return undefined;
 }

@@ -24,7 +24,7 @@
  * the socket is disconnected here.
  */
 import type { Room, SocketId } from "socket.io-adapter";
-import { encodeSession } from "./codec.js";
+import { encodeSession, type LeftRoom } from "./codec.js";
 import { asError } from "./errors.js";
 import { hashPid, nextVersion } from "./session-store.js";
 import type { SessionQueries, SessionRecord } from "./sql/session-queries.js";
@@ -33,6 +33,8 @@ import type { SessionQueries, SessionRecord } from "./sql/session-queries.js";
 export interface SkeletonState {
   readonly namespaceId: number;
   readonly rooms: ReadonlyArray<readonly [Room, number]>;
+  /** Rooms left since the floor, with their join and leave cursors. */
+  readonly left: readonly LeftRoom[];
   readonly floor: number;
   readonly data: unknown;
 }
@@ -306,13 +308,13 @@ export class SessionDurability {
     let data: Buffer;
     try {
       data = encodeData(state.data);
-      payload = encodeSession({ rooms: state.rooms, data: state.data });
+      payload = encodeSession({ rooms: state.rooms, left: state.left, data: state.data });
     } catch {
       // msgpack refuses functions (and ignores toJSON): store it as a client would get it, as JSON would.
       try {
         const normalized = this.host.normalize(state.data);
         data = encodeData(normalized);
-        payload = encodeSession({ rooms: state.rooms, data: normalized });
+        payload = encodeSession({ rooms: state.rooms, left: state.left, data: normalized });
       } catch (err) {
         if (!socket.reportedData) {
           socket.reportedData = true;

@@ -5,16 +5,16 @@
  * skeleton: see session-durability.ts.) A disconnect queues the session; queued
  * sessions go out in batches (one statement each). A restore takes the session
  * from this node's queue when it has not been written yet, waits for it when
- * it is being written, and otherwise deletes it from the table, retrying for a
- * short while because the client may have reconnected (to another node)
- * faster than its old node wrote the session. Takes are batched too: a storm
+ * it is being written, and otherwise deletes it from the table, looking again
+ * when a write announces it, for a short while, because the client may have
+ * reconnected (to another node) faster than its old node wrote the session. Takes are batched too: a storm
  * of reconnections (a node redeployed) costs one DELETE per batch, not one per
  * client.
  */
 import { createHash } from "node:crypto";
-import { Batcher } from "./batcher.js";
+import { Batcher, BatcherFullError } from "./batcher.js";
 import { isTransientDatabaseError } from "./errors.js";
-import type { SessionKey, SessionQueries, SessionRecord, TakenSession, TakeOutcome } from "./sql/session-queries.js";
+import { writtenKey, type SessionKey, type SessionQueries, type SessionRecord, type TakenSession, type TakeOutcome } from "./sql/session-queries.js";
 
 export function hashPid(pid: string): Buffer {
   return createHash("sha256").update(pid).digest();
@@ -45,11 +45,15 @@ interface QueuedSession {
 
 export class SessionStore {
   private readonly writes: Batcher<QueuedSession, void>;
+  /** Takes waiting for a session write to be announced (see take()). */
+  private readonly waiting = new Set<{ readonly key: string; wake(): void }>();
+  /** Each queued session's write, by key: a restore waits for its own session's write, nothing else. */
+  private readonly written = new Map<string, Promise<void>>();
   private readonly takes: Batcher<SessionKey, TakeOutcome>;
 
   constructor(
     private readonly queries: SessionQueries,
-    opts: SessionStoreOptions,
+    private readonly opts: SessionStoreOptions,
   ) {
     this.writes = new Batcher<QueuedSession, void>({
       write: async (queued) => {
@@ -86,11 +90,19 @@ export class SessionStore {
 
   /** Queues a session; a failure is reported to the error handler (the session is then not restorable). */
   persist(record: SessionRecord): void {
+    const key = keyOf(record.pidHash, record.namespaceId);
     // Newer than every write made for this session so far (skeletons, an earlier attempt).
     const versioned = { ...record, version: nextVersion() };
-    this.writes.add({ record: versioned, expiresAt: Date.now() + record.ttlMs }).catch(() => {
-      // Already reported by the batcher's onError, or refused because closed/full:
-      // the session is simply not restorable, which fails closed.
+    const write = this.writes.add({ record: versioned, expiresAt: Date.now() + record.ttlMs }).catch((err: unknown) => {
+      // A failed write was reported by the batcher's onError, and a closed store refuses by design:
+      // the session is then not restorable, which fails closed. A full queue is said here.
+      if (err instanceof BatcherFullError) {
+        this.opts.onError(new Error(`socket.io-postgres-recovery: the session of ${record.sid} was not stored (session queue full: maxPendingWrites)`, { cause: err }));
+      }
+    });
+    this.written.set(key, write);
+    void write.finally(() => {
+      if (this.written.get(key) === write) this.written.delete(key);
     });
   }
 
@@ -122,19 +134,59 @@ export class SessionStore {
         fromQueue: true,
       };
     }
-    if (this.writes.isWriting(mine)) await this.writes.flush();
+    // Being written now: wait for that write only (a stream of other sessions must not delay this one).
+    if (this.writes.isWriting(mine)) await this.written.get(keyOf(pidHash, namespaceId));
+    // Not on this node: in the table, or about to be written there by the node the client left.
+    // Rather than poll, look again when a write announces a session with this key (see
+    // SessionQueries.insert), and once more when `waitMs` is over (an announcement can be missed
+    // while the listener reconnects). A pid nobody is writing costs two takes.
+    const key = writtenKey(pidHash);
     const deadline = Date.now() + waitMs;
-    for (let attempt = 0; ; attempt++) {
-      const { taken, held } = await this.takes.add({ pidHash, namespaceId });
-      if (taken) return taken;
-      const left = (held ? Math.max(deadline, heldUntil) : deadline) - Date.now();
-      if (left <= 0) return undefined;
-      // Short steps: takes are batched, so many restores polling together still cost one
-      // statement per step, and a session written meanwhile is found within ~20 ms. Past
-      // `waitMs`, waiting for a live node to die goes in longer steps.
-      const step = held && Date.now() > deadline ? 100 : 20;
-      await new Promise((resolve) => setTimeout(resolve, Math.min(5 * 2 ** attempt, step, left)));
+    let held = false;
+    for (;;) {
+      // While the skeleton's node is alive: until `heldUntil`, looking again every 100 ms too (a
+      // node's death is not announced, its session at the disconnect is).
+      const until = held ? Math.max(deadline, heldUntil) : deadline;
+      const announced = this.announcement(key, held ? Math.min(until - Date.now(), 100) : until - Date.now());
+      const outcome = await this.takes.add({ pidHash, namespaceId });
+      held = outcome.held;
+      if (outcome.taken || Date.now() >= (held ? Math.max(deadline, heldUntil) : deadline)) {
+        announced.cancel();
+        return outcome.taken;
+      }
+      await announced.promise;
     }
+  }
+
+  /**
+   * A session write was announced (the NOTIFY of SessionQueries.insert):
+   * `keys` is the part after `s|`. Wakes the takes waiting for one of them.
+   */
+  onWritten(keys: string): void {
+    if (this.waiting.size === 0) return;
+    const all = keys === "*";
+    const written = all ? undefined : new Set(keys.split(","));
+    for (const waiter of [...this.waiting]) {
+      if (all || written!.has(waiter.key)) waiter.wake();
+    }
+  }
+
+  /** Resolves when a write announces `key`, or after `ms`. */
+  private announcement(key: string, ms: number): { promise: Promise<void>; cancel(): void } {
+    let wake: () => void = () => undefined;
+    const promise = new Promise<void>((resolve) => (wake = resolve));
+    const waiter = {
+      key,
+      wake: () => {
+        clearTimeout(timer);
+        this.waiting.delete(waiter);
+        wake();
+      },
+    };
+    const timer = setTimeout(waiter.wake, Math.max(ms, 0));
+    timer.unref();
+    this.waiting.add(waiter);
+    return { promise, cancel: waiter.wake };
   }
 
   flush(): Promise<void> {
@@ -142,6 +194,11 @@ export class SessionStore {
   }
 
   async close(timeoutMs: number): Promise<void> {
+    for (const waiter of [...this.waiting]) waiter.wake();
     await Promise.all([this.writes.close(timeoutMs), this.takes.close(timeoutMs)]);
   }
+}
+
+function keyOf(pidHash: Buffer, namespaceId: number): string {
+  return `${namespaceId}:${pidHash.toString("hex")}`;
 }

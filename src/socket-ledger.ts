@@ -5,6 +5,7 @@
  * it. A session is a snapshot of this at the disconnect.
  */
 import type { Room, SocketId } from "socket.io-adapter";
+import type { LeftRoom } from "./codec.js";
 
 /** A cursor not known yet (the namespace is still starting): replaced by `settle()`. */
 export const UNSTARTED = -1;
@@ -12,6 +13,8 @@ export const UNSTARTED = -1;
 export interface SessionSnapshot {
   /** Every room with its join cursor; always includes the socket's own room. */
   rooms: Array<readonly [Room, number]>;
+  /** Rooms left since the floor, with their join and leave cursors. */
+  left: LeftRoom[];
   floor: number;
   /** Offset of the last entry written to the socket: its client processed at most that far. */
   lastDelivered: number;
@@ -21,6 +24,8 @@ export class SocketLedger {
   private readonly joins = new Map<SocketId, Map<Room, number>>();
   private readonly floors = new Map<SocketId, number>();
   private readonly lastDelivered = new Map<SocketId, number>();
+  /** Rooms each socket left (a restore must know what they delivered, or kept from it, before). */
+  private readonly left = new Map<SocketId, LeftRoom[]>();
 
   /** Whether the socket's session has begun (fresh or resumed) on this node. */
   has(id: SocketId): boolean {
@@ -40,9 +45,10 @@ export class SocketLedger {
    * drops before the client processed the replay, the next restore must
    * replay it again.
    */
-  resume(id: SocketId, floor: number, joinedAt: ReadonlyMap<Room, number>, lastReplayed: number): void {
+  resume(id: SocketId, floor: number, joinedAt: ReadonlyMap<Room, number>, lastReplayed: number, left: readonly LeftRoom[] = []): void {
     this.floors.set(id, floor);
     this.joins.set(id, new Map(joinedAt));
+    this.left.set(id, [...left]);
     this.lastDelivered.set(id, lastReplayed);
   }
 
@@ -53,8 +59,26 @@ export class SocketLedger {
     for (const room of rooms) if (!joined.has(room)) joined.set(room, cursor);
   }
 
-  leave(id: SocketId, room: Room): void {
-    this.joins.get(id)?.delete(room);
+  /** The socket's rooms with their join cursors, live (changes with every join and leave). */
+  rooms(id: SocketId): ReadonlyMap<Room, number> | undefined {
+    return this.joins.get(id);
+  }
+
+  /** The socket left `room` at `cursor`: entries up to it were delivered to it through that room. */
+  leave(id: SocketId, room: Room, cursor: number): void {
+    const joins = this.joins.get(id);
+    const at = joins?.get(room);
+    if (at === undefined) return;
+    joins!.delete(room);
+    if (cursor <= at) return; // nothing was delivered while it was in the room
+    let left = this.left.get(id);
+    if (!left) this.left.set(id, (left = []));
+    left.push([room, at, cursor]);
+  }
+
+  /** Rooms the socket left, live (see `rooms`). */
+  leftRooms(id: SocketId): readonly LeftRoom[] | undefined {
+    return this.left.get(id);
   }
 
   delivered(id: SocketId, offset: number): void {
@@ -65,6 +89,7 @@ export class SocketLedger {
     this.joins.delete(id);
     this.floors.delete(id);
     this.lastDelivered.delete(id);
+    this.left.delete(id);
   }
 
   /**
@@ -94,6 +119,8 @@ export class SocketLedger {
     const stored = rooms.map((room) => [room, joined?.get(room) ?? cursor] as const);
     // Socket.IO always puts a restored socket back in its own room; it is where `socket.emit()` goes.
     if (!rooms.includes(id)) stored.push([id, joined?.get(id) ?? floor]);
-    return { rooms: stored, floor, lastDelivered: this.lastDelivered.get(id) ?? floor };
+    // Only leaves after the floor matter: a restore never replays anything at or before it.
+    const left = (this.left.get(id) ?? []).filter(([, , leftAt]) => leftAt > floor);
+    return { rooms: stored, left, floor, lastDelivered: this.lastDelivered.get(id) ?? floor };
   }
 }

@@ -5,7 +5,7 @@
  * offset order, i.e. commit order equals offset order.
  */
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { decodeBatchFromNotify, decodePacket, encodeBatchForNotify, encodePacket } from "../src/codec.js";
 import { LogQueries } from "../src/sql/log-queries.js";
 import { createTestDatabase, type TestDatabase } from "./helpers/database.js";
@@ -17,18 +17,38 @@ const BATCHES_PER_WRITER = 60;
 describe("log ordering", () => {
   let db: TestDatabase;
   const pools: pg.Pool[] = [];
+  const clients: pg.Client[] = [];
+  /** Errors of idle pooled connections and of the LISTEN client (none expected while tests run). */
+  const connectionErrors: Error[] = [];
+
+  /** A pool of this file, ended in afterAll; an idle connection's error is recorded, never unhandled. */
+  function newPool(max: number): pg.Pool {
+    const pool = new pg.Pool({ connectionString: db.url, max });
+    pool.on("error", (err) => connectionErrors.push(err));
+    pools.push(pool);
+    return pool;
+  }
 
   beforeAll(async () => {
     db = await createTestDatabase("log_ordering", { migrated: true });
   });
 
+  afterEach(() => {
+    expect(connectionErrors.map(String)).toEqual([]);
+  });
+
   afterAll(async () => {
+    // Everything of ours ends before the database is dropped: DROP ... WITH (FORCE) terminates
+    // what is left, which an idle connection would report as an error.
+    await Promise.all(clients.map((c) => c.end().catch(() => undefined)));
     await Promise.all(pools.map((p) => p.end()));
     await db?.drop();
   });
 
   it("assigns dense offsets in commit order to concurrent writers, and NOTIFYs in that order", async () => {
     const listener = new pg.Client({ connectionString: db.url });
+    listener.on("error", (err) => connectionErrors.push(err));
+    clients.push(listener);
     await listener.connect();
     const notified: Array<{ from: number; count: number; inline: string }> = [];
     listener.on("notification", (msg) => {
@@ -38,8 +58,7 @@ describe("log ordering", () => {
     await listener.query(`LISTEN "${CHANNEL}"`);
 
     const writers = Array.from({ length: WRITERS }, (_, i) => {
-      const pool = new pg.Pool({ connectionString: db.url, max: 2 });
-      pools.push(pool);
+      const pool = newPool(2);
       // Half the writers append through the prepared statement, half without (preparedStatements: false).
       return new LogQueries(pool, "socket_io", { preparedStatements: i % 2 === 0 });
     });
@@ -95,12 +114,10 @@ describe("log ordering", () => {
       expected += n.count;
     }
     expect(expected - 1).toBe(total);
-    await listener.end();
   });
 
   it("does not log a batch twice when a retry follows an attempt that committed", async () => {
-    const pool = new pg.Pool({ connectionString: db.url, max: 2 });
-    pools.push(pool);
+    const pool = newPool(2);
     const log = new LogQueries(pool, "socket_io");
     const { id } = await log.namespace("/idempotent");
     await log.registerWriter("w-retry", id);
@@ -122,8 +139,7 @@ describe("log ordering", () => {
   });
 
   it("waits for an earlier attempt still running on the server and then skips the batch", async () => {
-    const pool = new pg.Pool({ connectionString: db.url, max: 3 });
-    pools.push(pool);
+    const pool = newPool(3);
     const log = new LogQueries(pool, "socket_io");
     const { id } = await log.namespace("/in-flight");
     await log.registerWriter("w-inflight", id);
@@ -132,6 +148,8 @@ describe("log ordering", () => {
     // The first attempt runs inside a transaction that has not committed yet,
     // as when the client's connection died while the server kept going.
     const first = await pool.connect();
+    // Ends the connection if the test fails before COMMIT (a client still checked out would stall pool.end()).
+    onTestFinished(() => first.release(true));
     await first.query("BEGIN");
     const firstResult = await new LogQueries(first, "socket_io").append(id, "w-inflight", 1, payloads, CHANNEL, "");
     expect(firstResult.appliedBefore).toBe(false);
@@ -153,7 +171,6 @@ describe("log ordering", () => {
     expect(waiting).toBe(1);
     expect(retrySettled).toBe(false);
     await first.query("COMMIT");
-    first.release();
 
     expect(await retry).toEqual({ from: firstResult.from, appliedBefore: true });
     const { rows } = await pool.query<{ n: string }>(

@@ -21,6 +21,15 @@ import { useClusterSuite } from "./fixtures/suite.js";
 
 const db = useClusterSuite("recovery_refusals");
 
+/** Reasons of the refusals every node of the cluster announces ("restore-refused"), in order. */
+function collectRefusals(cluster: Cluster, nsp = "/"): string[] {
+  const reasons: string[] = [];
+  for (const node of cluster.nodes) {
+    node.io.of(nsp).adapter.on("restore-refused", ({ reason }: { reason: string }) => reasons.push(reason));
+  }
+  return reasons;
+}
+
 describe("recovery refusals", () => {
   it("refuses an unknown pid", async () => {
     const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
@@ -112,21 +121,31 @@ describe("recovery refusals", () => {
     ["null", null],
   ];
   for (const [label, offset] of malformed) {
-    it(`refuses the offset ${label}`, async () => {
+    it(`refuses the offset ${label} and leaves the session to its real client`, async () => {
       const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+      const refusals = collectRefusals(cluster);
       const old = await prepare(cluster);
       const result = await attempt(cluster, 1, old.pid, offset);
       expectFresh(result, old);
+      // Socket.IO only asks the adapter when the offset is a string; the adapter refuses it before taking anything.
+      expect(refusals).toEqual(typeof offset === "string" ? ["malformed pid or offset"] : []);
+      expect(await comeBack(old.socket, cluster.node(0))).toBe(true);
+      expect(old.socket.id).toBe(old.sid);
       await expectHealthy(cluster);
     });
   }
 
-  it("refuses an offset beyond the head of the log", async () => {
+  it("refuses an offset beyond what was written to the socket (here: beyond the head of the log)", async () => {
     const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
+    const refusals = collectRefusals(cluster);
     const old = await prepare(cluster);
     const head = await logHead(cluster.node(0).pool);
     const result = await attempt(cluster, 1, old.pid, `o${head + 1000}`);
     expectFresh(result, old);
+    // Refused by the session's range at once, not after waiting for the log to get there.
+    expect(refusals).toHaveLength(1);
+    expect(refusals[0]).toMatch(/^offset \d+ outside the session's range/);
+    expect(cluster.nodes.flatMap((n) => n.errors).map(String)).toEqual([]);
     await expectHealthy(cluster);
   });
 

@@ -54,8 +54,8 @@ describe("session fencing", () => {
     ).rows[0];
 
   it("takes a skeleton only once its node is dead, declares it dead, and fences the zombie's writes", async () => {
-    const a = new SessionQueries(pool, "socket_io", "node-a");
-    const b = new SessionQueries(pool, "socket_io", "node-b");
+    const a = new SessionQueries(pool, "socket_io", undefined, "node-a");
+    const b = new SessionQueries(pool, "socket_io", undefined, "node-b");
     const liveness = new LivenessQueries(pool, "socket_io");
     await liveness.register("node-a", 1000);
     expect(await a.write([skeleton("p1", "node-a", 0, 1)])).toEqual([{ written: true, owned: true }]);
@@ -96,7 +96,7 @@ describe("session fencing", () => {
   });
 
   it("a session written at the disconnect is taken at once, and a skeleton of a node without a row too", async () => {
-    const a = new SessionQueries(pool, "socket_io", "node-c");
+    const a = new SessionQueries(pool, "socket_io", undefined, "node-c");
     await a.write([{ ...skeleton("p2", "node-c", 0, 1), state: "disconnected", lastOffset: 7, cursorOffset: 9 }]);
     const [taken] = await a.take([{ pidHash: hashPid("p2"), namespaceId }]);
     expect(taken).toMatchObject({ crashed: false, lastOffset: 7, cursorOffset: 9, generation: 1 });
@@ -107,7 +107,7 @@ describe("session fencing", () => {
   });
 
   it("prunes the skeletons of a dead node once their sessions would have expired, then the node's row", async () => {
-    const a = new SessionQueries(pool, "socket_io", "node-e");
+    const a = new SessionQueries(pool, "socket_io", undefined, "node-e");
     const liveness = new LivenessQueries(pool, "socket_io");
     await liveness.register("node-e", 1000);
     await a.write([{ ...skeleton("p4", "node-e", 0, 1), ttlMs: 500 }, { ...skeleton("p5", "node-e", 0, 2), ttlMs: 60_000 }]);
@@ -134,7 +134,7 @@ describe("session fencing", () => {
     await liveness.remove("node-f");
     expect((await pool.query(`SELECT 1 FROM socket_io.nodes WHERE node_id = 'node-f'`)).rowCount).toBe(0);
     await liveness.register("node-g", 60_000);
-    const g = new SessionQueries(pool, "socket_io", "node-g");
+    const g = new SessionQueries(pool, "socket_io", undefined, "node-g");
     await g.write([skeleton("p6", "node-g", 0, 1)]);
     await liveness.remove("node-g");
     const [taken] = await g.take([{ pidHash: hashPid("p6"), namespaceId }]);

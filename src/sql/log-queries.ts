@@ -135,8 +135,11 @@ export class LogQueries {
    *    the batch itself when it fits in a NOTIFY payload, else empty
    *    (receivers then read the rows).
    *
-   * The writer's row must exist beforehand (`registerWriter`): a row inserted
-   * by a still-running earlier attempt would be invisible to the lock in (1).
+   * A batch is only ever appended while its writer's row is locked, and
+   * recorded on that row in the same transaction: every attempt of the same
+   * batch waits for the one before it and sees its outcome. Without the row
+   * (never registered, or pruned after a long idle time) the statement
+   * changes nothing; the row is then registered and the statement run again.
    */
   async append(
     namespaceId: number,
@@ -146,18 +149,33 @@ export class LogQueries {
     channel: string,
     inline: string,
   ): Promise<AppendResult> {
-    const { rows } = await this.pool.query<{ from_offset: string; applied_before: boolean }>({
+    const args = [namespaceId, payloads.length, payloads, channel, inline, writerId, batch];
+    let result = await this.runAppend(args);
+    if (result === "unregistered") {
+      // Registering waits for a registration still running elsewhere; then the row can be locked.
+      await this.registerWriter(writerId, namespaceId);
+      result = await this.runAppend(args);
+    }
+    if (result === "unregistered") {
+      throw new Error(`socket.io-postgres-recovery: writer ${writerId} has no row in log_writers even after registering it; is the schema migrated?`);
+    }
+    return result;
+  }
+
+  private async runAppend(values: unknown[]): Promise<AppendResult | "unregistered"> {
+    const { rows } = await this.pool.query<{ from_offset: string | null; applied_before: boolean | null }>({
       ...(this.appendStatementName === undefined ? {} : { name: this.appendStatementName }),
       text: this.appendSql,
-      values: [namespaceId, payloads.length, payloads, channel, inline, writerId, batch],
+      values,
     });
     const row = rows[0];
     if (!row) {
       throw new Error(
-        `socket.io-postgres-recovery: batch ${batch} of writer ${writerId} was neither appended nor found; is the schema migrated and the writer registered?`,
+        `socket.io-postgres-recovery: batch ${String(values[6])} of writer ${String(values[5])} was neither appended nor found (the writer's row records a later batch)`,
       );
     }
-    return { from: Number(row.from_offset), appliedBefore: row.applied_before };
+    if (row.from_offset === null) return "unregistered";
+    return { from: Number(row.from_offset), appliedBefore: row.applied_before === true };
   }
 
   /** The append's SQL (see `append`). */
@@ -166,23 +184,23 @@ export class LogQueries {
          SELECT last_batch, last_from FROM ${this.writers} WHERE writer_id = $6 FOR UPDATE
        ), bumped AS (
          UPDATE ${this.namespaces} SET head = head + $2
-         WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM writer WHERE last_batch >= $7)
+         WHERE id = $1 AND (SELECT last_batch FROM writer) < $7
          RETURNING head
        ), inserted AS (
          INSERT INTO ${this.log} (namespace_id, "offset", payload)
          SELECT $1, bumped.head - $2 + entry.ord, entry.payload
          FROM bumped, unnest($3::bytea[]) WITH ORDINALITY AS entry(payload, ord)
        ), recorded AS (
-         INSERT INTO ${this.writers} (writer_id, namespace_id, last_batch, last_from)
-         SELECT $6, $1, $7, bumped.head - $2 + 1 FROM bumped
-         ON CONFLICT (writer_id) DO UPDATE
-           SET last_batch = EXCLUDED.last_batch, last_from = EXCLUDED.last_from, updated_at = now()
+         UPDATE ${this.writers} SET last_batch = $7, last_from = bumped.head - $2 + 1, updated_at = now()
+         FROM bumped WHERE writer_id = $6
        )
        SELECT (bumped.head - $2 + 1)::text AS from_offset, false AS applied_before,
               pg_notify($4, concat_ws('|', $1::text, (bumped.head - $2 + 1)::text, $2::text, $5::text))
        FROM bumped
        UNION ALL
-       SELECT last_from::text, true, NULL FROM writer WHERE last_batch = $7`;
+       SELECT last_from::text, true, NULL FROM writer WHERE last_batch = $7
+       UNION ALL
+       SELECT NULL, NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM writer)`;
   }
 
   /**

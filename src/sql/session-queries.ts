@@ -79,9 +79,15 @@ export class SessionQueries {
   private readonly sessions: string;
   private readonly nodes: string;
 
+  /**
+   * `writtenChannel`: where each write announces the sessions it stored at a
+   * disconnect (`s|` and their `writtenKey`s, see SessionStore.take), or
+   * nothing. Skeleton writes are not announced: no restore waits for them.
+   */
   constructor(
     private readonly pool: Queryable,
     schema: string,
+    private readonly writtenChannel?: string,
     /** This node's id (`nodes.node_id`): takes name it, writes default to it. */
     readonly nodeId: string = randomUUID(),
   ) {
@@ -108,6 +114,15 @@ export class SessionQueries {
       if (!seen || (r.version ?? 0) >= (seen.version ?? 0)) latest.set(key, r);
     }
     const batch = [...latest.values()];
+    const sessions = batch.filter((r) => (r.state ?? "disconnected") !== "connected");
+    let written = "";
+    if (this.writtenChannel !== undefined && sessions.length > 0) {
+      written = `s|${sessions.map((r) => writtenKey(r.pidHash)).join(",")}`;
+      // A NOTIFY payload stays under 8000 bytes: past it, every waiting restore looks again.
+      if (written.length > 7900) written = "s|*";
+    }
+    // The announcement goes out with the commit (NOTIFY is transactional), only when something was written.
+    const announce = written === "" ? "" : `, (SELECT pg_notify($13, $14) FROM (SELECT 1 FROM w LIMIT 1) AS any_written) AS announced`;
     const { rows } = await this.pool.query<{ pid_hash: Buffer; written: boolean; owned: boolean }>(
       `WITH k AS (
          SELECT * FROM unnest($1::bytea[], $2::int[], $3::text[], $4::bigint[], $5::bigint[], $6::bytea[],
@@ -136,7 +151,7 @@ export class SessionQueries {
        SELECT k.pid_hash,
               EXISTS (SELECT 1 FROM w WHERE w.pid_hash = k.pid_hash) AS written,
               COALESCE((SELECT s.node_id IS NOT DISTINCT FROM k.node_id AND s.generation = k.generation
-                          FROM ${this.sessions} s WHERE s.pid_hash = k.pid_hash), true) AS owned
+                          FROM ${this.sessions} s WHERE s.pid_hash = k.pid_hash), true) AS owned${announce}
        FROM k`,
       [
         batch.map((r) => r.pidHash),
@@ -151,6 +166,7 @@ export class SessionQueries {
         batch.map((r) => r.nodeId ?? this.nodeId),
         batch.map((r) => r.generation ?? 0),
         batch.map((r) => r.version ?? 0),
+        ...(written === "" ? [] : [this.writtenChannel, written]),
       ],
     );
     const outcomes = new Map<string, WriteOutcome>();
@@ -299,4 +315,9 @@ export interface SessionKey {
 
 function keyOf(pidHash: Buffer, namespaceId: number): string {
   return `${namespaceId}:${pidHash.toString("hex")}`;
+}
+
+/** How a session write names a session in its NOTIFY: 8 bytes of the pid's hash, in hex (16 characters). */
+export function writtenKey(pidHash: Buffer): string {
+  return pidHash.subarray(0, 8).toString("hex");
 }

@@ -12,7 +12,10 @@
  * - `stall(match)` / `unstall()`: the matching open connections stop being
  *   read, their bytes kept, until `unstall()` (a slow answer, not a dead one);
  * - `delayAnswers(match, ms)`: what Postgres sends on the matching open
- *   connections reaches the node `ms` later (latency on some connections only).
+ *   connections reaches the node `ms` later (latency on some connections only);
+ * - `holdReplies(match)`: the matching connections stop forwarding what the
+ *   server sends, while what the client sends still reaches the server (a
+ *   statement runs and commits, its answer never arrives).
  *
  * It learns each connection's `application_name` from the startup packet
  * (plaintext: int32 length, int32 protocol 196608, then key\0value\0 pairs,
@@ -27,6 +30,8 @@ export interface ProxiedConnection {
   /** From the startup packet; "" until it is parsed or when the client sent none. */
   readonly applicationName: string;
   readonly frozen: boolean;
+  /** Server → client bytes are dropped (see `holdReplies`). */
+  readonly repliesHeld: boolean;
 }
 
 export interface PostgresProxy {
@@ -39,6 +44,8 @@ export interface PostgresProxy {
   freeze(match: (c: ProxiedConnection) => boolean): number;
   /** Resets the open connections that match; returns how many. */
   cut(match: (c: ProxiedConnection) => boolean): number;
+  /** Drops what the server sends on the open connections that match; returns how many. */
+  holdReplies(match: (c: ProxiedConnection) => boolean): number;
   /** Resets every connection and every new one until `accept()`. */
   refuse(): void;
   accept(): void;
@@ -66,6 +73,7 @@ const PROTOCOL_3 = 196608;
 interface Connection extends ProxiedConnection {
   applicationName: string;
   frozen: boolean;
+  repliesHeld: boolean;
   stalled: boolean;
   answerDelayMs: number;
   downstream: net.Socket;
@@ -103,7 +111,7 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
     if (downstream.destroyed) return;
     const upstream = net.connect(targetPort, "127.0.0.1");
     upstream.on("error", () => undefined);
-    const c: Connection = { id: nextId++, applicationName: "", frozen: false, stalled: false, answerDelayMs: 0, downstream, upstream };
+    const c: Connection = { id: nextId++, applicationName: "", frozen: false, repliesHeld: false, stalled: false, answerDelayMs: 0, downstream, upstream };
     open.set(c.id, c);
     let head = Buffer.alloc(0);
     let parsing = true;
@@ -120,7 +128,7 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
       if (!c.frozen) upstream.write(chunk);
     });
     upstream.on("data", (chunk: Buffer) => {
-      if (c.frozen) return;
+      if (c.frozen || c.repliesHeld) return;
       if (c.answerDelayMs > 0) setTimeout(() => downstream.writable && downstream.write(chunk), c.answerDelayMs);
       else downstream.write(chunk);
     });
@@ -140,10 +148,16 @@ export async function startPostgresProxy(targetPort: number): Promise<PostgresPr
       parsed.port = String(port);
       return parsed.toString();
     },
-    connections: () => [...open.values()].map(({ id, applicationName, frozen }) => ({ id, applicationName, frozen })),
+    connections: () =>
+      [...open.values()].map(({ id, applicationName, frozen, repliesHeld }) => ({ id, applicationName, frozen, repliesHeld })),
     freeze(match) {
       const hit = matching(match).filter((c) => !c.frozen);
       for (const c of hit) c.frozen = true;
+      return hit.length;
+    },
+    holdReplies(match) {
+      const hit = matching(match).filter((c) => !c.repliesHeld);
+      for (const c of hit) c.repliesHeld = true;
       return hit.length;
     },
     cut(match) {
