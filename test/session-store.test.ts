@@ -9,7 +9,7 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { hashPid, SessionStore } from "../src/session-store.js";
-import { SessionQueries, type SessionKey, type SessionRecord, type TakenSession } from "../src/sql/session-queries.js";
+import { SessionQueries, type SessionKey, type SessionRecord, type TakeOutcome } from "../src/sql/session-queries.js";
 import { waitFor } from "./helpers/cluster.js";
 import { createTestDatabase, type TestDatabase } from "./helpers/database.js";
 
@@ -18,8 +18,9 @@ const CHANNEL = "test:session-store";
 /** The real queries, counting the take statements that completed. */
 class CountingQueries extends SessionQueries {
   takes = 0;
-  override async take(keys: ReadonlyArray<SessionKey>): Promise<Array<TakenSession | undefined>> {
-    const taken = await super.take(keys);
+  /** What SessionStore calls: a take that also says which sessions a live node still holds. */
+  override async takeOrWait(keys: ReadonlyArray<SessionKey>): Promise<TakeOutcome[]> {
+    const taken = await super.takeOrWait(keys);
     this.takes++;
     return taken;
   }
