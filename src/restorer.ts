@@ -222,7 +222,7 @@ export class Restorer {
         this.sequencer.recentRange(offset, upTo) ??
         (
           await this.ctx.restoreReads.run(deadline, () =>
-            this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes),
+            this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes, "replay"),
           )
         ).entries;
       // After a crash nothing is known of the session's end: every entry after the offset is needed.

@@ -22,11 +22,11 @@ import { useClusterSuite } from "./fixtures/suite.js";
 
 const db = useClusterSuite("restore_bounds");
 
-/** Backends of this database blocked on a lock while running the replay read (its window sum). */
+/** Backends of this database blocked on a lock while running a restore's replay read (not delivery's reads). */
 async function blockedReplayReads(admin: pg.Client): Promise<number> {
   const { rows } = await admin.query<{ n: string }>(
     `SELECT count(*) AS n FROM pg_stat_activity
-      WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%bytes_before%'`,
+      WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%: replay read */%'`,
   );
   return Number(rows[0]?.n ?? 0);
 }

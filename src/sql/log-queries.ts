@@ -219,18 +219,21 @@ export class LogQueries {
     upTo: number | undefined,
     limit: number,
     maxBytes?: number,
+    purpose: ReadPurpose = "delivery",
   ): Promise<{ entries: LogEntry[] }> {
+    // Named in the statement, so that pg_stat_activity tells a restore's replay read from delivery's reads.
+    const label = `/* socket.io-postgres-recovery: ${purpose} read */ `;
     // The text alias must not be named "offset": ORDER BY would then sort the text, not the number.
     const { rows } =
       maxBytes === undefined
         ? await this.pool.query<{ offset_text: string; payload: Buffer }>(
-            `SELECT "offset"::text AS offset_text, payload FROM ${this.log}
+            `${label}SELECT "offset"::text AS offset_text, payload FROM ${this.log}
              WHERE namespace_id = $1 AND "offset" > $2 AND ($3::bigint IS NULL OR "offset" <= $3)
              ORDER BY "offset" LIMIT $4`,
             [namespaceId, after, upTo ?? null, limit],
           )
         : await this.pool.query<{ offset_text: string; payload: Buffer }>(
-            `SELECT r."offset"::text AS offset_text, l.payload
+            `${label}SELECT r."offset"::text AS offset_text, l.payload
              FROM (
                SELECT "offset", sum(octet_length(payload)) OVER (ORDER BY "offset") - octet_length(payload) AS bytes_before
                FROM ${this.log}
@@ -245,6 +248,9 @@ export class LogQueries {
     return { entries: rows.map((row) => decodePacket(Number(row.offset_text), row.payload)) };
   }
 }
+
+/** Who reads a range of the log: the sequencer (gap fills, catch-up) or a restore's replay. */
+export type ReadPurpose = "delivery" | "replay";
 
 /**
  * A prepared statement's name: Postgres cuts names at 63 bytes, so the name
