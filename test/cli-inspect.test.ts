@@ -156,6 +156,15 @@ describe("inspect failures", () => {
     expectOneLineFailure(older, 1, new RegExp(`schema "inspect_older" lacks ${knownMigrations().length - 1} migration\\(s\\)`));
   });
 
+  it("takes a socket id that begins with '-' (1 in 64 of them) as the id, not as an option", async () => {
+    const id = "-a-ulf8h7FglRKEnAAAA";
+    for (const argv of [["inspect", id, "--schema", "no_such_schema"], ["inspect", "--schema", "no_such_schema", id]]) {
+      const run = await runCliInProcess(argv, { DATABASE_URL: db.url });
+      // Past parsing (not a usage error): it fails on the missing schema.
+      expectOneLineFailure(run, 1, /schema "no_such_schema" does not exist/);
+    }
+  });
+
   it("refuses an empty or absurdly long socket id: exit 2", async () => {
     for (const id of ["", "x".repeat(257)]) {
       const run = await runCliInProcess(["inspect", id], { DATABASE_URL: db.url });

@@ -59,6 +59,23 @@ function usageLine(err: CommanderError, command: string | undefined): string {
   return `${message} (see ${PROGRAM}${command === undefined ? "" : ` ${command}`} --help)`;
 }
 
+/** A Socket.IO socket id: 20 base64url characters (engine.io's base64id), so it may begin with "-". */
+const SOCKET_ID = /^[A-Za-z0-9_-]{20}$/;
+
+/**
+ * `inspect <socket-id>` with an id that begins with "-" (one in 64 of them):
+ * commander would read it as an unknown option. Such an id, wherever it
+ * stands, is moved behind "--", where it can only be the operand. No option
+ * of `inspect` takes a value of that shape (schemas cannot begin with "-",
+ * namespaces begin with "/", URLs with a scheme).
+ */
+export function protectSocketIds(argv: readonly string[]): string[] {
+  if (argv[0] !== "inspect" || argv.includes("--")) return [...argv];
+  const at = argv.findIndex((arg, i) => i > 0 && arg.startsWith("-") && SOCKET_ID.test(arg));
+  if (at < 0) return [...argv];
+  return [...argv.slice(0, at), ...argv.slice(at + 1), "--", argv[at]!];
+}
+
 /** Runs the CLI on `argv` (without node and the script); resolves to the exit code. */
 export async function main(
   argv: readonly string[],
@@ -72,7 +89,7 @@ export async function main(
     return code;
   };
   try {
-    await buildProgram(ctx, streams, current).parseAsync([...argv], { from: "user" });
+    await buildProgram(ctx, streams, current).parseAsync(protectSocketIds(argv), { from: "user" });
     return EXIT_OK;
   } catch (err) {
     if (err instanceof CommanderError) {
