@@ -4,17 +4,18 @@
  * Created with the first namespace, closed with the last one. Never ends the
  * caller's pool.
  */
-import type { ClientConfig, Pool } from "pg";
+import type { Pool } from "pg";
 import type { ClusterMessage, ClusterResponse } from "socket.io-adapter";
 import { AttachmentsTable } from "./attachments-table.js";
 import { ClusterBus } from "./cluster-bus.js";
 import { settledBy } from "./deadline.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
+import { directConnectionConfig, openSessionConnection } from "./direct-connection.js";
 import { Listener } from "./listener.js";
 import { NodeLiveness } from "./node-liveness.js";
 import type { ResolvedOptions } from "./options.js";
-import { NAMESPACE_ACTIVITY_INTERVAL_MS, Pruner, type PruneReport } from "./pruner.js";
+import { NAMESPACE_ACTIVITY_INTERVAL_MS, PRUNER_APPLICATION_NAME, Pruner, type PruneReport } from "./pruner.js";
 import { Semaphore } from "./semaphore.js";
 import { SkeletonWriter } from "./session-durability.js";
 import { SessionStore } from "./session-store.js";
@@ -99,7 +100,8 @@ export class NodeContext {
       onError: report,
     });
     this.listener = new Listener({
-      connection: { ...(pool.options as ClientConfig) },
+      // LISTEN needs a session of its own on Postgres itself, never a pooler's transaction.
+      connection: directConnectionConfig(pool, opts.directConnection),
       checkIntervalMs: opts.listenerCheckIntervalMs,
       onNotification: (channel, payload) => this.onNotification(channel, payload),
       onReconnected: () => {
@@ -108,7 +110,8 @@ export class NodeContext {
       onError: report,
     });
     this.pruner = new Pruner(
-      pool,
+      // The pass holds a session advisory lock across its short transactions: a direct session.
+      () => openSessionConnection(pool, opts.directConnection, PRUNER_APPLICATION_NAME),
       new PruneQueries(opts.schema, () => this.attachments.current),
       {
         retentionMs: () => {
