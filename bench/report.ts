@@ -151,7 +151,7 @@ export function markdown(report: RunReport): string {
     lines.push("");
   }
   if (report.rawLimits.length) {
-    lines.push("### Raw limits of this machine: multi-row INSERT + one pg_notify per transaction, one connection, back to back", "");
+    lines.push("### Raw limits of this machine: multi-row INSERT and / or one pg_notify per transaction, back to back (one connection unless said)", "");
     lines.push("| statement | rows per transaction | transactions/s | rows/s | mean ms per transaction |", "| --- | ---: | ---: | ---: | ---: |");
     for (const r of report.rawLimits) lines.push(`| ${r.statement ?? "insert+notify"} | ${r.batch} | ${fmt(r.txPerSec)} | ${fmt(r.rowsPerSec)} | ${r.meanMs.toFixed(2)} |`);
     lines.push("");
