@@ -111,7 +111,12 @@ export class NodeContext {
     });
     this.pruner = new Pruner(
       // The pass holds a session advisory lock across its short transactions: a direct session.
-      () => openSessionConnection(pool, opts.directConnection, PRUNER_APPLICATION_NAME),
+      // It names the attachments table as resolved through the pool's search_path (the direct
+      // connection's may differ), so a pass waits for that lookup (a failed one is reported by it).
+      async () => {
+        await this.attachments.name().catch(() => undefined);
+        return openSessionConnection(pool, opts.directConnection, PRUNER_APPLICATION_NAME);
+      },
       new PruneQueries(opts.schema, () => this.attachments.current),
       {
         retentionMs: () => {
