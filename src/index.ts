@@ -23,6 +23,7 @@ export type {
   LastPruneStatus,
   MigrationsState,
   NamespaceStatus,
+  NodesStatus,
   OldestEntry,
   RecoveryStatus,
   SchemaNotReadyReason,
