@@ -4,6 +4,7 @@
  * prune and a lost listener connection. Several nodes of this process share
  * one registry, as several namespaces do, without registering anything twice.
  */
+import { readFileSync } from "node:fs";
 import pg from "pg";
 import { register as defaultRegister, Registry } from "prom-client";
 import { describe, expect, it } from "vitest";
@@ -260,5 +261,23 @@ describe("metric labels stay bounded", () => {
     expect(refusalReason("session expired")).toBe("expired");
     expect(refusalReason("this node is closing")).toBe("closing");
     expect(refusalReason("something new")).toBe("other");
+  });
+});
+
+describe("the operations guide and the Grafana dashboard", () => {
+  const read = (file: string) => readFileSync(new URL(`../docs/${file}`, import.meta.url), "utf8");
+  /** Metric names a text mentions (histogram series folded into their metric). */
+  const mentioned = (text: string) =>
+    new Set([...text.matchAll(/socketio_recovery_\w+/g)].map(([name]) => name.replace(/_(bucket|sum|count)$/, "")));
+
+  it("name every metric the adapter registers, and no other", async () => {
+    const register = new Registry();
+    recoveryMetrics(register);
+    const registered = new Set((await register.getMetricsAsJSON()).map((m) => m.name));
+    expect(registered.size).toBe(12);
+    const dashboard = JSON.parse(read("grafana-dashboard.json")) as { panels: Array<{ targets?: Array<{ expr: string }> }> };
+    const exprs = dashboard.panels.flatMap((p) => p.targets ?? []).map((t) => t.expr).join("\n");
+    expect([...mentioned(exprs)].sort()).toEqual([...registered].sort());
+    expect([...mentioned(read("operations.md"))].sort()).toEqual([...registered].sort());
   });
 });
