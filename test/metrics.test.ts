@@ -216,6 +216,30 @@ describe("metrics", () => {
     expect(await value(register, "socketio_recovery_prune_deleted_total", { kind: "sessions" })).toBe(1);
   });
 
+  it("the delivery lag: entries another node committed that this node has not delivered yet", async () => {
+    const register = new Registry();
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1 });
+    const a = await cluster.addNode({ poolMax: 2, adapter: { metrics: register } });
+    await cluster.waitForServerCount();
+    await cluster.connect(a);
+    const head = await logHead(cluster.node(0).pool);
+    // A's pool is taken: A hears of B's entries (the NOTIFY comes on its own connection) but cannot
+    // read them (too large to travel in the NOTIFY), so its cursor stays behind.
+    const held = [await a.pool.connect(), await a.pool.connect()];
+    try {
+      for (let i = 0; i < 3; i++) cluster.node(0).io.emit("ev", "x".repeat(10_000));
+      await waitForHead(cluster.node(0).pool, head + 3);
+      await waitFor(async () => (await value(register, "socketio_recovery_delivery_lag_entries", { namespace: "/" })) === 3, {
+        message: "a lag of 3 entries",
+      });
+    } finally {
+      for (const client of held) client.release();
+    }
+    await waitFor(async () => (await value(register, "socketio_recovery_delivery_lag_entries", { namespace: "/" })) === 0, {
+      message: "the lag back at 0 once A reads them",
+    });
+  });
+
   it("counts each replacement of the LISTEN connection", async () => {
     const register = new Registry();
     const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1, adapter: { metrics: register, listenerCheckIntervalMs: 200 } });
