@@ -13,6 +13,7 @@ import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import { directConnectionConfig, openSessionConnection } from "./direct-connection.js";
 import { Listener } from "./listener.js";
+import { NO_METRICS, type RecoveryMetrics } from "./metrics.js";
 import { NodeLiveness } from "./node-liveness.js";
 import type { ResolvedOptions } from "./options.js";
 import { NAMESPACE_ACTIVITY_INTERVAL_MS, PRUNER_APPLICATION_NAME, Pruner, type PruneReport } from "./pruner.js";
@@ -63,6 +64,8 @@ export class NodeContext {
   constructor(
     readonly pool: Pool,
     readonly opts: ResolvedOptions,
+    /** Where the modules report what happens (see metrics.ts); no-ops without the `metrics` option. */
+    readonly metrics: RecoveryMetrics = NO_METRICS,
   ) {
     const report = (err: Error) => this.reportError(err);
     // Every statement of ours gets a bound; the pool itself is left as the caller made it.
@@ -89,6 +92,7 @@ export class NodeContext {
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPendingWrites,
       onError: report,
+      written: (count) => metrics.sessionsWritten(count),
     });
     this.attachments = new AttachmentsTable(db, opts.attachmentsTable, report);
     this.bus = new ClusterBus(db, {
@@ -105,6 +109,7 @@ export class NodeContext {
       checkIntervalMs: opts.listenerCheckIntervalMs,
       onNotification: (channel, payload) => this.onNotification(channel, payload),
       onReconnected: () => {
+        metrics.listenerReconnected();
         for (const member of this.members.values()) member.onListenerReconnected();
       },
       onError: report,
@@ -129,6 +134,7 @@ export class NodeContext {
         },
         attachmentsMaxAgeMs: opts.cleanupInterval,
         batchSize: opts.pruneBatchSize,
+        pruned: (report) => metrics.pruned(report),
       },
       report,
     );
