@@ -3,8 +3,8 @@
  * server session from start to end, never through a pooler in transaction mode
  * (PgBouncer's `pool_mode = transaction` hands each transaction to whichever
  * server connection is free). Two things of ours need that:
- * - LISTEN (a notification reaches the session that listened, and PgBouncer
- *   in transaction mode does not support LISTEN at all);
+ * - LISTEN (a notification reaches the session that listened; PgBouncer's
+ *   documentation lists LISTEN among what transaction pooling breaks);
  * - session-scoped state: the pruner's session advisory lock, held across the
  *   many short transactions of a pass (and anything else that must outlive one
  *   transaction, e.g. a liveness lock).
