@@ -332,6 +332,29 @@ describe("emitter", () => {
     });
   });
 
+  it("prunes staged events no node logged within the longest retention, and keeps younger ones", async () => {
+    const cluster = await Cluster.start({
+      databaseUrl: db.url,
+      nodes: 1,
+      maxDisconnectionDuration: 1000,
+      adapter: { retentionMarginMs: 0, pruneIntervalMs: 200 },
+    });
+    const pool = cluster.node(0).pool;
+    // Retention is only ever raised: earlier tests of this file stored longer ones.
+    await pool.query("UPDATE socket_io.namespaces SET retention_ms = 1000");
+    await pool.query(`SELECT socket_io.emit('/dyn-nobody', 'ev', '[{"id": "old"}]')`);
+    await pool.query("UPDATE socket_io.staged_events SET created_at = now() - interval '1 hour'");
+    await pool.query(`SELECT socket_io.emit('/dyn-nobody', 'ev', '[{"id": "young"}]')`);
+    await waitFor(async () => (await stagedCount(pool)) === 1, { message: "the old staged event to be pruned" });
+    const { rows } = await pool.query<{ id: string }>("SELECT packet->0->1->>'id' AS id FROM socket_io.staged_events");
+    expect(rows).toEqual([{ id: "young" }]);
+    await waitFor(async () => {
+      const r = await pool.query<{ result: string }>("SELECT last_result AS result FROM socket_io.maintenance WHERE task = 'prune'");
+      return JSON.parse(r.rows[0]?.result ?? "{}").stagedEvents === 1;
+    });
+    await pool.query("DELETE FROM socket_io.staged_events");
+  });
+
   it("refuses bad arguments with clear errors, in SQL and in JS", async () => {
     await withPool(async (pool) => {
       const refusal = async (sql: string) => {
