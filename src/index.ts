@@ -5,6 +5,7 @@
 import type { Namespace } from "socket.io";
 import type { Pool } from "pg";
 import { PostgresRecoveryAdapter } from "./adapter.js";
+import { NO_METRICS, recoveryMetrics } from "./metrics.js";
 import { NodeContext } from "./node-context.js";
 import { OptionsError, resolveOptions, type PostgresRecoveryAdapterOptions } from "./options.js";
 
@@ -13,6 +14,7 @@ export type { OutageEndedEvent, OutageStartedEvent, RefusedEvent, RestoredEvent 
 export { OptionsError } from "./options.js";
 export { createEmitter, Emitter, EmitterError } from "./emitter.js";
 export type { EmitterOptions } from "./emitter.js";
+export type { MetricsRegistry } from "./metrics.js";
 export { setupPrimary } from "./node-cluster.js";
 export type { Primary, PrimaryOptions } from "./node-cluster.js";
 export type { PostgresRecoveryAdapterOptions, RecoveryOptions, UpstreamCompatibleOptions } from "./options.js";
@@ -23,6 +25,7 @@ export type {
   LastPruneStatus,
   MigrationsState,
   NamespaceStatus,
+  NodesStatus,
   OldestEntry,
   RecoveryStatus,
   SchemaNotReadyReason,
@@ -48,10 +51,12 @@ export function createAdapter(
     throw new OptionsError("socket.io-postgres-recovery: createAdapter(pool, options) needs a pg.Pool as its first argument");
   }
   const opts = resolveOptions(options);
+  // Registered now (prom-client missing is an error of this call), shared by every node given this registry.
+  const metrics = opts.metrics ? recoveryMetrics(opts.metrics) : NO_METRICS;
   let context: NodeContext | undefined;
   // A plain function, not an arrow: Socket.IO calls it with `new`, and returning an object from it is what `new` yields.
   return function postgresRecoveryAdapter(nsp: Namespace) {
-    if (!context || context.closed) context = new NodeContext(pool, opts);
+    if (!context || context.closed) context = new NodeContext(pool, opts, metrics);
     return new PostgresRecoveryAdapter(nsp, context);
   };
 }
