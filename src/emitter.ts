@@ -27,7 +27,7 @@ import { isTransientDatabaseError } from "./errors.js";
 import { OptionsError } from "./options.js";
 import { normalizeWithParser, preparePacket } from "./payload.js";
 import { LogQueries } from "./sql/log-queries.js";
-import { StagingQueries, timedClient } from "./sql/staging-queries.js";
+import { beginLockingTransaction, StagingQueries, timedClient } from "./sql/staging-queries.js";
 import { moveStagedLocked } from "./staged-events.js";
 
 export type { EmitterOptions } from "./emitter-options.js";
@@ -130,7 +130,7 @@ class EmitterCore {
     const db = timedClient(client, this.opts.queryTimeoutMs);
     let failure: Error | undefined;
     try {
-      await db.query("BEGIN");
+      await beginLockingTransaction(db);
       let id = await this.staging.lockNamespace(db, nsp);
       if (id === undefined) {
         await this.staging.ensureNamespace(db, nsp);

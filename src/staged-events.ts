@@ -7,7 +7,7 @@
 import type { Pool } from "pg";
 import { decodeLoggedPacket, encodePacket, inlineForNotify, type LogEntry, type LoggedPacket } from "./codec.js";
 import type { Queryable } from "./sql/bounded-queries.js";
-import { timedClient, type StagedRow, type StagingQueries } from "./sql/staging-queries.js";
+import { beginLockingTransaction, timedClient, type StagedRow, type StagingQueries } from "./sql/staging-queries.js";
 
 /** What one move did, under the namespace's lock, in the caller's transaction. */
 export interface MovedBatch {
@@ -81,7 +81,7 @@ export async function moveStaged(
   try {
     // Most notifications find nothing (another node moved it first): a look costs less than a transaction.
     if (!(await staging.hasStaged(db, name))) return { entries: [], taken: 0, refused: [], namespaceId: undefined };
-    await db.query("BEGIN");
+    await beginLockingTransaction(db);
     const id = await staging.lockNamespace(db, name);
     if (id === undefined) {
       await db.query("ROLLBACK");

@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { createEmitter } from "../src/index.js";
+import { beginLockingTransaction, StagingQueries } from "../src/sql/staging-queries.js";
 import {
   Cluster,
   comeBack,
@@ -304,6 +305,28 @@ describe("emitter", () => {
     const received = clients.flatMap((c) => c.tracks.flatMap((t) => t.received.map((r) => r.id ?? "")));
     expect(received.filter((id) => id.startsWith("ev:rolled-back"))).toEqual([]);
   }, 60_000);
+
+  it("a process frozen inside a move (holding the namespace's lock) stalls the namespace's writers only briefly: Postgres ends its session", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1 });
+    const socket = await cluster.connect(0);
+    const got = recordEvents(socket);
+    await withPool(async (pool) => {
+      const frozen = await pool.connect();
+      frozen.on("error", () => {});
+      const staging = new StagingQueries("socket_io");
+      await beginLockingTransaction(frozen);
+      expect(await staging.lockNamespace(frozen, "/")).toBeTypeOf("number");
+      // The move's process stops here. The node's append waits for the lock, then goes through.
+      cluster.node(0).io.emit("ev", { id: "after-the-freeze" });
+      await waitFor(() => got.length === 1, { timeout: 10_000, message: "the node's event despite the frozen move" });
+      const outcome = await frozen.query("SELECT 1").then(
+        () => "still open",
+        (err: { code?: string }) => err.code ?? "closed",
+      );
+      expect(outcome).not.toBe("still open");
+      frozen.release(true);
+    });
+  });
 
   it("events staged with no node running wait, and the first node serving their namespace logs them", async () => {
     await withPool(async (pool) => {

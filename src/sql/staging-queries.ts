@@ -141,6 +141,22 @@ export class StagingQueries {
   }
 }
 
+/**
+ * How long a move (or an emitter's direct batch) may sit idle inside its
+ * transaction, between two of its own statements, holding the namespace's
+ * row lock: a process frozen there (a stopped process, a long GC pause, a
+ * half-open connection) would otherwise stall every writer of the namespace
+ * until it resumes or TCP gives up. Postgres then ends the session, which
+ * rolls the move back; it is retried. Between statements a healthy process
+ * takes milliseconds.
+ */
+export const IDLE_IN_MOVE_MS = 2000;
+
+/** Starts a transaction that holds the namespace's row lock (see IDLE_IN_MOVE_MS). */
+export async function beginLockingTransaction(db: Queryable): Promise<void> {
+  await db.query(`BEGIN; SET LOCAL idle_in_transaction_session_timeout = ${IDLE_IN_MOVE_MS}`);
+}
+
 /** `client` with pg's `query_timeout` on every statement (see bounded-queries.ts); undefined: none. */
 export function timedClient(client: PoolClient, timeoutMs: number | undefined): Queryable {
   if (timeoutMs === undefined) return client;
