@@ -34,6 +34,7 @@ import type { NamespaceMember, NodeContext } from "./node-context.js";
 import { encodeOptions, isOrderedOperation, orderedOperation, type OperationMessage } from "./operation-messages.js";
 import { normalizeEventData, prepareLoggedPacket } from "./payload.js";
 import { orderDisconnect, ProgramOrder } from "./program-order.js";
+import { FailoverGuard } from "./failover-guard.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
 import { SessionDurability, type DurabilityHost } from "./session-durability.js";
@@ -66,6 +67,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly sequencer: Sequencer | undefined;
   private readonly writer: LogWriter | undefined;
   private readonly restorer: Restorer | undefined;
+  /** Offsets the database lost or skipped after a failover (failover-guard.ts). */
+  private readonly guard: FailoverGuard | undefined;
   /** Skeletons of this namespace's sockets, for restores after a crash. */
   private readonly durability: SessionDurability | undefined;
   /** Room and disconnect operations after the events emitted before them (see program-order.ts). */
@@ -115,10 +118,20 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           if (id === undefined) return [];
           return (await this.ctx.log.range(id, after, upTo, limit, maxBytes)).entries;
         },
+        explainHole: (after, end, known) => this.guard?.explainHole(after, end, known) ?? Promise.resolve(undefined),
         onError: (err) => this.ctx.reportError(err),
       });
+      this.guard = new FailoverGuard(
+        {
+          nspName: this.nspName,
+          namespaceId: () => this.namespaceId,
+          cursor: () => this.sequencer?.cursor,
+          reportError: (err) => this.ctx.reportError(err),
+        },
+        ctx.log,
+      );
       this.writer = new LogWriter(this.logWriterHost(), ctx, this.sequencer);
-      this.restorer = new Restorer(this.restorerHost(), ctx, this.sequencer, this.ledger, this.recovery.maxDisconnectionDuration);
+      this.restorer = new Restorer(this.restorerHost(), ctx, this.sequencer, this.ledger, this.recovery.maxDisconnectionDuration, this.guard);
       this.durability = new SessionDurability(
         this.durabilityHost(),
         ctx.skeletons,
@@ -203,6 +216,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           await this.ctx.listener.listen(this.ctx.opts.logChannel);
           const { id, head } = await this.ctx.log.namespace(this.nspName, this.retentionMs());
           await this.ctx.log.registerWriter(this.writerId, id);
+          await this.guard?.started(id);
           if (this.gaveUp) return;
           this.namespaceId = id;
           this.ctx.bindNamespaceId(id, this);
@@ -283,6 +297,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       deliverUnlogged: (packet) => this.deliverUnlogged(packet),
       committed: (packets, from) => this.order?.committed(packets, from),
       accepted: (packet) => this.mixedCluster.relay(packet),
+      jumped: () => this.guard?.jumped(),
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };
   }
@@ -356,7 +371,13 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   onListenerReconnected(): void {
+    // The database may be another one now (a failover, a restart): tell it what this node delivered.
+    void this.guard?.listenerBack();
     this.sequencer?.catchUp();
+  }
+
+  onListenerLost(): void {
+    this.guard?.listenerLost();
   }
 
   private deliver(entry: LogEntry): void {
@@ -607,6 +628,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.order?.close();
       super.close();
       this.sequencer?.close();
+      this.guard?.close();
       this.durability?.close();
       await this.ctx.remove(this, deadline);
     })();

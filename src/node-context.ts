@@ -34,6 +34,8 @@ export interface NamespaceMember {
   onClusterMessage(message: ClusterMessage | ClusterResponse): void;
   onLogNotification(from: number, count: number, inline: string): void;
   onListenerReconnected(): void;
+  /** The LISTEN connection failed: the database may be another incarnation when it is back. */
+  onListenerLost(): void;
   /** This node was declared dead and registered again: drop the sockets restored elsewhere. */
   onRevived(): Promise<void>;
 }
@@ -104,6 +106,9 @@ export class NodeContext {
       onNotification: (channel, payload) => this.onNotification(channel, payload),
       onReconnected: () => {
         for (const member of this.members.values()) member.onListenerReconnected();
+      },
+      onLost: () => {
+        for (const member of this.members.values()) member.onListenerLost();
       },
       onError: report,
     });

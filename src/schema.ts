@@ -21,6 +21,7 @@ import {
   text,
   timestamp,
 } from "drizzle-orm/pg-core";
+import { sql } from "drizzle-orm";
 
 const bytea = customType<{ data: Buffer }>({
   dataType: () => "bytea",
@@ -50,7 +51,38 @@ export const namespaces = pgTable("namespaces", {
    * so the head of a namespace some node still serves never goes back to 0.
    */
   activeAt: timestamp("active_at", { withTimezone: true }).notNull().defaultNow(),
+  /**
+   * The database server incarnation (`pg_postmaster_start_time()`) that last
+   * moved `head`. A write that finds another one (Postgres restarted, a
+   * replica promoted, an older copy of the data put back) first moves `head`
+   * past every offset the history before it could have used, and records
+   * the range skipped in `log_gaps`: commits lost in a failover never have
+   * their offsets handed out again. See docs/design.md, "Failover".
+   */
+  incarnation: timestamp("incarnation", { withTimezone: true }).notNull().default(sql`pg_postmaster_start_time()`),
+  /** `head` before the jump made by the latest update that jumped (that update reads it back). */
+  jumpedFrom: bigint("jumped_from", { mode: "number" }),
 });
+
+/**
+ * Ranges of a namespace's offsets that hold no entry and never will:
+ * `(after_offset, through_offset]`, skipped by a jump of `head` (see
+ * `namespaces.incarnation`). `lost`: some of them were committed and
+ * delivered before the database lost them (a node's cursor or a client's
+ * offset lay inside), so a restore whose replay crosses the range would miss
+ * events and is refused; a restore from an offset inside it always is.
+ */
+export const logGaps = pgTable(
+  "log_gaps",
+  {
+    namespaceId: integer("namespace_id").notNull(),
+    afterOffset: bigint("after_offset", { mode: "number" }).notNull(),
+    throughOffset: bigint("through_offset", { mode: "number" }).notNull(),
+    lost: boolean("lost").notNull().default(false),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.namespaceId, t.afterOffset] })],
+);
 
 /** The message log: one row per logged broadcast, addressed by (namespace, offset). */
 export const logEntries = pgTable(

@@ -1,0 +1,142 @@
+/**
+ * One namespace's defence, on one node, against a database that lost
+ * commits (a failover under asynchronous replication, an older copy of the
+ * data put back): it keeps the namespace's recorded gaps (log-gaps.ts), gives
+ * the database this node's evidence of what it lost, and holds restores
+ * back until it has.
+ *
+ * Evidence is this node's cursor: every offset up to it was committed and
+ * delivered here. After its LISTEN connection failed (which every restart or
+ * failover of Postgres does), the node reconciles with the database once the
+ * connection is back (`LogQueries.reconcile`): a head below the cursor, or a
+ * new incarnation, makes the head jump, and a gap the cursor lies inside is
+ * marked lost. Until then its restores wait: this node's ring may hold
+ * entries the database lost, and another node's gap may not be known here.
+ */
+import { coveredThrough, LogGaps } from "./log-gaps.js";
+import type { LogGap, LogQueries } from "./sql/log-queries.js";
+
+export interface FailoverGuardHost {
+  readonly nspName: string;
+  namespaceId(): number | undefined;
+  /** This node's delivery cursor (undefined before the namespace started). */
+  cursor(): number | undefined;
+  reportError(err: Error): void;
+}
+
+const RETRY_MS = 500;
+
+export class FailoverGuard {
+  readonly gaps = new LogGaps();
+  /** Resolved once this node reconciled with the database since its LISTEN connection last failed. */
+  private reconciled: Promise<void> = Promise.resolve();
+  private markReconciled: (() => void) | undefined;
+  /** Lost gaps already reported, by their start. */
+  private readonly reported = new Set<number>();
+  private closed = false;
+
+  constructor(
+    private readonly host: FailoverGuardHost,
+    private readonly log: LogQueries,
+  ) {}
+
+  /** The namespace started: what is recorded so far. */
+  async started(namespaceId: number): Promise<void> {
+    this.learn(await this.log.gapsOf(namespaceId));
+  }
+
+  /** The LISTEN connection failed: restores wait for the reconciliation after it is back. */
+  listenerLost(): void {
+    if (this.markReconciled) return;
+    this.reconciled = new Promise((resolve) => (this.markReconciled = resolve));
+  }
+
+  /** The LISTEN connection is back: tell the database what this node delivered, until that succeeds. */
+  async listenerBack(): Promise<void> {
+    while (!this.closed) {
+      try {
+        const id = this.host.namespaceId();
+        const cursor = this.host.cursor();
+        if (id !== undefined && cursor !== undefined) await this.reconcile(id, cursor);
+        const mark = this.markReconciled;
+        this.markReconciled = undefined;
+        mark?.();
+        return;
+      } catch (err) {
+        this.host.reportError(
+          new Error(`socket.io-postgres-recovery: checking the log of "${this.host.nspName}" against the database after a reconnection failed; retrying`, { cause: err }),
+        );
+        await new Promise((resolve) => setTimeout(resolve, RETRY_MS).unref());
+      }
+    }
+  }
+
+  /** Resolves once restores may trust what this node knows; rejects at `deadline` (ms since the epoch). */
+  async ready(deadline: number): Promise<void> {
+    if (!this.markReconciled) return;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.reconciled,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error("this node has not checked the log against the database since its reconnection")),
+            Math.max(deadline - Date.now(), 1),
+          );
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** `known` was committed and delivered (a cursor, a client's offset): see `LogQueries.reconcile`. */
+  async reconcile(namespaceId: number, known: number): Promise<void> {
+    this.learn(await this.log.reconcile(namespaceId, known));
+  }
+
+  /** Re-reads the recorded gaps (another node may have marked one lost). */
+  async refresh(namespaceId: number): Promise<void> {
+    this.learn(await this.log.gapsOf(namespaceId));
+  }
+
+  /** For the sequencer (see SequencerOptions.explainHole). */
+  async explainHole(after: number, end: number, known: number): Promise<number | undefined> {
+    const id = this.host.namespaceId();
+    if (id === undefined) return undefined;
+    await this.reconcile(id, known);
+    return coveredThrough(this.gaps.all, after, end);
+  }
+
+  /** This node's append jumped the head (the first into a new incarnation): tell the database what this node delivered. */
+  jumped(): void {
+    const id = this.host.namespaceId();
+    const cursor = this.host.cursor();
+    if (id === undefined || cursor === undefined) return;
+    this.reconcile(id, cursor).catch((err: unknown) => {
+      this.host.reportError(new Error(`socket.io-postgres-recovery: recording the log of "${this.host.nspName}" after a database change failed`, { cause: err }));
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    const mark = this.markReconciled;
+    this.markReconciled = undefined;
+    mark?.();
+  }
+
+  private learn(gaps: readonly LogGap[]): void {
+    this.gaps.set(gaps);
+    for (const g of gaps) {
+      if (!g.lost || this.reported.has(g.after)) continue;
+      this.reported.add(g.after);
+      this.host.reportError(
+        new Error(
+          `socket.io-postgres-recovery: the database lost committed log entries of "${this.host.nspName}" in (${g.after}, ${g.through}] ` +
+            "(a failover under asynchronous replication, or an older copy of its data); their offsets are never reused, " +
+            "and restores from or across that range are refused",
+        ),
+      );
+    }
+  }
+}
