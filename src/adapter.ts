@@ -126,6 +126,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           nspName: this.nspName,
           namespaceId: () => this.namespaceId,
           cursor: () => this.sequencer?.cursor,
+          skip: (after, through) => this.sequencer?.skip(after, through),
           reportError: (err) => this.ctx.reportError(err),
         },
         ctx.log,
@@ -297,7 +298,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       deliverUnlogged: (packet) => this.deliverUnlogged(packet),
       committed: (packets, from) => this.order?.committed(packets, from),
       accepted: (packet) => this.mixedCluster.relay(packet),
-      jumped: () => this.guard?.jumped(),
+      jumped: (after) => this.guard?.jumped(after),
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };
   }
@@ -356,12 +357,17 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.sendToLocalSockets(logged, this.sequencer?.cursor);
   }
 
-  onLogNotification(from: number, count: number, inline: string): void {
+  onLogNotification(from: number, count: number, inline: string, jumpedFrom?: number): void {
     const sequencer = this.sequencer;
     if (!sequencer || !Number.isSafeInteger(from) || !Number.isSafeInteger(count) || count < 1) return;
     const to = from + count - 1;
     const cursor = sequencer.cursor;
     if (cursor !== undefined && to <= cursor) return; // e.g. this node's own batch, already delivered
+    if (jumpedFrom !== undefined && Number.isSafeInteger(jumpedFrom) && jumpedFrom < from - 1) {
+      // The first append into another database incarnation: nothing lies between.
+      sequencer.skip(jumpedFrom, from - 1);
+      this.guard?.jumped(jumpedFrom);
+    }
     if (inline === "") {
       sequencer.offerRange(from, to);
       return;
@@ -371,9 +377,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   onListenerReconnected(): void {
-    // The database may be another one now (a failover, a restart): tell it what this node delivered.
-    void this.guard?.listenerBack();
-    this.sequencer?.catchUp();
+    // The database may be another one now (a failover, a restart): tell it what this node delivered,
+    // and learn the gaps before reading on (catching up across an unknown gap would overflow the buffer).
+    const sequencer = this.sequencer;
+    if (!this.guard || !sequencer) return;
+    void this.guard.listenerBack().finally(() => sequencer.catchUp());
   }
 
   onListenerLost(): void {

@@ -21,6 +21,8 @@ export interface FailoverGuardHost {
   namespaceId(): number | undefined;
   /** This node's delivery cursor (undefined before the namespace started). */
   cursor(): number | undefined;
+  /** Tells delivery that (after, through] holds nothing (Sequencer.skip). */
+  skip(after: number, through: number): void;
   reportError(err: Error): void;
 }
 
@@ -31,6 +33,8 @@ export class FailoverGuard {
   /** Resolved once this node reconciled with the database since its LISTEN connection last failed. */
   private reconciled: Promise<void> = Promise.resolve();
   private markReconciled: (() => void) | undefined;
+  /** A reconciliation a restore started (see `ready`). */
+  private reconcilingNow: Promise<void> | undefined;
   /** Lost gaps already reported, by their start. */
   private readonly reported = new Set<number>();
   private closed = false;
@@ -71,23 +75,28 @@ export class FailoverGuard {
     }
   }
 
-  /** Resolves once restores may trust what this node knows; rejects at `deadline` (ms since the epoch). */
-  async ready(deadline: number): Promise<void> {
+  /**
+   * Resolves once restores may trust what this node knows: it reconciled
+   * with the database since its LISTEN connection last failed. A restore
+   * does not wait for the listener to be back (its reconnection backs off
+   * up to 2 s): it reconciles through the pool, once for all the restores
+   * waiting, since that is the database it is about to read.
+   */
+  async ready(): Promise<void> {
     if (!this.markReconciled) return;
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      await Promise.race([
-        this.reconciled,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new Error("this node has not checked the log against the database since its reconnection")),
-            Math.max(deadline - Date.now(), 1),
-          );
-        }),
-      ]);
-    } finally {
-      clearTimeout(timer);
-    }
+    this.reconcilingNow ??= (async () => {
+      try {
+        const id = this.host.namespaceId();
+        const cursor = this.host.cursor();
+        if (id !== undefined && cursor !== undefined) await this.reconcile(id, cursor);
+        const mark = this.markReconciled;
+        this.markReconciled = undefined;
+        mark?.();
+      } finally {
+        this.reconcilingNow = undefined;
+      }
+    })();
+    await this.reconcilingNow;
   }
 
   /** `known` was committed and delivered (a cursor, a client's offset): see `LogQueries.reconcile`. */
@@ -108,11 +117,14 @@ export class FailoverGuard {
     return coveredThrough(this.gaps.all, after, end);
   }
 
-  /** This node's append jumped the head (the first into a new incarnation): tell the database what this node delivered. */
-  jumped(): void {
+  /**
+   * A write jumped the head from `after` (this node's append, or another
+   * node's announced in its NOTIFY): a cursor past `after` is evidence of a loss.
+   */
+  jumped(after: number): void {
     const id = this.host.namespaceId();
     const cursor = this.host.cursor();
-    if (id === undefined || cursor === undefined) return;
+    if (id === undefined || cursor === undefined || cursor <= after) return;
     this.reconcile(id, cursor).catch((err: unknown) => {
       this.host.reportError(new Error(`socket.io-postgres-recovery: recording the log of "${this.host.nspName}" after a database change failed`, { cause: err }));
     });
@@ -128,6 +140,7 @@ export class FailoverGuard {
   private learn(gaps: readonly LogGap[]): void {
     this.gaps.set(gaps);
     for (const g of gaps) {
+      this.host.skip(g.after, g.through);
       if (!g.lost || this.reported.has(g.after)) continue;
       this.reported.add(g.after);
       this.host.reportError(

@@ -32,7 +32,8 @@ export interface NamespaceMember {
   /** Retention this namespace needs (undefined without recovery). */
   retentionMs(): number | undefined;
   onClusterMessage(message: ClusterMessage | ClusterResponse): void;
-  onLogNotification(from: number, count: number, inline: string): void;
+  /** `jumpedFrom`: the head jumped from there to `from - 1` (a gap, see log-gaps.ts). */
+  onLogNotification(from: number, count: number, inline: string, jumpedFrom?: number): void;
   onListenerReconnected(): void;
   /** The LISTEN connection failed: the database may be another incarnation when it is back. */
   onListenerLost(): void;
@@ -230,9 +231,9 @@ export class NodeContext {
           this.sessions.onWritten(payload.slice(2));
           return;
         }
-        const [id, from, count, inline] = payload.split("|");
+        const [id, from, count, inline, jumpedFrom] = payload.split("|");
         const member = this.byNamespaceId.get(Number(id));
-        member?.onLogNotification(Number(from), Number(count), inline ?? "");
+        member?.onLogNotification(Number(from), Number(count), inline ?? "", jumpedFrom === undefined ? undefined : Number(jumpedFrom));
       } else if (this.bus.owns(channel)) {
         this.bus.receive(payload, channel);
       }

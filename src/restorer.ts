@@ -214,7 +214,7 @@ export class Restorer {
     let pending: PendingRestore | undefined;
     try {
       // 3a. Offsets the database lost (log-gaps.ts). This node's own evidence is in the database first.
-      await this.guard.ready(deadline);
+      await this.guard.ready();
       if (offset > this.sequencer.knownHead || this.guard.gaps.containing(offset)) {
         // Past every offset this node knows committed: the client's offset is evidence too (an offset
         // above the database's head was lost), and one inside a gap marks the gap lost.

@@ -172,7 +172,9 @@ export class Sequencer {
     if (previous) return "ignored"; // the same committed entry again (a read after a NOTIFY)
     const next = cursor === undefined ? undefined : cursor + 1;
     if (entry.offset !== next) {
-      if (cursor !== undefined && entry.offset > cursor + this.opts.maxBufferedEntries) return "dropped";
+      if (cursor !== undefined && entry.offset - this.skippedBetween(cursor, entry.offset) > cursor + this.opts.maxBufferedEntries) {
+        return "dropped";
+      }
       if (cursor === undefined && this.ahead.size >= this.opts.maxBufferedEntries) return "dropped";
       // Like a read's byte bound, the entry that crosses the bound is kept: one always fits.
       if (this.aheadTotal >= this.opts.maxBufferedBytes) return "dropped";
@@ -222,8 +224,16 @@ export class Sequencer {
    */
   skip(after: number, through: number): void {
     if (through <= after || (this._cursor !== undefined && through <= this._cursor)) return;
+    if (this.skips.some(([a, t]) => a === after && t === through)) return;
     this.skips.push([after, through]);
     this.drain();
+  }
+
+  /** Offsets of (from, to) inside known gaps: they take no room ahead of the cursor. */
+  private skippedBetween(from: number, to: number): number {
+    let total = 0;
+    for (const [after, through] of this.skips) total += Math.max(0, Math.min(through, to - 1) - Math.max(after, from));
+    return total;
   }
 
   /** The end of the gap the cursor stands in or at the start of, if any. */

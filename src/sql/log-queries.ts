@@ -159,7 +159,9 @@ export class LogQueries {
    * 3. insert the rows, record the batch on the writer's row;
    * 4. NOTIFY once with `namespaceId|from|count|inline`, where `inline` is
    *    the batch itself when it fits in a NOTIFY payload, else empty
-   *    (receivers then read the rows).
+   *    (receivers then read the rows); followed by `|jumpedFrom` when the
+   *    head jumped (the first append into another database incarnation:
+   *    see `namespaces.incarnation`), so receivers step over the gap at once.
    *
    * A batch is only ever appended while its writer's row is locked, and
    * recorded on that row in the same transaction: every attempt of the same
@@ -230,7 +232,7 @@ export class LogQueries {
          FROM bumped WHERE writer_id = $6
        )
        SELECT (bumped.head - $2 + 1)::text AS from_offset, false AS applied_before,
-              pg_notify($4, concat_ws('|', $1::text, (bumped.head - $2 + 1)::text, $2::text, $5::text)),
+              pg_notify($4, concat_ws('|', $1::text, (bumped.head - $2 + 1)::text, $2::text, $5::text, bumped.jumped_from::text)),
               bumped.jumped_from::text AS jumped_from
        FROM bumped
        UNION ALL
