@@ -13,6 +13,7 @@
  * marked lost. Until then its restores wait: this node's ring may hold
  * entries the database lost, and another node's gap may not be known here.
  */
+import { debug } from "./debug.js";
 import { coveredThrough, LogGaps } from "./log-gaps.js";
 import type { LogGap, LogQueries } from "./sql/log-queries.js";
 
@@ -101,7 +102,9 @@ export class FailoverGuard {
 
   /** `known` was committed and delivered (a cursor, a client's offset): see `LogQueries.reconcile`. */
   async reconcile(namespaceId: number, known: number): Promise<void> {
-    this.learn(await this.log.reconcile(namespaceId, known));
+    const gaps = await this.log.reconcile(namespaceId, known);
+    debug("reconciled %s with offset %d: gaps %j", this.host.nspName, known, gaps);
+    this.learn(gaps);
   }
 
   /** Re-reads the recorded gaps (another node may have marked one lost). */

@@ -46,9 +46,13 @@ export class LogGaps {
     return this.gaps;
   }
 
-  /** The gap `offset` lies inside, if any. */
+  /**
+   * The gap `offset` lies strictly inside, if any: an offset of an entry
+   * the database lost. Not its ends: a cursor stands there before and after
+   * stepping over the gap, and priming hands that cursor to clients.
+   */
   containing(offset: number): LogGap | undefined {
-    return this.gaps.find((g) => g.after < offset && offset <= g.through);
+    return this.gaps.find((g) => g.after < offset && offset < g.through);
   }
 
   /** Gaps that share an offset with (after, upTo]. */

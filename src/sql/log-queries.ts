@@ -252,7 +252,10 @@ export class LogQueries {
    *    lost when `known` lies inside it. The append does the same jump; this
    *    lets a node do it before anyone appends.
    * 2. Any gap `known` lies inside is marked lost: offsets in it were
-   *    delivered, and the database no longer has them.
+   *    delivered, and the database no longer has them. Inside means
+   *    strictly: a gap's ends are where a cursor stands before and after
+   *    stepping over it (and where priming puts a client's offset), never
+   *    an entry (a jump lands strictly above every offset it covers).
    * Returns the namespace's gaps afterwards (a second statement: a
    * statement does not see its own writes).
    */
@@ -260,7 +263,7 @@ export class LogQueries {
     await this.pool.query(
       `WITH moved AS (
          UPDATE ${this.namespaces}
-         SET head = GREATEST(head, $2, ${JUMP_FLOOR_SQL}),
+         SET head = GREATEST(head, $2 + 1, ${JUMP_FLOOR_SQL}),
              jumped_from = head,
              incarnation = pg_postmaster_start_time()
          WHERE id = $1 AND (incarnation <> pg_postmaster_start_time() OR head < $2)
@@ -273,7 +276,7 @@ export class LogQueries {
                lost = ${this.gaps}.lost OR EXCLUDED.lost
        )
        UPDATE ${this.gaps} SET lost = true
-       WHERE namespace_id = $1 AND NOT lost AND after_offset < $2 AND $2 <= through_offset`,
+       WHERE namespace_id = $1 AND NOT lost AND after_offset < $2 AND $2 < through_offset`,
       [namespaceId, known],
     );
     return this.gapsOf(namespaceId);
