@@ -8,4 +8,5 @@ CREATE TABLE "log_gaps" (
 );
 --> statement-breakpoint
 ALTER TABLE "namespaces" ADD COLUMN "incarnation" timestamp with time zone DEFAULT pg_postmaster_start_time() NOT NULL;--> statement-breakpoint
-ALTER TABLE "namespaces" ADD COLUMN "jumped_from" bigint;
+ALTER TABLE "namespaces" ADD COLUMN "jumped_from" bigint;--> statement-breakpoint
+ALTER TABLE "nodes" ADD COLUMN "reconciled_incarnation" timestamp with time zone;

@@ -388,6 +388,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.guard?.listenerLost();
   }
 
+  reconciledIncarnation(): string | undefined {
+    return this.guard ? this.guard.reconciledIncarnation : "*";
+  }
+
   private deliver(entry: LogEntry): void {
     this.restorer?.onDelivered(entry);
     this.sendToLocalSockets(entry, entry.offset);

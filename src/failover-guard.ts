@@ -15,7 +15,7 @@
  */
 import { debug } from "./debug.js";
 import { coveredThrough, LogGaps } from "./log-gaps.js";
-import type { LogGap, LogQueries } from "./sql/log-queries.js";
+import type { GapsRead, LogGap, LogQueries } from "./sql/log-queries.js";
 
 export interface FailoverGuardHost {
   readonly nspName: string;
@@ -36,6 +36,14 @@ export class FailoverGuard {
   private markReconciled: (() => void) | undefined;
   /** A reconciliation a restore started (see `ready`). */
   private reconcilingNow: Promise<void> | undefined;
+  /**
+   * The database incarnation this namespace last reconciled with (or started
+   * under) on this node, since its LISTEN connection last failed; undefined
+   * while it has not. Reported by the node's heartbeat (see `reconciledIncarnation` in schema.ts).
+   */
+  private incarnation: string | undefined;
+  /** Failures of the LISTEN connection so far (a reconciliation counts only if none came meanwhile). */
+  private losses = 0;
   /** Lost gaps already reported, by their start. */
   private readonly reported = new Set<number>();
   private closed = false;
@@ -47,25 +55,32 @@ export class FailoverGuard {
 
   /** The namespace started: what is recorded so far. */
   async started(namespaceId: number): Promise<void> {
-    this.learn(await this.log.gapsOf(namespaceId));
+    const losses = this.losses;
+    const read = await this.log.gapsOf(namespaceId);
+    this.learn(read.gaps);
+    // Started under this incarnation: it has delivered nothing under an earlier one.
+    if (losses === this.losses && !this.markReconciled) this.incarnation = read.incarnation;
+  }
+
+  /** See `incarnation`; "*" before the namespace started (nothing delivered, nothing to tell). */
+  get reconciledIncarnation(): string | undefined {
+    if (this.host.namespaceId() === undefined && !this.markReconciled) return "*";
+    return this.incarnation;
   }
 
   /** The LISTEN connection failed: restores wait for the reconciliation after it is back. */
   listenerLost(): void {
+    this.losses++;
+    this.incarnation = undefined;
     if (this.markReconciled) return;
     this.reconciled = new Promise((resolve) => (this.markReconciled = resolve));
   }
 
   /** The LISTEN connection is back: tell the database what this node delivered, until that succeeds. */
   async listenerBack(): Promise<void> {
-    while (!this.closed) {
+    while (!this.closed && this.markReconciled) {
       try {
-        const id = this.host.namespaceId();
-        const cursor = this.host.cursor();
-        if (id !== undefined && cursor !== undefined) await this.reconcile(id, cursor);
-        const mark = this.markReconciled;
-        this.markReconciled = undefined;
-        mark?.();
+        await this.reconcileAfterLoss();
         return;
       } catch (err) {
         this.host.reportError(
@@ -77,6 +92,23 @@ export class FailoverGuard {
   }
 
   /**
+   * Gives the database this node's evidence (its cursor), learns the gaps,
+   * and ends the wait of restores, unless the listener failed again meanwhile.
+   */
+  private async reconcileAfterLoss(): Promise<void> {
+    const losses = this.losses;
+    const id = this.host.namespaceId();
+    const cursor = this.host.cursor();
+    // A namespace not started has delivered nothing: it has nothing to tell.
+    const incarnation = id !== undefined && cursor !== undefined ? (await this.reconcile(id, cursor)).incarnation : "*";
+    if (losses !== this.losses) return;
+    this.incarnation = incarnation;
+    const mark = this.markReconciled;
+    this.markReconciled = undefined;
+    mark?.();
+  }
+
+  /**
    * Resolves once restores may trust what this node knows: it reconciled
    * with the database since its LISTEN connection last failed. A restore
    * does not wait for the listener to be back (its reconnection backs off
@@ -85,31 +117,23 @@ export class FailoverGuard {
    */
   async ready(): Promise<void> {
     if (!this.markReconciled) return;
-    this.reconcilingNow ??= (async () => {
-      try {
-        const id = this.host.namespaceId();
-        const cursor = this.host.cursor();
-        if (id !== undefined && cursor !== undefined) await this.reconcile(id, cursor);
-        const mark = this.markReconciled;
-        this.markReconciled = undefined;
-        mark?.();
-      } finally {
-        this.reconcilingNow = undefined;
-      }
-    })();
+    this.reconcilingNow ??= this.reconcileAfterLoss().finally(() => {
+      this.reconcilingNow = undefined;
+    });
     await this.reconcilingNow;
   }
 
   /** `known` was committed and delivered (a cursor, a client's offset): see `LogQueries.reconcile`. */
-  async reconcile(namespaceId: number, known: number): Promise<void> {
-    const gaps = await this.log.reconcile(namespaceId, known);
-    debug("reconciled %s with offset %d: gaps %j", this.host.nspName, known, gaps);
-    this.learn(gaps);
+  async reconcile(namespaceId: number, known: number): Promise<GapsRead> {
+    const read = await this.log.reconcile(namespaceId, known);
+    debug("reconciled %s with offset %d: gaps %j", this.host.nspName, known, read.gaps);
+    this.learn(read.gaps);
+    return read;
   }
 
   /** Re-reads the recorded gaps (another node may have marked one lost). */
   async refresh(namespaceId: number): Promise<void> {
-    this.learn(await this.log.gapsOf(namespaceId));
+    this.learn((await this.log.gapsOf(namespaceId)).gaps);
   }
 
   /** For the sequencer (see SequencerOptions.explainHole). */
@@ -118,6 +142,11 @@ export class FailoverGuard {
     if (id === undefined) return undefined;
     await this.reconcile(id, known);
     return coveredThrough(this.gaps.all, after, end);
+  }
+
+  /** Whether every live node told the database what it delivered since it last changed (see `LogQueries.unreconciledNodes`). */
+  async settled(): Promise<boolean> {
+    return (await this.log.unreconciledNodes()) === 0;
   }
 
   /**

@@ -17,11 +17,12 @@
  *   replayed after it.
  * - a lost gap inside (offset, upTo]: refused. The client was away while
  *   entries now lost were delivered to others: it would miss them.
- * - a gap not known lost but younger than `settleMs`: refused too. A node
- *   that delivered entries inside it may not have said so yet (it does once
- *   its LISTEN connection is back).
- * - an older gap not known lost: its offsets hold nothing, and the replay
- *   skips them (a plain restart of Postgres leaves such a gap).
+ * - a gap not known lost while some live node has not reconciled with the
+ *   current database (`nodes.reconciled_incarnation`): refused too. That
+ *   node may have delivered entries inside it and not said so yet (it does
+ *   once its LISTEN connection is back).
+ * - otherwise the gap holds nothing anyone delivered: the replay skips it
+ *   (a plain restart of Postgres leaves such a gap).
  * See docs/design.md, "Failover: commits the database lost".
  */
 import type { LogGap } from "./sql/log-queries.js";
@@ -33,13 +34,10 @@ export type Hole = readonly [after: number, through: number];
 
 export class LogGaps {
   private gaps: LogGap[] = [];
-  /** Local time at which `gaps` was read (ages grow from there). */
-  private readAt = 0;
 
   /** Replaces what is known with a fresh read of the table. */
   set(gaps: readonly LogGap[]): void {
     this.gaps = [...gaps].sort((a, b) => a.after - b.after);
-    this.readAt = Date.now();
   }
 
   get all(): readonly LogGap[] {
@@ -64,18 +62,17 @@ export class LogGaps {
    * Why a restore from `offset` replaying up to `upTo` is refused because of
    * the gaps, or undefined (the gaps of (offset, upTo] are then holes to skip).
    */
-  refusal(offset: number, upTo: number, settleMs: number): string | undefined {
+  refusal(offset: number, upTo: number, settled: boolean): string | undefined {
     const inside = this.containing(offset);
     if (inside) {
       return `offset ${offset} lies in (${inside.after}, ${inside.through}], a range of the log the database lost (a failover or an older copy of its data)`;
     }
-    const now = Date.now();
     for (const g of this.overlapping(offset, upTo)) {
       if (g.lost) {
         return `the replay after offset ${offset} would cross (${g.after}, ${g.through}], entries the database lost (a failover or an older copy of its data)`;
       }
-      if (g.ageMs + (now - this.readAt) < settleMs) {
-        return `the replay after offset ${offset} would cross (${g.after}, ${g.through}], skipped after the database restarted or failed over ${g.ageMs + (now - this.readAt)} ms ago; whether entries were lost there is not settled yet`;
+      if (!settled) {
+        return `the replay after offset ${offset} would cross (${g.after}, ${g.through}], skipped after the database restarted or failed over; some live node has not yet said whether it delivered entries there`;
       }
     }
     return undefined;

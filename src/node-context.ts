@@ -39,6 +39,8 @@ export interface NamespaceMember {
   onListenerLost(): void;
   /** This node was declared dead and registered again: drop the sockets restored elsewhere. */
   onRevived(): Promise<void>;
+  /** The database incarnation this namespace last reconciled with ("*": nothing to tell; see failover-guard.ts). */
+  reconciledIncarnation(): string | undefined;
 }
 
 export class NodeContext {
@@ -80,6 +82,7 @@ export class NodeContext {
       onRevived: async () => {
         for (const member of this.members.values()) await member.onRevived();
       },
+      reconciled: () => this.reconciledIncarnation(),
       onError: report,
     });
     this.skeletons = new SkeletonWriter(sessionQueries, {
@@ -222,6 +225,23 @@ export class NodeContext {
       debug("node context closed");
     })();
     return this.closing;
+  }
+
+  /**
+   * The incarnation every namespace of this node reconciled with, for the
+   * heartbeat (see `nodes.reconciled_incarnation`): "*" when none has
+   * anything to tell, undefined while some has not reconciled yet.
+   */
+  private reconciledIncarnation(): string | undefined {
+    let common = "*";
+    for (const member of this.members.values()) {
+      const incarnation = member.reconciledIncarnation();
+      if (incarnation === undefined) return undefined;
+      if (incarnation === "*") continue;
+      if (common !== "*" && common !== incarnation) return undefined;
+      common = incarnation;
+    }
+    return common;
   }
 
   private onNotification(channel: string, payload: string): void {

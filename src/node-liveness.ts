@@ -11,7 +11,7 @@
  */
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
-import type { LivenessQueries } from "./sql/liveness-queries.js";
+import type { LivenessQueries, Reconciled } from "./sql/liveness-queries.js";
 
 export interface NodeLivenessOptions {
   nodeId: string;
@@ -19,6 +19,8 @@ export interface NodeLivenessOptions {
   deadAfterMs: number;
   /** The node was declared dead and registered again: check what it still holds. */
   onRevived(): Promise<void>;
+  /** What the heartbeat reports of this node's reconciliation with the database (see LivenessQueries.heartbeat). */
+  reconciled?(): Reconciled;
   onError(err: Error): void;
 }
 
@@ -67,7 +69,7 @@ export class NodeLiveness {
 
   private async beat(): Promise<void> {
     try {
-      const alive = await this.queries.heartbeat(this.opts.nodeId);
+      const alive = await this.queries.heartbeat(this.opts.nodeId, this.opts.reconciled?.());
       this.failing = false;
       if (alive || this.stopped) return;
       debug("node %s was declared dead; registering again and dropping what was taken", this.opts.nodeId);

@@ -220,16 +220,19 @@ export class Restorer {
         // above the database's head was lost), and one inside a gap marks the gap lost.
         await this.guard.reconcile(namespaceId, offset);
       }
-      const lostOffset = this.guard.gaps.refusal(offset, offset, 0);
+      const lostOffset = this.guard.gaps.refusal(offset, offset, true);
       if (lostOffset) return { refused: lostOffset };
       // The client may be ahead of this node: replay starts after its offset, so wait until we are there.
       await this.sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
       const upTo = this.sequencer.cursor ?? offset;
+      let settled = true;
       if (this.guard.gaps.overlapping(offset, upTo).length > 0) {
-        // Rare (the client was away while the database changed): another node may have marked the gap lost since.
+        // Rare (the client was away while the database changed): another node may have marked the gap
+        // lost since, or may not have said yet whether it delivered entries inside.
+        settled = await this.guard.settled();
         await this.guard.refresh(namespaceId);
       }
-      const crossesLoss = this.guard.gaps.refusal(offset, upTo, this.settleMs());
+      const crossesLoss = this.guard.gaps.refusal(offset, upTo, settled);
       if (crossesLoss) return { refused: crossesLoss };
       const holes = this.guard.gaps.holes(offset, upTo);
       const tooLong = refuseRange(offset, upTo, this.ctx.opts, holes);
@@ -269,16 +272,6 @@ export class Restorer {
     } finally {
       if (pending) this.stitcher.cancel(pending);
     }
-  }
-
-  /**
-   * How long a gap stays undecided: every live node that delivered entries
-   * inside it has reconnected and said so by then (its listener notices the
-   * failure within 2 × listenerCheckIntervalMs, and reconnects within 2 s of
-   * the database answering, which it did when the gap was written).
-   */
-  private settleMs(): number {
-    return 2 * this.ctx.opts.listenerCheckIntervalMs + 3000;
   }
 
   /** A taken session that was not used goes back, as it was. */

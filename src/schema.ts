@@ -180,6 +180,13 @@ export const nodes = pgTable("nodes", {
   heartbeatAt: timestamp("heartbeat_at", { withTimezone: true }).notNull().defaultNow(),
   deadAfterMs: bigint("dead_after_ms", { mode: "number" }).notNull(),
   declaredDead: boolean("declared_dead").notNull().default(false),
+  /**
+   * The database incarnation (`pg_postmaster_start_time()`) under which this
+   * node last told the database what it delivered, for every namespace it
+   * serves (see `log_gaps`): once every live node shows the current one, a
+   * gap nobody marked lost is known to hold nothing anyone delivered.
+   */
+  reconciledIncarnation: timestamp("reconciled_incarnation", { withTimezone: true }),
 });
 
 /**

@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { encodePacket, type LogEntry } from "../src/codec.js";
 import { coveredThrough } from "../src/log-gaps.js";
 import { Sequencer } from "../src/sequencer.js";
+import { LivenessQueries } from "../src/sql/liveness-queries.js";
 import { LogQueries } from "../src/sql/log-queries.js";
 import { createTestDatabase, type TestDatabase } from "./helpers/database.js";
 
@@ -26,6 +27,9 @@ afterAll(async () => {
   await pool?.end();
   await db?.drop();
 });
+
+/** The gaps after a reconciliation (see LogQueries.reconcile). */
+const reconcile = async (id: number, known: number) => (await log.reconcile(id, known)).gaps;
 
 const payload = (n: number) => encodePacket({ data: ["ev", n], rooms: [], except: [] });
 
@@ -56,7 +60,7 @@ describe("LogQueries: the head jumps on another incarnation", () => {
     const { id, append } = await namespaceWith("/same", 3);
     const next = await append(2);
     expect(next).toEqual({ from: 4, appliedBefore: false });
-    expect(await log.gapsOf(id)).toEqual([]);
+    expect((await log.gapsOf(id)).gaps).toEqual([]);
   });
 
   it("the first append into another incarnation jumps past the clock floor and records the gap, not lost", async () => {
@@ -66,7 +70,7 @@ describe("LogQueries: the head jumps on another incarnation", () => {
     const first = await append(2);
     expect(first.jumpedFrom).toBe(5);
     expect(first.from).toBeGreaterThan(before);
-    const gaps = await log.gapsOf(id);
+    const gaps = (await log.gapsOf(id)).gaps;
     expect(gaps).toEqual([{ after: 5, through: first.from - 1, lost: false, ageMs: expect.any(Number) }]);
     // The next append is dense again.
     expect(await append(1)).toEqual({ from: first.from + 2, appliedBefore: false });
@@ -76,18 +80,18 @@ describe("LogQueries: the head jumps on another incarnation", () => {
     const { id, append } = await namespaceWith("/mark", 5);
     await anotherIncarnation(id);
     const { from } = await append(1);
-    await log.reconcile(id, 5);
+    await reconcile(id, 5);
     // A cursor at the gap's end stepped over it: no evidence either.
-    await log.reconcile(id, from - 1);
-    expect((await log.gapsOf(id))[0]!.lost).toBe(false);
-    const gaps = await log.reconcile(id, 42);
+    await reconcile(id, from - 1);
+    expect(((await log.gapsOf(id)).gaps)[0]!.lost).toBe(false);
+    const gaps = await reconcile(id, 42);
     expect(gaps).toEqual([{ after: 5, through: from - 1, lost: true, ageMs: expect.any(Number) }]);
   });
 
   it("reconcile before any append: a cursor above the head of a new incarnation jumps it and records the gap lost", async () => {
     const { id, append } = await namespaceWith("/before-append", 5);
     await anotherIncarnation(id);
-    const gaps = await log.reconcile(id, 9);
+    const gaps = await reconcile(id, 9);
     expect(gaps).toEqual([{ after: 5, through: expect.any(Number), lost: true, ageMs: expect.any(Number) }]);
     const { from, jumpedFrom } = await append(1);
     expect(jumpedFrom).toBeUndefined();
@@ -96,12 +100,12 @@ describe("LogQueries: the head jumps on another incarnation", () => {
 
   it("reconcile within one incarnation: a known offset above the head (lost without a restart) jumps past it", async () => {
     const { id, append } = await namespaceWith("/above-head", 5);
-    const gaps = await log.reconcile(id, 8);
+    const gaps = await reconcile(id, 8);
     expect(gaps).toEqual([{ after: 5, through: expect.any(Number), lost: true, ageMs: expect.any(Number) }]);
     expect(gaps[0]!.through).toBeGreaterThan(8);
     expect((await append(1)).from).toBe(gaps[0]!.through + 1);
     // Idempotent: the same evidence again changes nothing.
-    expect(await log.reconcile(id, 8)).toEqual(gaps.map((g) => ({ ...g, ageMs: expect.any(Number) })));
+    expect(await reconcile(id, 8)).toEqual(gaps.map((g) => ({ ...g, ageMs: expect.any(Number) })));
   });
 });
 
@@ -120,7 +124,7 @@ describe("Sequencer over a gap", () => {
       maxBufferedBytes: 1 << 20,
       deliver: (entry: LogEntry) => delivered.push(entry.offset),
       read: async (after, upTo, limit, maxBytes) => (await log.range(id, after, upTo, limit, maxBytes)).entries,
-      explainHole: async (after, end, known) => coveredThrough(await log.reconcile(id, known), after, end),
+      explainHole: async (after, end, known) => coveredThrough(await reconcile(id, known), after, end),
       onError: (err) => errors.push(err),
     });
     // A node that started before the restart, at head 3: reading on, it finds a hole.
@@ -132,7 +136,7 @@ describe("Sequencer over a gap", () => {
     expect(delivered).toEqual([from, from + 1]);
     expect(errors).toEqual([]);
     // A cursor at the gap's start is no evidence of a loss.
-    expect((await log.gapsOf(id))[0]!.lost).toBe(false);
+    expect(((await log.gapsOf(id)).gaps)[0]!.lost).toBe(false);
   });
 
   it("drops what it held inside a gap (entries of the lost history) and goes on after it", () => {
@@ -155,5 +159,26 @@ describe("Sequencer over a gap", () => {
     sequencer.close();
     expect(delivered).toEqual([101, 102]);
     expect(sequencer.cursor).toBe(102);
+  });
+});
+
+describe("settling: every live node reconciled with the current database", () => {
+  it("counts live nodes whose heartbeat has not reported the current incarnation", async () => {
+    const liveness = new LivenessQueries(pool, "socket_io");
+    await pool.query("DELETE FROM socket_io.nodes");
+    await liveness.register("settle-a", 3000);
+    await liveness.register("settle-b", 3000);
+    expect(await log.unreconciledNodes()).toBe(2); // registered, not yet reported
+    await liveness.heartbeat("settle-a", "*"); // nothing to tell: any database
+    const { incarnation } = await log.gapsOf(1);
+    await liveness.heartbeat("settle-b", incarnation);
+    expect(await log.unreconciledNodes()).toBe(0);
+    // Reconciled under another incarnation (the database changed since): not settled; undefined keeps it.
+    await pool.query(`UPDATE socket_io.nodes SET reconciled_incarnation = '2000-01-01' WHERE node_id = 'settle-b'`);
+    await liveness.heartbeat("settle-b", undefined);
+    expect(await log.unreconciledNodes()).toBe(1);
+    // A dead node does not count.
+    await pool.query(`UPDATE socket_io.nodes SET heartbeat_at = now() - interval '1 minute' WHERE node_id = 'settle-b'`);
+    expect(await log.unreconciledNodes()).toBe(0);
   });
 });

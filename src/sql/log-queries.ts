@@ -31,6 +31,13 @@ export interface LogGap {
   ageMs: number;
 }
 
+/** A namespace's gaps, and the database incarnation they were read from. */
+export interface GapsRead {
+  gaps: LogGap[];
+  /** `pg_postmaster_start_time()` of the server that answered, as text. */
+  incarnation: string;
+}
+
 /**
  * Where a jump of the head lands: past anything an earlier incarnation of
  * the database could have handed out. The database's clock in microseconds
@@ -46,6 +53,7 @@ export class LogQueries {
   private readonly log: string;
   private readonly writers: string;
   private readonly gaps: string;
+  private readonly nodes: string;
   private readonly appendSql: string;
 
   /** `pool` is normally the pool with a query timeout (bounded-queries.ts); a client inside a transaction works too (tests use that). */
@@ -58,6 +66,7 @@ export class LogQueries {
     this.log = qualifiedName(schema, "log_entries");
     this.writers = qualifiedName(schema, "log_writers");
     this.gaps = qualifiedName(schema, "log_gaps");
+    this.nodes = qualifiedName(schema, "nodes");
     this.appendSql = this.appendText();
     this.appendStatementName = preparedStatements ? statementName("append", this.appendSql) : undefined;
   }
@@ -259,7 +268,7 @@ export class LogQueries {
    * Returns the namespace's gaps afterwards (a second statement: a
    * statement does not see its own writes).
    */
-  async reconcile(namespaceId: number, known: number): Promise<LogGap[]> {
+  async reconcile(namespaceId: number, known: number): Promise<GapsRead> {
     await this.pool.query(
       `WITH moved AS (
          UPDATE ${this.namespaces}
@@ -283,14 +292,39 @@ export class LogQueries {
   }
 
   /** The recorded gaps of a namespace, oldest first. */
-  async gapsOf(namespaceId: number): Promise<LogGap[]> {
-    const { rows } = await this.pool.query<{ after_offset: string; through_offset: string; lost: boolean; age_ms: string }>(
-      `SELECT after_offset::text, through_offset::text, lost,
-              (extract(epoch FROM now() - created_at) * 1000)::bigint::text AS age_ms
-       FROM ${this.gaps} WHERE namespace_id = $1 ORDER BY after_offset`,
+  async gapsOf(namespaceId: number): Promise<GapsRead> {
+    const { rows } = await this.pool.query<{
+      incarnation: string;
+      after_offset: string | null;
+      through_offset: string | null;
+      lost: boolean | null;
+      age_ms: string | null;
+    }>(
+      `SELECT i.incarnation, g.after_offset::text, g.through_offset::text, g.lost,
+              (extract(epoch FROM now() - g.created_at) * 1000)::bigint::text AS age_ms
+       FROM (SELECT pg_postmaster_start_time()::text AS incarnation) AS i
+       LEFT JOIN ${this.gaps} AS g ON g.namespace_id = $1
+       ORDER BY g.after_offset`,
       [namespaceId],
     );
-    return rows.map((r) => ({ after: Number(r.after_offset), through: Number(r.through_offset), lost: r.lost, ageMs: Number(r.age_ms) }));
+    const gaps = rows
+      .filter((r) => r.after_offset !== null)
+      .map((r) => ({ after: Number(r.after_offset), through: Number(r.through_offset), lost: r.lost === true, ageMs: Number(r.age_ms) }));
+    return { gaps, incarnation: rows[0]!.incarnation };
+  }
+
+  /**
+   * How many live nodes have not yet told this database incarnation what
+   * they delivered (`nodes.reconciled_incarnation`, written by their
+   * heartbeat): while any has not, a gap nobody marked lost may still be.
+   */
+  async unreconciledNodes(): Promise<number> {
+    const { rows } = await this.pool.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM ${this.nodes}
+       WHERE NOT declared_dead AND heartbeat_at >= now() - dead_after_ms * interval '1 millisecond'
+         AND reconciled_incarnation IS DISTINCT FROM pg_postmaster_start_time()`,
+    );
+    return rows[0]?.n ?? 0;
   }
 
   /**
