@@ -127,6 +127,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           namespaceId: () => this.namespaceId,
           cursor: () => this.sequencer?.cursor,
           skip: (after, through) => this.sequencer?.skip(after, through),
+          reconciled: () => this.ctx.liveness.beatSoon(),
           reportError: (err) => this.ctx.reportError(err),
         },
         ctx.log,

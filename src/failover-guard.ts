@@ -22,18 +22,25 @@ export interface FailoverGuardHost {
   namespaceId(): number | undefined;
   /** This node's delivery cursor (undefined before the namespace started). */
   cursor(): number | undefined;
+  /** This namespace reconciled after a failure of the listener: the node's heartbeat may report it now. */
+  reconciled(): void;
   /** Tells delivery that (after, through] holds nothing (Sequencer.skip). */
   skip(after: number, through: number): void;
   reportError(err: Error): void;
 }
 
-const RETRY_MS = 500;
+const RETRY_MS = 250;
+const SETTLE_POLL_MS = 100;
 
 export class FailoverGuard {
   readonly gaps = new LogGaps();
   /** Resolved once this node reconciled with the database since its LISTEN connection last failed. */
   private reconciled: Promise<void> = Promise.resolve();
   private markReconciled: (() => void) | undefined;
+  /** The loop reconciling through the pool after a failure of the listener (see `listenerLost`). */
+  private retrying: Promise<void> | undefined;
+  /** A look at the nodes' reconciliation under way (see `settled`). */
+  private settling: Promise<number> | undefined;
   /** A reconciliation a restore started (see `ready`). */
   private reconcilingNow: Promise<void> | undefined;
   /**
@@ -62,23 +69,49 @@ export class FailoverGuard {
     if (losses === this.losses && !this.markReconciled) this.incarnation = read.incarnation;
   }
 
+  /** Whether restores wait for a reconciliation (the listener failed since the last one). */
+  private waiting(): boolean {
+    return this.markReconciled !== undefined;
+  }
+
   /** See `incarnation`; "*" before the namespace started (nothing delivered, nothing to tell). */
   get reconciledIncarnation(): string | undefined {
     if (this.host.namespaceId() === undefined && !this.markReconciled) return "*";
     return this.incarnation;
   }
 
-  /** The LISTEN connection failed: restores wait for the reconciliation after it is back. */
+  /**
+   * The LISTEN connection failed: the database may be another one when it
+   * answers again. Restores wait for the reconciliation, which is tried
+   * through the pool every 250 ms from now on (the listener's own
+   * reconnection backs off up to 2 s, and every node's reconciliation is
+   * what settles a gap, see `settled`).
+   */
   listenerLost(): void {
     this.losses++;
     this.incarnation = undefined;
-    if (this.markReconciled) return;
-    this.reconciled = new Promise((resolve) => (this.markReconciled = resolve));
+    if (!this.markReconciled) this.reconciled = new Promise((resolve) => (this.markReconciled = resolve));
+    this.retrying ??= (async () => {
+      while (!this.closed && this.waiting()) {
+        try {
+          await this.reconcileAfterLoss();
+        } catch {
+          // The database is not back yet; the listener's reconnection reports its own failures.
+        }
+        if (this.waiting()) await new Promise((resolve) => setTimeout(resolve, RETRY_MS).unref());
+      }
+    })().finally(() => {
+      this.retrying = undefined;
+    });
   }
 
-  /** The LISTEN connection is back: tell the database what this node delivered, until that succeeds. */
+  /**
+   * The LISTEN connection is back: tell the database what this node
+   * delivered (again: it may be another database than the one a
+   * reconciliation through the pool reached meanwhile), until that succeeds.
+   */
   async listenerBack(): Promise<void> {
-    while (!this.closed && this.markReconciled) {
+    while (!this.closed) {
       try {
         await this.reconcileAfterLoss();
         return;
@@ -106,6 +139,7 @@ export class FailoverGuard {
     const mark = this.markReconciled;
     this.markReconciled = undefined;
     mark?.();
+    this.host.reconciled();
   }
 
   /**
@@ -144,9 +178,22 @@ export class FailoverGuard {
     return coveredThrough(this.gaps.all, after, end);
   }
 
-  /** Whether every live node told the database what it delivered since it last changed (see `LogQueries.unreconciledNodes`). */
-  async settled(): Promise<boolean> {
-    return (await this.log.unreconciledNodes()) === 0;
+  /**
+   * Whether every live node told the database what it delivered since it
+   * last changed (see `LogQueries.unreconciledNodes`), waiting for that until
+   * `deadline` (ms since the epoch): right after a restart the nodes are
+   * still reconnecting (backoff up to 2 s, then their next heartbeat). One
+   * look every 100 ms, shared by every restore of the namespace waiting.
+   */
+  async settled(deadline: number): Promise<boolean> {
+    for (;;) {
+      this.settling ??= this.log.unreconciledNodes().finally(() => {
+        this.settling = undefined;
+      });
+      if ((await this.settling) === 0) return true;
+      if (this.closed || Date.now() + SETTLE_POLL_MS >= deadline) return false;
+      await new Promise((resolve) => setTimeout(resolve, SETTLE_POLL_MS).unref());
+    }
   }
 
   /**

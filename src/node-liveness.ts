@@ -62,6 +62,19 @@ export class NodeLiveness {
     return this.registered;
   }
 
+  /**
+   * A heartbeat now (after the one under way, if any), not at the next
+   * interval: the node just reconciled with the database, and restores
+   * across a gap wait for every live node to report that (failover-guard.ts).
+   */
+  beatSoon(): void {
+    if (this.stopped || this.timer === undefined) return;
+    const after = this.beating ?? Promise.resolve();
+    this.beating = after.then(() => this.beat()).finally(() => {
+      this.beating = undefined;
+    });
+  }
+
   /** Resolves once the node's row exists (skeletons must not be written before). */
   ready(): Promise<void> {
     return this.start();

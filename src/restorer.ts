@@ -224,14 +224,16 @@ export class Restorer {
       if (lostOffset) return { refused: lostOffset };
       // The client may be ahead of this node: replay starts after its offset, so wait until we are there.
       await this.sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
-      const upTo = this.sequencer.cursor ?? offset;
       let settled = true;
-      if (this.guard.gaps.overlapping(offset, upTo).length > 0) {
+      if (this.guard.gaps.overlapping(offset, this.sequencer.cursor ?? offset).length > 0) {
         // Rare (the client was away while the database changed): another node may have marked the gap
         // lost since, or may not have said yet whether it delivered entries inside.
-        settled = await this.guard.settled();
+        // Leaves time for the read after it.
+        settled = await this.guard.settled(deadline - Math.min(1000, this.ctx.opts.restoreTimeoutMs / 4));
         await this.guard.refresh(namespaceId);
       }
+      // No await from here until the stitch opens: whatever this node delivers after `upTo` is captured.
+      const upTo = this.sequencer.cursor ?? offset;
       const crossesLoss = this.guard.gaps.refusal(offset, upTo, settled);
       if (crossesLoss) return { refused: crossesLoss };
       const holes = this.guard.gaps.holes(offset, upTo);

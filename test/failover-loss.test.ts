@@ -238,4 +238,40 @@ describe("failover that loses commits (an older copy of the data directory put b
     for (const [offset, id] of byOffset) if (/^[cde]/.test(id)) expect(offset).toBeGreaterThan(highestLost);
     await cluster.close();
   });
+
+  it("a plain restart of Postgres (nothing lost): clients away across it recover with every event, in order, once", async () => {
+    const restartUrl = await postgres.createMigratedDatabase("plain_restart");
+    const cluster = await Cluster.start({ databaseUrl: restartUrl, nodes: 3, adapter: { ...ADAPTER, unloggedDeliveryAfterMs: 2000, restoreTimeoutMs: 5000 } });
+    const reasons: string[] = [];
+    for (const n of cluster.nodes) n.io.of("/").adapter.on("restore-refused", ({ reason }: { reason: string }) => reasons.push(`${n.name}: ${reason}`));
+    const sockets = await Promise.all(Array.from({ length: 6 }, (_, i) => cluster.connect(i % 3)));
+    const received = sockets.map((socket) => recordEvents(socket));
+    const watcher = await cluster.connect(1);
+    const watched = recordEvents(watcher);
+    for (let i = 0; i < 20; i++) cluster.nodes[i % 3]!.io.emit("ev", { id: `a${i}` });
+    await waitFor(() => received.every((r) => r.length === 20), { message: "the first events" });
+    // A burst from one node, with Postgres restarted in the middle of it.
+    const burst = (async () => {
+      for (let i = 0; i < 400; i++) {
+        cluster.nodes[0]!.io.emit("ev", { id: `b${i}` });
+        if (i % 20 === 0) await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+    })();
+    await postgres.restart();
+    await burst;
+    // Right away, each client drops and comes back on another node: across the gap the restart left.
+    const recovered = await Promise.all(
+      sockets.map(async (socket, i) => {
+        goOffline(socket);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        return comeBack(socket, cluster.nodes[(i + 1) % 3]!, 10_000);
+      }),
+    );
+    expect(recovered, reasons.join("\n")).toEqual(sockets.map(() => true));
+    await waitFor(() => evs(watched).length === 420, { timeout: 15_000, message: () => `the watcher's 420 events (${evs(watched).length})` });
+    const order = evs(watched).map((e) => e.id);
+    for (const r of received) await waitFor(() => evs(r).length >= 420, { message: () => `a client's 420 events (${evs(r).length})` });
+    for (const r of received) expect(evs(r).map((e) => e.id)).toEqual(order);
+    await cluster.close();
+  });
 });
