@@ -366,8 +366,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     if (cursor !== undefined && to <= cursor) return; // e.g. this node's own batch, already delivered
     if (jumpedFrom !== undefined && Number.isSafeInteger(jumpedFrom) && jumpedFrom < from - 1) {
       // The first append into another database incarnation: nothing lies between.
-      sequencer.skip(jumpedFrom, from - 1);
+      // The cursor before stepping over the gap is this node's evidence of a loss (failover-guard.ts).
       this.guard?.jumped(jumpedFrom);
+      sequencer.skip(jumpedFrom, from - 1);
     }
     if (inline === "") {
       sequencer.offerRange(from, to);

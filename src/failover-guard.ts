@@ -174,7 +174,10 @@ export class FailoverGuard {
   async explainHole(after: number, end: number, known: number): Promise<number | undefined> {
     const id = this.host.namespaceId();
     if (id === undefined) return undefined;
-    await this.reconcile(id, known);
+    // The cursor first: inside a gap, it marks the gap lost (a higher `known` may lie past it).
+    const cursor = this.host.cursor();
+    if (cursor !== undefined) await this.reconcile(id, cursor);
+    if (cursor === undefined || known > cursor) await this.reconcile(id, known);
     return coveredThrough(this.gaps.all, after, end);
   }
 

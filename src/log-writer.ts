@@ -239,8 +239,9 @@ export class LogWriter {
     if (appliedBefore) debug("batch %d of %s had been committed by an earlier attempt", this.batchNumber, writerId);
     if (jumpedFrom !== undefined) {
       // The first append into another database incarnation: the head jumped over (jumpedFrom, from - 1].
-      this.sequencer.skip(jumpedFrom, from - 1);
+      // Told first: this node's cursor, before it steps over the gap, is the evidence of a loss.
       this.host.jumped(jumpedFrom, from - 1);
+      this.sequencer.skip(jumpedFrom, from - 1);
     }
     // Operations waiting for these events learn their offsets before any of them can be delivered.
     this.host.committed(items.map((item) => item.submitted), from);
