@@ -165,4 +165,4 @@ export function markdown(report: RunReport): string {
   return lines.join("\n");
 }
 
-const ORDER: PeerId[] = ["ours", "in-memory", "upstream-pg", "redis-streams"];
+const ORDER: PeerId[] = ["ours", "ours-metrics", "in-memory", "upstream-pg", "redis-streams"];

@@ -12,6 +12,7 @@ import { settledBy } from "./deadline.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import { Listener } from "./listener.js";
+import { NO_METRICS, type RecoveryMetrics } from "./metrics.js";
 import { NodeLiveness } from "./node-liveness.js";
 import type { ResolvedOptions } from "./options.js";
 import { NAMESPACE_ACTIVITY_INTERVAL_MS, Pruner, type PruneReport } from "./pruner.js";
@@ -67,6 +68,8 @@ export class NodeContext {
   constructor(
     readonly pool: Pool,
     readonly opts: ResolvedOptions,
+    /** Where the modules report what happens (see metrics.ts); no-ops without the `metrics` option. */
+    readonly metrics: RecoveryMetrics = NO_METRICS,
   ) {
     const report = (err: Error) => this.reportError(err);
     // Every statement of ours gets a bound; the pool itself is left as the caller made it.
@@ -94,6 +97,7 @@ export class NodeContext {
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPendingWrites,
       onError: report,
+      written: (count) => metrics.sessionsWritten(count),
     });
     this.attachments = new AttachmentsTable(db, opts.attachmentsTable, report);
     this.bus = new ClusterBus(db, {
@@ -109,6 +113,7 @@ export class NodeContext {
       checkIntervalMs: opts.listenerCheckIntervalMs,
       onNotification: (channel, payload) => this.onNotification(channel, payload),
       onReconnected: () => {
+        metrics.listenerReconnected();
         for (const member of this.members.values()) member.onListenerReconnected();
       },
       onLost: () => {
@@ -130,6 +135,7 @@ export class NodeContext {
         },
         attachmentsMaxAgeMs: opts.cleanupInterval,
         batchSize: opts.pruneBatchSize,
+        pruned: (report) => metrics.pruned(report),
       },
       report,
     );

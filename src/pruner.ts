@@ -14,6 +14,8 @@ export interface PruneSettings {
   retentionMs(): number | undefined;
   attachmentsMaxAgeMs: number;
   batchSize: number;
+  /** A pass of this node ran (for metrics). */
+  pruned?(report: PruneReport): void;
 }
 
 export interface PruneReport {
@@ -247,6 +249,7 @@ export class Pruner {
         report.writers = pass.writers;
         report.namespaceRows = pass.namespaceRows;
         debug("prune: %j", report);
+        this.settings.pruned?.(report);
       } finally {
         await this.queries.unlock(client);
       }

@@ -134,6 +134,15 @@ export class Sequencer {
     return this.knownHeadValue;
   }
 
+  /**
+   * For metrics: head minus cursor is the delivery lag. Known gaps ahead of
+   * the cursor (log-gaps.ts) are left out: they hold no entry to deliver.
+   */
+  get head(): number {
+    const cursor = this._cursor ?? 0;
+    return this.knownHeadValue - this.skippedBetween(cursor, this.knownHeadValue + 1);
+  }
+
   /** The offset of the last delivered entry; undefined until `start()`. */
   get cursor(): number | undefined {
     return this._cursor;
