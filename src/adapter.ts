@@ -37,6 +37,8 @@ import { orderDisconnect, ProgramOrder } from "./program-order.js";
 import { FailoverGuard } from "./failover-guard.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
+import { moveStaged } from "./staged-events.js";
+import { StagedMover } from "./staged-mover.js";
 import { SessionDurability, type DurabilityHost } from "./session-durability.js";
 import { hashPid } from "./session-store.js";
 import { SocketLedger, UNSTARTED } from "./socket-ledger.js";
@@ -71,6 +73,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly guard: FailoverGuard | undefined;
   /** Skeletons of this namespace's sockets, for restores after a crash. */
   private readonly durability: SessionDurability | undefined;
+  /** Moves events staged outside the nodes (createEmitter, the SQL function) into the log. */
+  private readonly staged: StagedMover | undefined;
   /** Room and disconnect operations after the events emitted before them (see program-order.ts). */
   private readonly order: ProgramOrder | undefined;
   private namespaceId: number | undefined;
@@ -142,6 +146,23 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         this.recovery.maxDisconnectionDuration,
         ctx.opts.checkpointIntervalMs,
       );
+      this.staged = new StagedMover({
+        nspName: this.nspName,
+        limit: ctx.opts.maxBatchSize,
+        move: () =>
+          moveStaged(ctx.pool, ctx.staging, this.nspName, {
+            limit: ctx.opts.maxBatchSize,
+            maxEntryBytes: ctx.opts.maxEntryBytes,
+            logChannel: ctx.opts.logChannel,
+            payloadThreshold: ctx.opts.payloadThreshold,
+            queryTimeoutMs: ctx.opts.queryTimeoutMs === false ? undefined : ctx.opts.queryTimeoutMs,
+          }),
+        moved: (entries) => {
+          for (const entry of entries) this.mixedCluster.relay(entry);
+          this.sequencer?.offer(entries);
+        },
+        reportError: (err) => ctx.reportError(err),
+      });
       this.order = new ProgramOrder({
         cursor: () => this.sequencer?.cursor,
         maxWaitMs: ctx.opts.unloggedDeliveryAfterMs,
@@ -224,6 +245,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         if (this.sequencer) {
           // The log channel is listened to before the head is read, so nothing committed after it is missed.
           await this.ctx.listener.listen(this.ctx.opts.logChannel);
+          await this.ctx.listener.listen(this.ctx.staging.channel);
           const { id, head } = await this.ctx.log.namespace(this.nspName, this.retentionMs());
           await this.ctx.log.registerWriter(this.writerId, id);
           await this.guard?.started(id);
@@ -237,6 +259,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           this.order?.delivered(); // operations of other nodes that were waiting for the cursor
           // A NOTIFY that arrived before the namespace id was known was dropped: read the table once.
           this.sequencer.catchUp();
+          // Events staged while no node served this namespace (or before this one listened).
+          this.staged?.start();
         }
         debug("namespace %s ready", this.nspName);
         return;
@@ -389,8 +413,13 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   onListenerReconnected(): void {
     // The database may be another one now (a failover, a restart): tell it what this node delivered,
     // and learn the gaps before reading on (catching up across an unknown gap would overflow the buffer).
+    this.staged?.request(); // commits notified while the connection was down
     const sequencer = this.sequencer;
-    if (!this.guard || !sequencer) return;
+    if (!sequencer) return;
+    if (!this.guard) {
+      sequencer.catchUp();
+      return;
+    }
     void this.guard.listenerBack().finally(() => sequencer.catchUp());
   }
 
@@ -400,6 +429,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   reconciledIncarnation(): string | undefined {
     return this.guard ? this.guard.reconciledIncarnation : "*";
+  }
+
+  onStagedEvents(): void {
+    this.staged?.request();
   }
 
   private deliver(entry: LogEntry): void {
@@ -646,6 +679,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         this.ctx.reportError(asError(err));
       }
       await Promise.race([this.ctx.sessions.flush(), this.closeDeadline]);
+      await this.staged?.close(deadline);
       this.gaveUp = true; // nothing left that needs the namespace to start
       this.unwatchMetrics();
       this.order?.close();

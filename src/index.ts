@@ -12,6 +12,8 @@ import { OptionsError, resolveOptions, type PostgresRecoveryAdapterOptions } fro
 export { PostgresRecoveryAdapter } from "./adapter.js";
 export type { OutageEndedEvent, OutageStartedEvent, RefusedEvent, RestoredEvent } from "./adapter.js";
 export { OptionsError } from "./options.js";
+export { createEmitter, Emitter, EmitterError } from "./emitter.js";
+export type { EmitterOptions } from "./emitter.js";
 export type { MetricsRegistry } from "./metrics.js";
 export { setupPrimary } from "./node-cluster.js";
 export type { Primary, PrimaryOptions } from "./node-cluster.js";
@@ -38,7 +40,8 @@ export type {
  * connection. The pool stays yours: closing the server never ends it.
  *
  * @param pool - a `pg.Pool`; the adapter borrows connections for short queries
- *   and opens one dedicated LISTEN connection with the pool's settings.
+ *   and opens one dedicated LISTEN connection with the pool's settings (or
+ *   `directConnection`'s, when the pool goes through a pooler in transaction mode).
  * @param options - see {@link PostgresRecoveryAdapterOptions}; validated now.
  */
 export function createAdapter(
