@@ -11,7 +11,7 @@
  */
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
-import type { LivenessQueries } from "./sql/liveness-queries.js";
+import type { LivenessQueries, Reconciled } from "./sql/liveness-queries.js";
 
 export interface NodeLivenessOptions {
   nodeId: string;
@@ -19,6 +19,8 @@ export interface NodeLivenessOptions {
   deadAfterMs: number;
   /** The node was declared dead and registered again: check what it still holds. */
   onRevived(): Promise<void>;
+  /** What the heartbeat reports of this node's reconciliation with the database (see LivenessQueries.heartbeat). */
+  reconciled?(): Reconciled;
   onError(err: Error): void;
 }
 
@@ -60,6 +62,19 @@ export class NodeLiveness {
     return this.registered;
   }
 
+  /**
+   * A heartbeat now (after the one under way, if any), not at the next
+   * interval: the node just reconciled with the database, and restores
+   * across a gap wait for every live node to report that (failover-guard.ts).
+   */
+  beatSoon(): void {
+    if (this.stopped || this.timer === undefined) return;
+    const after = this.beating ?? Promise.resolve();
+    this.beating = after.then(() => this.beat()).finally(() => {
+      this.beating = undefined;
+    });
+  }
+
   /** Resolves once the node's row exists (skeletons must not be written before). */
   ready(): Promise<void> {
     return this.start();
@@ -67,7 +82,7 @@ export class NodeLiveness {
 
   private async beat(): Promise<void> {
     try {
-      const alive = await this.queries.heartbeat(this.opts.nodeId);
+      const alive = await this.queries.heartbeat(this.opts.nodeId, this.opts.reconciled?.());
       this.failing = false;
       if (alive || this.stopped) return;
       debug("node %s was declared dead; registering again and dropping what was taken", this.opts.nodeId);

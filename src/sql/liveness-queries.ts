@@ -2,6 +2,13 @@
 import type { Queryable } from "./bounded-queries.js";
 import { qualifiedName } from "./identifiers.js";
 
+/**
+ * What a heartbeat says of the node's reconciliation (see `nodes.reconciled_incarnation`):
+ * the incarnation (text) every namespace of the node reconciled under; "*" when it has none
+ * to reconcile (whatever the database is); undefined when some has not yet (left as it was).
+ */
+export type Reconciled = string | undefined;
+
 export class LivenessQueries {
   private readonly nodes: string;
   private readonly sessions: string;
@@ -30,10 +37,14 @@ export class LivenessQueries {
    * Takes lock the row to declare it dead, so a heartbeat either commits
    * before such a take (which then sees the node alive) or sees the mark.
    */
-  async heartbeat(nodeId: string): Promise<boolean> {
+  async heartbeat(nodeId: string, reconciled: Reconciled = undefined): Promise<boolean> {
     const { rowCount } = await this.pool.query(
-      `UPDATE ${this.nodes} SET heartbeat_at = now() WHERE node_id = $1 AND NOT declared_dead`,
-      [nodeId],
+      `UPDATE ${this.nodes} SET heartbeat_at = now(),
+         reconciled_incarnation = CASE WHEN $2::text = '*' THEN pg_postmaster_start_time()
+                                       WHEN $2::text IS NULL THEN reconciled_incarnation
+                                       ELSE $2::timestamptz END
+       WHERE node_id = $1 AND NOT declared_dead`,
+      [nodeId, reconciled ?? null],
     );
     return rowCount === 1;
   }
