@@ -24,7 +24,7 @@
  * the socket is disconnected here.
  */
 import type { Room, SocketId } from "socket.io-adapter";
-import { encodeSession, type LeftRoom } from "./codec.js";
+import { decodeSession, encodeSession, type LeftRoom } from "./codec.js";
 import { asError } from "./errors.js";
 import { hashPid, nextVersion } from "./session-store.js";
 import type { SessionQueries, SessionRecord } from "./sql/session-queries.js";
@@ -316,11 +316,11 @@ export class SessionDurability {
         data = encodeData(normalized);
         payload = encodeSession({ rooms: state.rooms, left: state.left, data: normalized });
       } catch (err) {
-        if (!socket.reportedData) {
-          socket.reportedData = true;
-          this.host.reportError(new Error(`socket.io-postgres-recovery: socket.data of ${socket.id} cannot be stored; its skeleton keeps the last one that could`, { cause: asError(err) }));
-        }
-        return undefined;
+        // The skeleton is still written (its rooms must become durable, or the socket's entries
+        // would be held for good), with the last data that could be stored.
+        this.unstorable(socket, err);
+        data = socket.lastData ?? encodeData({});
+        payload = encodeSession({ rooms: state.rooms, left: state.left, data: decodeSession(data).data });
       }
     }
     const record: SessionRecord = {
@@ -389,8 +389,9 @@ export class SessionDurability {
       } catch {
         try {
           data = encodeData(this.host.normalize(state.data));
-        } catch {
-          continue; // reported when written
+        } catch (err) {
+          this.unstorable(socket, err);
+          continue;
         }
       }
       if (!socket.lastData || !data.equals(socket.lastData)) {
@@ -398,6 +399,13 @@ export class SessionDurability {
         this.writer.mark(socket);
       }
     }
+  }
+
+  /** Says once per socket that its `socket.data` cannot be stored (its skeleton keeps the last that could). */
+  private unstorable(socket: TrackedSocket, err: unknown): void {
+    if (socket.reportedData) return;
+    socket.reportedData = true;
+    this.host.reportError(new Error(`socket.io-postgres-recovery: socket.data of ${socket.id} cannot be stored; its skeleton keeps the last one that could`, { cause: asError(err) }));
   }
 
   close(): void {
