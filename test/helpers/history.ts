@@ -310,28 +310,41 @@ export class History {
    * Joins `room` through the default handlers and records the membership
    * window: after the client's last offset before the request, at or before
    * the offset of a marker the server emits to the socket after the join.
+   *
+   * Until that marker arrives on the same connection, the change is uncertain
+   * (its upper bound is unknown): the node may die with the change applied
+   * but unacknowledged, or acknowledged but not durable, and a crash restore
+   * rolls back what was not durable (docs/design.md, "Exactness after a
+   * crash"); the marker, held until the change is durable, may then arrive by
+   * replay after the restore, which proves nothing. A marker received with no
+   * recovery in between proves the change durable: it is settled.
    */
   async join(client: ClientHandle, room: string, source = client.label): Promise<void> {
     const track = client.track;
+    const recoveries = track.recoveries;
     const fromMin = client.lastOffset() ?? track.start ?? -1;
+    const membership: Membership = { room, from: [fromMin, Number.POSITIVE_INFINITY] };
+    track.memberships.push(membership);
     await client.socket.timeout(3000).emitWithAck("join", room);
     const marker = this.record({ nsp: track.nsp, rooms: [track.sid] }, `${source}-marker`);
-    track.memberships.push({ room, from: [fromMin, { id: marker.id }] });
     await client.socket.timeout(3000).emitWithAck("self-emit", { event: EVENT, args: [{ id: marker.id, marker: "join", room }] });
     await waitFor(() => track.received.some((r) => r.id === marker.id), { message: `join marker ${marker.id}` });
+    if (track.recoveries === recoveries) membership.from = [fromMin, { id: marker.id }];
   }
 
   /** Like `join`, for leaving. */
   async leave(client: ClientHandle, room: string, source = client.label): Promise<void> {
     const track = client.track;
+    const recoveries = track.recoveries;
     const m = [...track.memberships].reverse().find((x) => x.room === room && x.to === undefined);
     if (!m) throw new Error(`${client.label} is not recorded in ${room}`);
     const toMin = client.lastOffset() ?? track.start ?? -1;
+    m.to = [toMin, Number.POSITIVE_INFINITY];
     await client.socket.timeout(3000).emitWithAck("leave", room);
     const marker = this.record({ nsp: track.nsp, rooms: [track.sid] }, `${source}-marker`);
-    m.to = [toMin, { id: marker.id }];
     await client.socket.timeout(3000).emitWithAck("self-emit", { event: EVENT, args: [{ id: marker.id, marker: "leave", room }] });
     await waitFor(() => track.received.some((r) => r.id === marker.id), { message: `leave marker ${marker.id}` });
+    if (track.recoveries === recoveries) m.to = [toMin, { id: marker.id }];
   }
 
   /** Offsets of every emission received by anyone (and conflicts). */
