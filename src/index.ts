@@ -13,6 +13,7 @@ export type { OutageEndedEvent, OutageStartedEvent, RefusedEvent, RestoredEvent 
 export { OptionsError } from "./options.js";
 export { setupPrimary } from "./node-cluster.js";
 export type { Primary, PrimaryOptions } from "./node-cluster.js";
+export type { DeadBy } from "./sql/session-queries.js";
 export type { PostgresRecoveryAdapterOptions, RecoveryOptions, UpstreamCompatibleOptions } from "./options.js";
 export { LISTENER_APPLICATION_NAME } from "./listener.js";
 export { migrate } from "./migrate.js";

@@ -12,6 +12,7 @@ import { settledBy } from "./deadline.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import { Listener } from "./listener.js";
+import { LivenessLock } from "./liveness-lock.js";
 import { NodeLiveness } from "./node-liveness.js";
 import type { ResolvedOptions } from "./options.js";
 import { NAMESPACE_ACTIVITY_INTERVAL_MS, Pruner, type PruneReport } from "./pruner.js";
@@ -37,6 +38,9 @@ export interface NamespaceMember {
   /** This node was declared dead and registered again: drop the sockets restored elsewhere. */
   onRevived(): Promise<void>;
 }
+
+/** How long a node's registration waits for the listener's first attempt at the liveness lock. */
+const LOCK_FIRST_ATTEMPT_MS = 5000;
 
 export class NodeContext {
   readonly log: LogQueries;
@@ -70,10 +74,15 @@ export class NodeContext {
     this.restoreReads = new Semaphore(opts.maxConcurrentRestoreReads, "maxConcurrentRestoreReads");
     // Session writes announce themselves on the log channel (payload "s|…"), which every node listens to.
     const sessionQueries = new SessionQueries(db, opts.schema, opts.logChannel);
+    // Held on the LISTEN connection; only a node that writes skeletons needs it (liveness-lock.ts).
+    const lock = opts.crashSafety ? new LivenessLock(sessionQueries.nodeId, report) : undefined;
     this.liveness = new NodeLiveness(new LivenessQueries(db, opts.schema), {
       nodeId: sessionQueries.nodeId,
       intervalMs: opts.nodeHeartbeatIntervalMs,
       deadAfterMs: opts.nodeDeadAfterMs,
+      // Bounded: a listener that cannot connect must not keep skeletons (and the heartbeat) from starting.
+      lockTried: () => lock?.firstAttemptDone(LOCK_FIRST_ATTEMPT_MS) ?? Promise.resolve(),
+      lockKey: () => lock?.publishedKey,
       onRevived: async () => {
         for (const member of this.members.values()) await member.onRevived();
       },
@@ -103,9 +112,12 @@ export class NodeContext {
       checkIntervalMs: opts.listenerCheckIntervalMs,
       onNotification: (channel, payload) => this.onNotification(channel, payload),
       onReconnected: () => {
+        // Its lock was missing meanwhile: a take may have declared this node dead; learn it now.
+        this.liveness.beatNow();
         for (const member of this.members.values()) member.onListenerReconnected();
       },
       onError: report,
+      resource: lock,
     });
     this.pruner = new Pruner(
       pool,

@@ -235,6 +235,16 @@ export interface RecoveryOptions {
    */
   recentEntries?: number;
   /**
+   * Crash safety: clients of a node that dies without a word (SIGKILL, OOM,
+   * host loss) recover on another node, from durable skeletons of their
+   * sessions (rooms written when they change, `socket.data` checkpointed).
+   * `false` saves those writes (and this node's liveness row and lock): its
+   * clients then recover after a graceful shutdown or a disconnect only, as
+   * with Socket.IO's own adapter. See docs/performance.md for the cost.
+   * @default true
+   */
+  crashSafety?: boolean;
+  /**
    * Crash safety: how often each connected socket's `socket.data` is compared
    * with what was last made durable, and written when it changed. Rooms are
    * written when they change; `socket.data` (mutated in place, with no hook)
@@ -323,6 +333,7 @@ export interface ResolvedOptions {
   readonly unloggedDeliveryAfterMs: number | false;
   readonly queryTimeoutMs: number | false;
   readonly preparedStatements: boolean;
+  readonly crashSafety: boolean;
   readonly checkpointIntervalMs: number;
   readonly nodeHeartbeatIntervalMs: number;
   readonly nodeDeadAfterMs: number;
@@ -382,6 +393,7 @@ const KNOWN_OPTIONS = new Set<string>([
   "unloggedDeliveryAfterMs",
   "queryTimeoutMs",
   "preparedStatements",
+  "crashSafety",
   ...Object.keys(INTEGER_RULES),
 ]);
 
@@ -490,6 +502,9 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
   const preparedStatements = opts.preparedStatements ?? true;
   if (typeof preparedStatements !== "boolean") fail("preparedStatements", "true or false", preparedStatements);
 
+  const crashSafety = opts.crashSafety ?? true;
+  if (typeof crashSafety !== "boolean") fail("crashSafety", "true or false", crashSafety);
+
   const heartbeatInterval = integer(opts, "heartbeatInterval", 5000);
   const heartbeatTimeout = integer(opts, "heartbeatTimeout", 10000);
   if (heartbeatTimeout <= heartbeatInterval) {
@@ -545,6 +560,7 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     unloggedDeliveryAfterMs: unloggedDeliveryAfterMs as number | false,
     queryTimeoutMs: queryTimeoutMs as number | false,
     preparedStatements,
+    crashSafety,
     checkpointIntervalMs: integer(opts, "checkpointIntervalMs", 5000),
     nodeHeartbeatIntervalMs,
     nodeDeadAfterMs,
