@@ -4,7 +4,7 @@
  * need: how many nodes it can run, whether it recovers, what its offsets
  * look like.
  */
-export type PeerId = "ours" | "in-memory" | "upstream-pg" | "redis-streams";
+export type PeerId = "ours" | "ours-no-crash-safety" | "in-memory" | "upstream-pg" | "redis-streams";
 
 export interface Peer {
   id: PeerId;
@@ -17,15 +17,30 @@ export interface Peer {
   offsetKind?: "ours" | "redis";
   /** Uses the run's Postgres database (pg_stat_database deltas mean something). */
   postgres: boolean;
+  /** Our adapter, in whatever configuration (its tables and channels, its statements counted). */
+  ours?: true;
+  /** Ours with `crashSafety: false`: the reference that prices crash safety (skeletons, checkpoints, liveness). */
+  crashSafety?: false;
 }
 
 export const PEERS: Record<PeerId, Peer> = {
-  ours: { id: "ours", label: "ours (pg + recovery)", maxNodes: 2, recovery: true, offsetKind: "ours", postgres: true },
+  ours: { id: "ours", label: "ours (pg + recovery)", maxNodes: 2, recovery: true, offsetKind: "ours", postgres: true, ours: true },
+  "ours-no-crash-safety": {
+    id: "ours-no-crash-safety",
+    label: "ours, crashSafety: false",
+    maxNodes: 2,
+    recovery: true,
+    offsetKind: "ours",
+    postgres: true,
+    ours: true,
+    crashSafety: false,
+  },
   "in-memory": { id: "in-memory", label: "in-memory (1 node)", maxNodes: 1, recovery: true, postgres: false },
   "upstream-pg": { id: "upstream-pg", label: "upstream pg (no recovery)", maxNodes: 2, recovery: false, postgres: true },
   "redis-streams": { id: "redis-streams", label: "redis-streams", maxNodes: 2, recovery: true, offsetKind: "redis", postgres: false },
 };
 
+/** `ours-no-crash-safety` only on request (`--peers`): it prices a feature, it is not a peer. */
 export const ALL_PEERS: PeerId[] = ["ours", "in-memory", "upstream-pg", "redis-streams"];
 
 /** The comparison's reference point: ratios are ours / peer. */
