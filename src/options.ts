@@ -262,7 +262,10 @@ export interface RecoveryOptions {
   /**
    * Crash safety: a node whose heartbeat is older than this is dead, and its
    * sockets can be restored on other nodes. Each node declares its own; a
-   * restore waits for it (within `restoreTimeoutMs`). A node paused for
+   * restore waits for it (within `restoreTimeoutMs`). A node whose process
+   * died is found sooner, as soon as Postgres ended its connection (its
+   * liveness lock is released, see docs/design.md); this bound is for what
+   * the lock cannot see (a lost host, a half-open network, a paused process). A node paused for
    * longer (GC, SIGSTOP) finds out at its next heartbeat and drops the
    * sockets restored elsewhere meanwhile. At least twice
    * `nodeHeartbeatIntervalMs`.
