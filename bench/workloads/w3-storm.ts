@@ -20,6 +20,7 @@ interface RecoveryStats {
   reconnected: number;
   recovered: number;
   lastReconnectAt: number | null;
+  retried: number;
 }
 
 interface Summary {
@@ -101,6 +102,7 @@ export async function runStorm(ctx: RunContext, crash: boolean): Promise<Metrics
       restoreMeanMs: restore.meanMs,
       restoreMaxMs: restore.maxMs,
       closeMs: closed?.closeMs ?? null,
+      retried: stats.retried,
       lostMissed: summary.lostUpTo,
       lostStorm: summary.lostAfter,
       dupMissed: summary.duplicatedUpTo,
@@ -121,6 +123,7 @@ export const w3: Workload = {
     { key: "restoreMeanMs", label: "restoreSession mean (ms)", better: "lower", digits: 1 },
     { key: "restoreMaxMs", label: "restoreSession max (ms)", better: "lower", digits: 1 },
     { key: "closeMs", label: "node 0 io.close() (ms; clients notice at its end)", better: "lower", digits: 0 },
+    { key: "retried", label: "clients whose first reconnection attempt failed" },
     { key: "lostMissed", label: "lost (missed while away)" },
     { key: "lostStorm", label: "lost (storm-time)" },
     { key: "dupMissed", label: "duplicated (missed while away)" },
