@@ -21,8 +21,9 @@ export interface NodeLivenessOptions {
   nodeId: string;
   intervalMs: number;
   deadAfterMs: number;
-  /** Resolves once the liveness lock was tried (or that waited long enough); then its key, once held. */
+  /** Resolves once the liveness lock was tried (or once that waited long enough). */
   lockTried(): Promise<void>;
+  /** The lock's key once it was held (published in the node's row), else undefined. */
   lockKey(): string | undefined;
   /** The node was declared dead and registered again: check what it still holds. */
   onRevived(): Promise<void>;
