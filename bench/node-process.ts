@@ -39,6 +39,22 @@ async function adapterFor(): Promise<ServerOptions["adapter"] | undefined> {
       cleanups.push(() => pool.end());
       return createAdapter(pool, { errorHandler: reportError, crashSafety: peer.crashSafety ?? true }) as unknown as ServerOptions["adapter"];
     }
+    case "ours-metrics": {
+      const { createAdapter } = await import("../src/index.js");
+      const { Registry } = await import("prom-client");
+      const register = new Registry();
+      const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 10 });
+      pool.on("error", reportError);
+      countStatements(pool);
+      // Scraped every second (Prometheus usually scrapes every 15 s or more): the cost includes rendering.
+      const scraper = setInterval(() => void register.metrics(), 1000);
+      scraper.unref();
+      cleanups.push(async () => {
+        clearInterval(scraper);
+        await pool.end();
+      });
+      return createAdapter(pool, { errorHandler: reportError, metrics: register }) as unknown as ServerOptions["adapter"];
+    }
     case "upstream-pg": {
       const { createAdapter } = await import("@socket.io/postgres-adapter");
       const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 10 });

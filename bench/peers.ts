@@ -4,7 +4,7 @@
  * need: how many nodes it can run, whether it recovers, what its offsets
  * look like.
  */
-export type PeerId = "ours" | "ours-no-crash-safety" | "in-memory" | "upstream-pg" | "redis-streams";
+export type PeerId = "ours" | "ours-metrics" | "ours-no-crash-safety" | "in-memory" | "upstream-pg" | "redis-streams";
 
 export interface Peer {
   id: PeerId;
@@ -17,14 +17,15 @@ export interface Peer {
   offsetKind?: "ours" | "redis";
   /** Uses the run's Postgres database (pg_stat_database deltas mean something). */
   postgres: boolean;
-  /** Our adapter, in whatever configuration (its tables and channels, its statements counted). */
-  ours?: true;
   /** Ours with `crashSafety: false`: the reference that prices crash safety (skeletons, checkpoints, liveness). */
   crashSafety?: false;
 }
 
 export const PEERS: Record<PeerId, Peer> = {
-  ours: { id: "ours", label: "ours (pg + recovery)", maxNodes: 2, recovery: true, offsetKind: "ours", postgres: true, ours: true },
+  ours: { id: "ours", label: "ours (pg + recovery)", maxNodes: 2, recovery: true, offsetKind: "ours", postgres: true },
+  // Ours with the `metrics` option (a prom-client Registry, scraped every second): its cost against "ours".
+  "ours-metrics": { id: "ours-metrics", label: "ours + metrics", maxNodes: 2, recovery: true, offsetKind: "ours", postgres: true },
+  // Ours with `crashSafety: false`: what crash safety costs, against "ours".
   "ours-no-crash-safety": {
     id: "ours-no-crash-safety",
     label: "ours, crashSafety: false",
@@ -32,7 +33,6 @@ export const PEERS: Record<PeerId, Peer> = {
     recovery: true,
     offsetKind: "ours",
     postgres: true,
-    ours: true,
     crashSafety: false,
   },
   "in-memory": { id: "in-memory", label: "in-memory (1 node)", maxNodes: 1, recovery: true, postgres: false },
@@ -40,8 +40,13 @@ export const PEERS: Record<PeerId, Peer> = {
   "redis-streams": { id: "redis-streams", label: "redis-streams", maxNodes: 2, recovery: true, offsetKind: "redis", postgres: false },
 };
 
-/** `ours-no-crash-safety` only on request (`--peers`): it prices a feature, it is not a peer. */
+/** The default set; "ours-metrics" and "ours-no-crash-safety" only on request (`--peers ours,ours-metrics`): they price a feature. */
 export const ALL_PEERS: PeerId[] = ["ours", "in-memory", "upstream-pg", "redis-streams"];
+
+/** This package, with or without metrics or crash safety (same tables, channels, offsets). */
+export function isOurs(peer: Peer): boolean {
+  return peer.id === "ours" || peer.id === "ours-metrics" || peer.id === "ours-no-crash-safety";
+}
 
 /** The comparison's reference point: ratios are ours / peer. */
 export const OURS: PeerId = "ours";

@@ -186,4 +186,4 @@ export function markdown(report: RunReport): string {
   return lines.join("\n");
 }
 
-const ORDER: PeerId[] = ["ours", "ours-no-crash-safety", "in-memory", "upstream-pg", "redis-streams"];
+const ORDER: PeerId[] = ["ours", "ours-no-crash-safety", "ours-metrics", "in-memory", "upstream-pg", "redis-streams"];

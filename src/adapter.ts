@@ -82,6 +82,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private announced = false;
   /** Logged broadcasts for the peers that do not read our log (see mixed-cluster.ts). */
   readonly mixedCluster: MixedCluster;
+  /** Stops this namespace's gauges being read at scrapes (see metrics.ts). */
+  private unwatchMetrics: () => void = () => undefined;
 
   constructor(
     nsp: Namespace,
@@ -129,6 +131,12 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         onError: (err) => this.ctx.reportError(err),
       });
       installConnectGate(nsp);
+      const { sequencer, writer } = this;
+      this.unwatchMetrics = ctx.metrics.watch(nsp.name, {
+        lagEntries: () => (sequencer.cursor === undefined ? undefined : Math.max(0, sequencer.head - sequencer.cursor)),
+        pendingWrites: () => writer.pendingWrites,
+        inOutage: () => writer.inOutage,
+      });
     }
     ctx.add(this);
     this.closeDeadline = new Promise<void>((resolve) => {
@@ -601,6 +609,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       }
       await Promise.race([this.ctx.sessions.flush(), this.closeDeadline]);
       this.gaveUp = true; // nothing left that needs the namespace to start
+      this.unwatchMetrics();
       this.order?.close();
       super.close();
       this.sequencer?.close();

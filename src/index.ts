@@ -5,12 +5,14 @@
 import type { Namespace } from "socket.io";
 import type { Pool } from "pg";
 import { PostgresRecoveryAdapter } from "./adapter.js";
+import { NO_METRICS, recoveryMetrics } from "./metrics.js";
 import { NodeContext } from "./node-context.js";
 import { OptionsError, resolveOptions, type PostgresRecoveryAdapterOptions } from "./options.js";
 
 export { PostgresRecoveryAdapter } from "./adapter.js";
 export type { OutageEndedEvent, OutageStartedEvent, RefusedEvent, RestoredEvent } from "./adapter.js";
 export { OptionsError } from "./options.js";
+export type { MetricsRegistry } from "./metrics.js";
 export { setupPrimary } from "./node-cluster.js";
 export type { Primary, PrimaryOptions } from "./node-cluster.js";
 export type { DeadBy } from "./sql/session-queries.js";
@@ -22,6 +24,7 @@ export type {
   LastPruneStatus,
   MigrationsState,
   NamespaceStatus,
+  NodesStatus,
   OldestEntry,
   RecoveryStatus,
   SchemaNotReadyReason,
@@ -47,10 +50,12 @@ export function createAdapter(
     throw new OptionsError("socket.io-postgres-recovery: createAdapter(pool, options) needs a pg.Pool as its first argument");
   }
   const opts = resolveOptions(options);
+  // Registered now (prom-client missing is an error of this call), shared by every node given this registry.
+  const metrics = opts.metrics ? recoveryMetrics(opts.metrics) : NO_METRICS;
   let context: NodeContext | undefined;
   // A plain function, not an arrow: Socket.IO calls it with `new`, and returning an object from it is what `new` yields.
   return function postgresRecoveryAdapter(nsp: Namespace) {
-    if (!context || context.closed) context = new NodeContext(pool, opts);
+    if (!context || context.closed) context = new NodeContext(pool, opts, metrics);
     return new PostgresRecoveryAdapter(nsp, context);
   };
 }

@@ -120,6 +120,11 @@ export class LogWriter {
     });
   }
 
+  /** Broadcasts accepted and not committed yet (for metrics). */
+  get pendingWrites(): number {
+    return this.batcher.pending;
+  }
+
   /** Whether new events are delivered unlogged (and restores on this node refused). */
   get inOutage(): boolean {
     return this.outage.inOutage;
@@ -205,6 +210,7 @@ export class LogWriter {
   private deliverUnlogged(packet: LoggedPacket): void {
     this.host.deliverUnlogged(packet);
     this.unloggedPackets++;
+    this.ctx.metrics.unlogged(this.host.nspName);
   }
 
   // ---- the append -------------------------------------------------------------
@@ -222,6 +228,7 @@ export class LogWriter {
       await this.ctx.log.registerWriter(writerId, id);
     }
     const payloads = items.map((item) => item.payload);
+    const appendStarted = performance.now();
     const { from, appliedBefore } = await this.ctx.log.append(
       id,
       writerId,
@@ -231,6 +238,7 @@ export class LogWriter {
       this.inlinePayload(payloads),
     );
     this.outage.writeSucceeded();
+    this.ctx.metrics.appended(this.host.nspName, (performance.now() - appendStarted) / 1000, items.length);
     if (appliedBefore) debug("batch %d of %s had been committed by an earlier attempt", this.batchNumber, writerId);
     // Operations waiting for these events learn their offsets before any of them can be delivered.
     this.host.committed(items.map((item) => item.submitted), from);

@@ -13,6 +13,7 @@ import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import { Listener } from "./listener.js";
 import { LivenessLock } from "./liveness-lock.js";
+import { NO_METRICS, type RecoveryMetrics } from "./metrics.js";
 import { NodeLiveness } from "./node-liveness.js";
 import type { ResolvedOptions } from "./options.js";
 import { NAMESPACE_ACTIVITY_INTERVAL_MS, Pruner, type PruneReport } from "./pruner.js";
@@ -66,6 +67,8 @@ export class NodeContext {
   constructor(
     readonly pool: Pool,
     readonly opts: ResolvedOptions,
+    /** Where the modules report what happens (see metrics.ts); no-ops without the `metrics` option. */
+    readonly metrics: RecoveryMetrics = NO_METRICS,
   ) {
     const report = (err: Error) => this.reportError(err);
     // Every statement of ours gets a bound; the pool itself is left as the caller made it.
@@ -97,6 +100,7 @@ export class NodeContext {
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPendingWrites,
       onError: report,
+      written: (count) => metrics.sessionsWritten(count),
     });
     this.attachments = new AttachmentsTable(db, opts.attachmentsTable, report);
     this.bus = new ClusterBus(db, {
@@ -114,6 +118,7 @@ export class NodeContext {
       onReconnected: () => {
         // Its lock was missing meanwhile: a take may have declared this node dead; learn it now.
         this.liveness.beatNow();
+        metrics.listenerReconnected();
         for (const member of this.members.values()) member.onListenerReconnected();
       },
       onError: report,
@@ -133,6 +138,7 @@ export class NodeContext {
         },
         attachmentsMaxAgeMs: opts.cleanupInterval,
         batchSize: opts.pruneBatchSize,
+        pruned: (report) => metrics.pruned(report),
       },
       report,
     );

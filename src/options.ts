@@ -22,6 +22,7 @@
  */
 import type { AttachmentsTableSpec } from "./attachments-table.js";
 import { debug } from "./debug.js";
+import type { MetricsRegistry } from "./metrics.js";
 
 /** Upstream's default `tableName`, also the table the migrations create in `schema`. */
 const DEFAULT_ATTACHMENTS_TABLE = "socket_io_attachments";
@@ -299,6 +300,15 @@ export interface RecoveryOptions {
    * @default 4
    */
   maxConcurrentRestoreReads?: number;
+  /**
+   * A prom-client `Registry` (`new Registry()`, or prom-client's default
+   * `register`) to register this package's metrics in (see
+   * docs/operations.md). prom-client is an optional peer dependency: install
+   * it to use this. Every adapter and node given the same registry shares one
+   * set of metrics, labelled by namespace. Without it nothing is registered.
+   * @default undefined
+   */
+  metrics?: MetricsRegistry;
 }
 
 export type PostgresRecoveryAdapterOptions = UpstreamCompatibleOptions & RecoveryOptions;
@@ -342,6 +352,8 @@ export interface ResolvedOptions {
   readonly nodeDeadAfterMs: number;
   /** NOTIFY channel of the message log (one per schema). */
   readonly logChannel: string;
+  /** Where to register metrics; undefined: none. */
+  readonly metrics: MetricsRegistry | undefined;
 }
 
 export class OptionsError extends TypeError {
@@ -397,6 +409,7 @@ const KNOWN_OPTIONS = new Set<string>([
   "queryTimeoutMs",
   "preparedStatements",
   "crashSafety",
+  "metrics",
   ...Object.keys(INTEGER_RULES),
 ]);
 
@@ -528,6 +541,11 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     fail("nodeDeadAfterMs", `at least twice nodeHeartbeatIntervalMs (${2 * nodeHeartbeatIntervalMs} ms)`, nodeDeadAfterMs);
   }
 
+  const metrics = opts.metrics;
+  if (metrics !== undefined && !isRegistryLike(metrics)) {
+    fail("metrics", "a prom-client Registry (new Registry() or prom-client's register)", metrics);
+  }
+
   const logChannel = `${channelPrefix}:${schema}:log`;
   if (Buffer.byteLength(logChannel) > 63) {
     fail("schema", `short enough that "${logChannel}" fits in 63 bytes (shorten it or channelPrefix)`, schema);
@@ -568,7 +586,15 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     nodeHeartbeatIntervalMs,
     nodeDeadAfterMs,
     logChannel,
+    metrics: metrics as MetricsRegistry | undefined,
   });
+}
+
+/** What a prom-client Registry has (duck-typed: the package is an optional peer, not imported here). */
+function isRegistryLike(value: unknown): boolean {
+  if (value === null || typeof value !== "object") return false;
+  const r = value as Record<string, unknown>;
+  return typeof r.registerMetric === "function" && typeof r.getSingleMetric === "function" && typeof r.metrics === "function";
 }
 
 function defaultErrorHandler(err: Error): void {

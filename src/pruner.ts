@@ -14,6 +14,8 @@ export interface PruneSettings {
   retentionMs(): number | undefined;
   attachmentsMaxAgeMs: number;
   batchSize: number;
+  /** A pass of this node ran (for metrics). */
+  pruned?(report: PruneReport): void;
 }
 
 export interface PruneReport {
@@ -245,6 +247,7 @@ export class Pruner {
         report.writers = pass.writers;
         report.namespaceRows = pass.namespaceRows;
         debug("prune: %j", report);
+        this.settings.pruned?.(report);
       } finally {
         await this.queries.unlock(client);
       }

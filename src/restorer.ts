@@ -114,18 +114,20 @@ export class Restorer {
    * (`io.of(nsp).adapter.on("restore-refused", ({ reason }) => …)`), for
    * dashboards and logs; the client just gets a new session.
    */
-  private refused(reason: string): Session {
+  private refused(reason: string, startedAt: number): Session {
     debug("restore refused: %s", reason);
+    this.ctx.metrics.refused(this.host.nspName, reason, (performance.now() - startedAt) / 1000);
     this.host.emit("restore-refused", { reason });
     return NOT_RESTORED;
   }
 
   async restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
-    if (this.host.closing()) return this.refused("this node is closing");
-    if (this.host.inOutage()) return this.refused("this node cannot write to the database (outage mode)");
+    const startedAt = performance.now();
+    if (this.host.closing()) return this.refused("this node is closing", startedAt);
+    if (this.host.inOutage()) return this.refused("this node cannot write to the database (outage mode)", startedAt);
     const parsed = parseOffset(offset);
     if (parsed === undefined || typeof pid !== "string" || pid.length === 0 || pid.length > 256) {
-      return this.refused("malformed pid or offset");
+      return this.refused("malformed pid or offset", startedAt);
     }
     const timeoutMs = this.ctx.opts.restoreTimeoutMs;
     let timer: NodeJS.Timeout | undefined;
@@ -136,8 +138,9 @@ export class Restorer {
     const restoring = this.restore(pid, parsed, Date.now() + timeoutMs, attempt);
     try {
       const outcome = await Promise.race([restoring, timeout]);
-      if ("refused" in outcome) return this.refused(outcome.refused);
+      if ("refused" in outcome) return this.refused(outcome.refused, startedAt);
       debug("restoring %s with %d missed packets%s", outcome.session.sid, outcome.replayed, outcome.deadBy ? ` (its node found dead by ${outcome.deadBy})` : "");
+      this.ctx.metrics.restored(this.host.nspName, (performance.now() - startedAt) / 1000, outcome.replayed);
       this.host.emit("session-restored", {
         sid: outcome.session.sid,
         replayed: outcome.replayed,
@@ -148,7 +151,7 @@ export class Restorer {
       // The restore may go on in the background: from now on it must leave no trace (see restore()).
       attempt.abandoned = true;
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: a restore in "${this.host.nspName}" failed; the client gets a new session`, { cause: asError(err) }));
-      return this.refused(`failed: ${asError(err).message}`);
+      return this.refused(`failed: ${asError(err).message}`, startedAt);
     } finally {
       clearTimeout(timer);
       restoring.catch(() => undefined);

@@ -11,6 +11,7 @@
  * - A node restarted from the page (graceful): its tabs recover the same way.
  * - A node crashed from the page (SIGKILL, nothing written): its tabs recover
  *   on the other nodes, the same way.
+ * - Each node's /metrics, linked from the page, counts the restores it made.
  * - Ctrl-C (SIGINT) stops the demo cleanly: exit 0, no node process left.
  *
  * Screenshots go to test-artifacts/demo-page/ (ignored by git).
@@ -190,6 +191,19 @@ describe("the npm start demo page", () => {
     expect(chat[0]!.replayed).toBe(true);
     expectSameStream(shown, await rows(online), "tab that was offline");
     expectContiguous((await state(online)).offsets, "tab that stayed online");
+
+    // The page links to each node's Prometheus metrics: node-2's count the restore.
+    const href = await away.getAttribute('#nodes tr[data-node="node-2"] a.metrics', "href");
+    expect(href).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
+    const metricsPage = await browser!.newPage();
+    const response = await metricsPage.goto(href!);
+    expect(response?.status()).toBe(200);
+    const scraped = (await response!.text()).split("\n");
+    const recovered = scraped.find((line) => line.startsWith('socketio_recovery_restores_total{namespace="/",outcome="recovered",reason=""} '));
+    expect(Number(recovered?.split(" ")[1]), "restores counted on node-2").toBeGreaterThanOrEqual(1);
+    const replays = scraped.find((line) => line.startsWith('socketio_recovery_replayed_packets_sum{namespace="/"} '));
+    expect(Number(replays?.split(" ")[1])).toBeGreaterThanOrEqual(after.replayed!);
+    await metricsPage.close();
 
     await online.close();
     await away.close();

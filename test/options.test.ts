@@ -68,6 +68,8 @@ describe("options", () => {
     [{ checkpointIntervalMs: 10 }, /option "checkpointIntervalMs" must be an integer from 100 to 86400000 \(ms\); got 10/],
     [{ nodeHeartbeatIntervalMs: 0 }, /option "nodeHeartbeatIntervalMs"/],
     [{ nodeHeartbeatIntervalMs: 1000, nodeDeadAfterMs: 1500 }, /option "nodeDeadAfterMs" must be at least twice nodeHeartbeatIntervalMs \(2000 ms\); got 1500/],
+    [{ metrics: true }, /option "metrics" must be a prom-client Registry/],
+    [{ metrics: { metrics: () => "" } }, /option "metrics" must be a prom-client Registry/],
   ])("refuses %j", (input, message) => {
     expect(() => resolveOptions(input as never)).toThrow(OptionsError);
     expect(() => resolveOptions(input as never)).toThrow(message);
@@ -95,6 +97,7 @@ describe("options", () => {
     // A pool that was never connected: validation fails before any connection is attempted.
     const pool = new pg.Pool({ host: "127.0.0.1", port: 1 });
     expect(() => createAdapter(pool, { schema: "1bad" })).toThrow(/option "schema"/);
+    expect(() => createAdapter(pool, { metrics: {} as never })).toThrow(/option "metrics" must be a prom-client Registry \(new Registry\(\) or prom-client's register\)/);
     return pool.end();
   });
 });

@@ -16,6 +16,7 @@ import { qualifiedName, quoteIdentifier } from "../../src/sql/identifiers.js";
 import { nowMs } from "../lib/ipc.js";
 import { sleep } from "../lib/cluster.js";
 import type { Metrics, RunContext, Workload } from "../lib/context.js";
+import { isOurs } from "../peers.js";
 import { percentile } from "../receipts.js";
 
 async function run(ctx: RunContext): Promise<Metrics> {
@@ -114,6 +115,6 @@ export const w5: Workload = {
     { key: "sizeAfterMb", label: "log table size after (MiB, no VACUUM FULL)", digits: 0 },
     { key: "rowsLeft", label: "rows left (the writer's)" },
   ],
-  applies: (peer) => (peer.id === "ours" ? true : "n/a: ours only"),
+  applies: (peer) => (isOurs(peer) ? true : "n/a: ours only"),
   run,
 };

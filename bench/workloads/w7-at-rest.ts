@@ -11,6 +11,7 @@
 import { call } from "../lib/ipc.js";
 import { startCluster, sleep } from "../lib/cluster.js";
 import type { Metrics, RunContext, Workload } from "../lib/context.js";
+import { isOurs } from "../peers.js";
 
 interface Statements {
   all: number;
@@ -62,6 +63,6 @@ export const w7: Workload = {
     { key: "commitsPerSocketMin", label: "all Postgres transactions / socket / minute (pg_stat_database, incl. LISTEN checks)", better: "lower", digits: 3 },
     { key: "cpuMsPerMin", label: "node 0 CPU ms / minute", better: "lower", digits: 0 },
   ],
-  applies: (peer) => (peer.ours ? true : "n/a: counts our adapter's statements"),
+  applies: (peer) => (isOurs(peer) ? true : "n/a: counts our adapter's statements"),
   run,
 };
