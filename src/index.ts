@@ -12,6 +12,8 @@ import { OptionsError, resolveOptions, type PostgresRecoveryAdapterOptions } fro
 export { PostgresRecoveryAdapter } from "./adapter.js";
 export type { OutageEndedEvent, OutageStartedEvent, RefusedEvent, RestoredEvent } from "./adapter.js";
 export { OptionsError } from "./options.js";
+export { createEmitter, Emitter, EmitterError } from "./emitter.js";
+export type { EmitterOptions } from "./emitter.js";
 export type { MetricsRegistry } from "./metrics.js";
 export { setupPrimary } from "./node-cluster.js";
 export type { Primary, PrimaryOptions } from "./node-cluster.js";

@@ -18,7 +18,7 @@
  * `deliverUnlogged`.
  */
 import { Batcher, BatcherFullError, BatcherTakenError } from "./batcher.js";
-import { encodeBatchForNotify, type LoggedPacket } from "./codec.js";
+import { inlineForNotify, type LoggedPacket } from "./codec.js";
 import { debug } from "./debug.js";
 import { isTransientDatabaseError } from "./errors.js";
 import type { NodeContext } from "./node-context.js";
@@ -235,7 +235,7 @@ export class LogWriter {
       this.batchNumber,
       payloads,
       this.ctx.opts.logChannel,
-      this.inlinePayload(payloads),
+      inlineForNotify(payloads, this.ctx.opts.payloadThreshold),
     );
     this.outage.writeSucceeded();
     this.ctx.metrics.appended(this.host.nspName, (performance.now() - appendStarted) / 1000, items.length);
@@ -245,14 +245,5 @@ export class LogWriter {
     // Offered to the sequencer as a whole, in this same tick: delivered when the cursor reaches them.
     this.sequencer.offer(items.map((item, i) => ({ offset: from + i, bytes: item.payload.length, ...item.packet })));
     return items.map((_, i) => from + i);
-  }
-
-  /** The batch inside the NOTIFY when it fits (receivers then skip a read), else "". */
-  private inlinePayload(payloads: Buffer[]): string {
-    let bytes = 16;
-    for (const p of payloads) bytes += p.length + 5;
-    if (Math.ceil(bytes / 3) * 4 + 40 > this.ctx.opts.payloadThreshold) return "";
-    const inline = encodeBatchForNotify(payloads);
-    return inline.length + 40 > this.ctx.opts.payloadThreshold ? "" : inline;
   }
 }

@@ -26,6 +26,7 @@ import { LivenessQueries } from "./sql/liveness-queries.js";
 import { LogQueries } from "./sql/log-queries.js";
 import { PruneQueries } from "./sql/prune-queries.js";
 import { SessionQueries } from "./sql/session-queries.js";
+import { StagingQueries } from "./sql/staging-queries.js";
 
 /** What the context needs from each namespace's adapter. */
 export interface NamespaceMember {
@@ -36,6 +37,8 @@ export interface NamespaceMember {
   onClusterMessage(message: ClusterMessage | ClusterResponse): void;
   onLogNotification(from: number, count: number, inline: string): void;
   onListenerReconnected(): void;
+  /** An emitter or the SQL function staged events of this namespace (see staged-mover.ts). */
+  onStagedEvents(): void;
   /** This node was declared dead and registered again: drop the sockets restored elsewhere. */
   onRevived(): Promise<void>;
 }
@@ -45,6 +48,8 @@ const LOCK_FIRST_ATTEMPT_MS = 5000;
 
 export class NodeContext {
   readonly log: LogQueries;
+  /** Events staged by emitters and the SQL function, moved into the log by this node. */
+  readonly staging: StagingQueries;
   readonly sessions: SessionStore;
   /** Skeletons of connected sockets, for restores after this node crashes. */
   readonly skeletons: SkeletonWriter;
@@ -74,6 +79,7 @@ export class NodeContext {
     // Every statement of ours gets a bound; the pool itself is left as the caller made it.
     const db = boundedQueries(pool, opts.queryTimeoutMs === false ? undefined : opts.queryTimeoutMs);
     this.log = new LogQueries(db, opts.schema, { preparedStatements: opts.preparedStatements });
+    this.staging = new StagingQueries(opts.schema);
     this.restoreReads = new Semaphore(opts.maxConcurrentRestoreReads, "maxConcurrentRestoreReads");
     // Session writes announce themselves on the log channel (payload "s|…"), which every node listens to.
     const sessionQueries = new SessionQueries(db, opts.schema, opts.logChannel);
@@ -246,6 +252,9 @@ export class NodeContext {
         const [id, from, count, inline] = payload.split("|");
         const member = this.byNamespaceId.get(Number(id));
         member?.onLogNotification(Number(from), Number(count), inline ?? "");
+      } else if (channel === this.staging.channel) {
+        // The payload is the namespace's name (sent at the commit of the transaction that staged).
+        this.members.get(payload)?.onStagedEvents();
       } else if (this.bus.owns(channel)) {
         this.bus.receive(payload, channel);
       }

@@ -62,6 +62,8 @@ export interface PrunePassReport {
   writers: number;
   /** Rows of namespaces unused for long: no entries, sessions nor writers left, no node marking them active. */
   namespaceRows: number;
+  /** Staged events never moved into a log within the longest retention (see PruneQueries.pruneStaged). */
+  stagedEvents: number;
   /** Namespaces whose log was pruned, by name. */
   namespaces: NamespacePruneCounts[];
   /** Namespaces left alone: the plan gave them no retention. */
@@ -89,6 +91,17 @@ async function planned(client: PoolClient, queries: PruneQueries, plan: PrunePla
   });
 }
 
+/**
+ * How long staged events may wait for a node: the longest retention of any
+ * namespace (a staged event's namespace may have no row yet). Undefined when
+ * no namespace has one: nothing is known, nothing is pruned.
+ */
+function longestRetention(namespaces: ReadonlyArray<{ retentionMs: number | undefined }>): number | undefined {
+  let longest: number | undefined;
+  for (const { retentionMs } of namespaces) if (retentionMs !== undefined) longest = Math.max(longest ?? 0, retentionMs);
+  return longest;
+}
+
 /** Repeats a bounded delete until it removes less than a full batch; returns the total. */
 async function drain(batchSize: number, step: () => Promise<number>): Promise<number> {
   let total = 0;
@@ -113,7 +126,7 @@ export async function runPrunePass(
 ): Promise<PrunePassReport> {
   const startedAt = new Date();
   const { batchSize } = plan;
-  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0, namespaces: [], skipped: [] };
+  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0, stagedEvents: 0, namespaces: [], skipped: [] };
   // First: it needs no table of ours, so a node used as a plain drop-in for upstream (schema
   // not migrated, recovery off) still cleans the shared attachments table, as upstream's nodes do.
   // A missing attachments table (reported at start) must not stop the log's pruning: rethrown at the end.
@@ -125,7 +138,8 @@ export async function runPrunePass(
   } catch (err) {
     attachmentsFailure = err;
   }
-  for (const { namespace, retentionMs } of await planned(client, queries, plan)) {
+  const namespaces = await planned(client, queries, plan);
+  for (const { namespace, retentionMs } of namespaces) {
     if (retentionMs === undefined) {
       report.skipped.push(namespace.name);
       continue;
@@ -142,12 +156,20 @@ export async function runPrunePass(
     const removed = await queries.pruneNamespace(client, namespace.id, retentionMs + NAMESPACE_IDLE_MS);
     if (removed) report.namespaceRows++;
   }
+  const stagedRetention = longestRetention(namespaces);
+  if (stagedRetention !== undefined) {
+    report.stagedEvents = await drain(batchSize, () => queries.pruneStaged(client, stagedRetention, batchSize));
+  }
   if (plan.sessions) {
     report.sessions = await drain(batchSize, () => queries.pruneSessions(client, batchSize));
     await queries.pruneNodes(client);
   }
-  const { logEntries, sessions, attachments, writers, namespaceRows } = report;
-  await queries.recordRun(client, startedAt, JSON.stringify({ source, logEntries, sessions, attachments, writers, namespaceRows }));
+  const { logEntries, sessions, attachments, writers, namespaceRows, stagedEvents } = report;
+  await queries.recordRun(
+    client,
+    startedAt,
+    JSON.stringify({ source, logEntries, sessions, attachments, writers, namespaceRows, ...(stagedEvents > 0 ? { stagedEvents } : {}) }),
+  );
   if (attachmentsFailure !== undefined) throw attachmentsFailure;
   return report;
 }
@@ -157,7 +179,7 @@ export async function runPrunePass(
  * deletes nothing, records nothing, takes no lock.
  */
 export async function previewPrunePass(client: PoolClient, queries: PruneQueries, plan: PrunePlan): Promise<PrunePassReport> {
-  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0, namespaces: [], skipped: [] };
+  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0, stagedEvents: 0, namespaces: [], skipped: [] };
   await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
   try {
     for (const { namespace, retentionMs } of await planned(client, queries, plan)) {

@@ -304,6 +304,8 @@ async function main() {
   $("drop").addEventListener("click", dropConnection);
   $("move").addEventListener("click", () => moveTo($("move-target").value));
   $("restart-mine").addEventListener("click", () => demo.node && restartNode(demo.node));
+  $("emit-worker").addEventListener("click", () => api("/api/emit/worker", { method: "POST" }).catch(() => {}));
+  $("emit-rollback").addEventListener("click", () => api("/api/emit/rollback", { method: "POST" }).catch(() => {}));
   $("crash-mine").addEventListener("click", () => demo.node && crashNode(demo.node));
   $("offline").addEventListener("click", () => {
     if (demo.offlineTimer) comeBack();

@@ -12,6 +12,7 @@ export class PruneQueries {
   private readonly maintenance: string;
   private readonly writers: string;
   private readonly nodes: string;
+  private readonly staged: string;
   private readonly lockKey: string;
 
   constructor(
@@ -25,6 +26,7 @@ export class PruneQueries {
     this.maintenance = qualifiedName(schema, "maintenance");
     this.writers = qualifiedName(schema, "log_writers");
     this.nodes = qualifiedName(schema, "nodes");
+    this.staged = qualifiedName(schema, "staged_events");
     this.lockKey = `socket.io-postgres-recovery:prune:${schema}`;
   }
 
@@ -167,7 +169,28 @@ export class PruneQueries {
     return result.rowCount ?? 0;
   }
 
+  /**
+   * Staged events (createEmitter, emit()) written longer than `retentionMs`
+   * ago and still not moved into a log: no node served their namespace
+   * meanwhile (a dynamic namespace nobody connected to). A client whose
+   * session is that old cannot recover anyway. SKIP LOCKED: a row a node is
+   * moving right now is left to it.
+   */
+  async pruneStaged(client: PoolClient, retentionMs: number, limit: number): Promise<number> {
+    const result = await client.query(
+      `DELETE FROM ${this.staged} WHERE id IN (
+         SELECT id FROM ${this.staged} WHERE created_at < now() - $1 * interval '1 millisecond'
+         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+      [retentionMs, limit],
+    );
+    return result.rowCount ?? 0;
+  }
+
   // ---- counting what a pass would delete (dry run; same conditions, no batches)
+
+  async countStaged(client: PoolClient, retentionMs: number): Promise<number> {
+    return this.count(client, `SELECT count(*) AS n FROM ${this.staged} WHERE created_at < now() - $1 * interval '1 millisecond'`, [retentionMs]);
+  }
 
   /** Entries older than the retention: what the batched pruneLog loop removes. */
   async countLog(client: PoolClient, namespaceId: number, retentionMs: number): Promise<number> {
