@@ -36,10 +36,11 @@ import { w3 } from "./workloads/w3-storm.js";
 import { w4 } from "./workloads/w4-replay.js";
 import { w5 } from "./workloads/w5-prune.js";
 import { w6 } from "./workloads/w6-crash-storm.js";
-import { w7 } from "./workloads/w7-at-rest.js";
+import { w7 } from "./workloads/w7-cotenancy.js";
+import { w8 } from "./workloads/w8-at-rest.js";
 import { summariseProfiles } from "./profile-summary.js";
 
-const WORKLOADS: Workload[] = [w1, w1split, w2, w3, w4, w5, w6, w7];
+const WORKLOADS: Workload[] = [w1, w1split, w2, w3, w4, w5, w6, w7, w8];
 
 const { values: args } = parseArgs({
   options: {
@@ -226,6 +227,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
+    for (const w of workloads) await w.teardown?.().catch((err: unknown) => log(`${w.id} teardown failed: ${String(err)}`));
     await db.drop().catch((err: unknown) => log(`could not drop ${db.name}: ${String(err)}`));
   }
   report.machine.loadavgEnd = loadavg();

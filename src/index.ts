@@ -41,7 +41,8 @@ export type {
  * connection. The pool stays yours: closing the server never ends it.
  *
  * @param pool - a `pg.Pool`; the adapter borrows connections for short queries
- *   and opens one dedicated LISTEN connection with the pool's settings.
+ *   and opens one dedicated LISTEN connection with the pool's settings (or
+ *   `directConnection`'s, when the pool goes through a pooler in transaction mode).
  * @param options - see {@link PostgresRecoveryAdapterOptions}; validated now.
  */
 export function createAdapter(

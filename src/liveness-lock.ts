@@ -16,8 +16,8 @@
  * transaction left open (which holds back vacuum, and on the LISTEN
  * connection would hold back notifications: they arrive between
  * transactions). The LISTEN connection already is a dedicated session,
- * checked and replaced when it fails; behind PgBouncer in transaction mode it
- * must be a direct connection anyway (LISTEN needs one too).
+ * checked and replaced when it fails; behind PgBouncer in transaction mode
+ * `directConnection` sends it to Postgres itself (LISTEN needs that too).
  *
  * While the connection is being replaced the node does not hold its lock:
  * a client presenting one of its pids elsewhere then takes its socket, and

@@ -4,19 +4,20 @@
  * Created with the first namespace, closed with the last one. Never ends the
  * caller's pool.
  */
-import type { ClientConfig, Pool } from "pg";
+import type { Pool } from "pg";
 import type { ClusterMessage, ClusterResponse } from "socket.io-adapter";
 import { AttachmentsTable } from "./attachments-table.js";
 import { ClusterBus } from "./cluster-bus.js";
 import { settledBy } from "./deadline.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
+import { directConnectionConfig, openSessionConnection } from "./direct-connection.js";
 import { Listener } from "./listener.js";
 import { LivenessLock } from "./liveness-lock.js";
 import { NO_METRICS, type RecoveryMetrics } from "./metrics.js";
 import { NodeLiveness } from "./node-liveness.js";
 import type { ResolvedOptions } from "./options.js";
-import { NAMESPACE_ACTIVITY_INTERVAL_MS, Pruner, type PruneReport } from "./pruner.js";
+import { NAMESPACE_ACTIVITY_INTERVAL_MS, PRUNER_APPLICATION_NAME, Pruner, type PruneReport } from "./pruner.js";
 import { Semaphore } from "./semaphore.js";
 import { SkeletonWriter } from "./session-durability.js";
 import { SessionStore } from "./session-store.js";
@@ -118,7 +119,8 @@ export class NodeContext {
       onError: report,
     });
     this.listener = new Listener({
-      connection: { ...(pool.options as ClientConfig) },
+      // LISTEN needs a session of its own on Postgres itself, never a pooler's transaction.
+      connection: directConnectionConfig(pool, opts.directConnection),
       checkIntervalMs: opts.listenerCheckIntervalMs,
       onNotification: (channel, payload) => this.onNotification(channel, payload),
       onReconnected: () => {
@@ -131,7 +133,13 @@ export class NodeContext {
       resource: lock,
     });
     this.pruner = new Pruner(
-      pool,
+      // The pass holds a session advisory lock across its short transactions: a direct session.
+      // It names the attachments table as resolved through the pool's search_path (the direct
+      // connection's may differ), so a pass waits for that lookup (a failed one is reported by it).
+      async () => {
+        await this.attachments.name().catch(() => undefined);
+        return openSessionConnection(pool, opts.directConnection, PRUNER_APPLICATION_NAME);
+      },
       new PruneQueries(opts.schema, () => this.attachments.current),
       {
         retentionMs: () => {

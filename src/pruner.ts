@@ -4,10 +4,14 @@
  * time (advisory lock), the others skip theirs. A pass still running when the
  * next is due makes that one skip too.
  */
-import type { Pool, PoolClient } from "pg";
+import type { ClientBase } from "pg";
+import type { SessionConnection } from "./direct-connection.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import type { PruneQueries } from "./sql/prune-queries.js";
+
+/** Postgres' application_name of a pass's own connection (with `directConnection`). */
+export const PRUNER_APPLICATION_NAME = "socket.io-postgres-recovery:pruner";
 
 export interface PruneSettings {
   /** undefined: this node has no recovery (no log, no sessions to prune). */
@@ -84,7 +88,7 @@ export const NAMESPACE_IDLE_MS = 60 * 60 * 1000;
 export const NAMESPACE_ACTIVITY_INTERVAL_MS = 5 * 60 * 1000;
 
 /** Each namespace with the retention the plan gives it. */
-async function planned(client: PoolClient, queries: PruneQueries, plan: PrunePlan) {
+async function planned(client: ClientBase, queries: PruneQueries, plan: PrunePlan) {
   return (await queries.listNamespaces(client)).map((row) => {
     const namespace: PrunableNamespace = { id: row.id, name: row.name, storedRetentionMs: row.retentionMs };
     return { namespace, retentionMs: plan.retentionMs(namespace) };
@@ -119,7 +123,7 @@ async function drain(batchSize: number, step: () => Promise<number>): Promise<nu
  * the `maintenance` table (`source` says who ran it).
  */
 export async function runPrunePass(
-  client: PoolClient,
+  client: ClientBase,
   queries: PruneQueries,
   plan: PrunePlan,
   source: string,
@@ -178,7 +182,7 @@ export async function runPrunePass(
  * What `runPrunePass` would remove now, counted in one read-only snapshot:
  * deletes nothing, records nothing, takes no lock.
  */
-export async function previewPrunePass(client: PoolClient, queries: PruneQueries, plan: PrunePlan): Promise<PrunePassReport> {
+export async function previewPrunePass(client: ClientBase, queries: PruneQueries, plan: PrunePlan): Promise<PrunePassReport> {
   const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0, stagedEvents: 0, namespaces: [], skipped: [] };
   await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
   try {
@@ -208,7 +212,8 @@ export class Pruner {
   private running: Promise<PruneReport> | undefined;
 
   constructor(
-    private readonly pool: Pool,
+    /** A session that reaches Postgres itself: the pass's lock spans its transactions. */
+    private readonly connect: () => Promise<SessionConnection>,
     private readonly queries: PruneQueries,
     private readonly settings: PruneSettings,
     private readonly onError: (err: Error) => void,
@@ -238,7 +243,8 @@ export class Pruner {
 
   private async pass(): Promise<PruneReport> {
     const report: PruneReport = { ran: false, logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0 };
-    const client = await this.pool.connect();
+    const session = await this.connect();
+    const client = session.client;
     let broken: Error | undefined;
     try {
       if (!(await this.queries.tryLock(client))) {
@@ -279,7 +285,7 @@ export class Pruner {
       throw new Error(`socket.io-postgres-recovery: pruning failed: ${broken.message}`, { cause: err });
     } finally {
       // A connection that failed mid-pass may still hold the lock: destroy it rather than reuse it.
-      client.release(broken);
+      await session.release(broken);
     }
   }
 }

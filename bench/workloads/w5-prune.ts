@@ -9,7 +9,8 @@
  */
 import pg from "pg";
 import { migrate } from "../../src/index.js";
-import { Pruner } from "../../src/pruner.js";
+import { openSessionConnection } from "../../src/direct-connection.js";
+import { PRUNER_APPLICATION_NAME, Pruner } from "../../src/pruner.js";
 import { LogQueries } from "../../src/sql/log-queries.js";
 import { PruneQueries } from "../../src/sql/prune-queries.js";
 import { qualifiedName, quoteIdentifier } from "../../src/sql/identifiers.js";
@@ -65,7 +66,7 @@ async function run(ctx: RunContext): Promise<Metrics> {
 
     const errors: Error[] = [];
     const pruner = new Pruner(
-      prunePool,
+      () => openSessionConnection(prunePool, undefined, PRUNER_APPLICATION_NAME),
       new PruneQueries(schema, qualifiedName(schema, "socket_io_attachments")),
       { retentionMs: () => 60_000, attachmentsMaxAgeMs: 30_000, batchSize: 5000 },
       (err) => errors.push(err),

@@ -2,7 +2,7 @@
  * SQL of pruning. Every DELETE is bounded (`limit` rows) and runs as its own
  * short transaction, so writers never wait long behind a prune.
  */
-import type { PoolClient } from "pg";
+import type { ClientBase } from "pg";
 import { qualifiedName } from "./identifiers.js";
 
 export class PruneQueries {
@@ -35,7 +35,7 @@ export class PruneQueries {
   }
 
   /** One pruner per schema at a time: a session-level advisory lock, not waited for. */
-  async tryLock(client: PoolClient): Promise<boolean> {
+  async tryLock(client: ClientBase): Promise<boolean> {
     const { rows } = await client.query<{ locked: boolean }>(
       "SELECT pg_try_advisory_lock(hashtext($1)) AS locked",
       [this.lockKey],
@@ -43,7 +43,7 @@ export class PruneQueries {
     return rows[0]?.locked === true;
   }
 
-  async unlock(client: PoolClient): Promise<void> {
+  async unlock(client: ClientBase): Promise<void> {
     await client.query("SELECT pg_advisory_unlock(hashtext($1))", [this.lockKey]);
   }
 
@@ -51,7 +51,7 @@ export class PruneQueries {
    * Waits up to `timeoutMs` for the same lock (the CLI: a node's pass is short).
    * False when it is still held by then.
    */
-  async lock(client: PoolClient, timeoutMs: number): Promise<boolean> {
+  async lock(client: ClientBase, timeoutMs: number): Promise<boolean> {
     await client.query("SELECT set_config('lock_timeout', $1, false)", [`${timeoutMs}ms`]);
     let locked: boolean;
     try {
@@ -66,7 +66,7 @@ export class PruneQueries {
   }
 
   /** Every namespace with the retention its nodes stored (null: none stored yet). */
-  async listNamespaces(client: PoolClient): Promise<Array<{ id: number; name: string; retentionMs: number | null }>> {
+  async listNamespaces(client: ClientBase): Promise<Array<{ id: number; name: string; retentionMs: number | null }>> {
     const { rows } = await client.query<{ id: number; name: string; retention_ms: string | null }>(
       `SELECT id, name, retention_ms::text AS retention_ms FROM ${this.namespaces} ORDER BY name`,
     );
@@ -78,7 +78,7 @@ export class PruneQueries {
    * retention. Entries are appended in offset order at commit time, so age
    * follows offset: fewer than `limit` deleted means nothing older is left.
    */
-  async pruneLog(client: PoolClient, namespaceId: number, retentionMs: number, limit: number): Promise<number> {
+  async pruneLog(client: ClientBase, namespaceId: number, retentionMs: number, limit: number): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.log} AS l
        USING (SELECT "offset" FROM ${this.log} WHERE namespace_id = $1 ORDER BY "offset" LIMIT $3) AS oldest
@@ -90,7 +90,7 @@ export class PruneQueries {
   }
 
   /** The namespace's writers (adapters of past processes, mostly) idle for longer than `idleMs`. */
-  async pruneWriters(client: PoolClient, namespaceId: number, idleMs: number, limit: number): Promise<number> {
+  async pruneWriters(client: ClientBase, namespaceId: number, idleMs: number, limit: number): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.writers} WHERE writer_id IN (
          SELECT writer_id FROM ${this.writers}
@@ -113,7 +113,7 @@ export class PruneQueries {
    * delete, waiting on the row lock, then sees the fresh mark and keeps it)
    * or finds it gone and creates a new row.
    */
-  async pruneNamespace(client: PoolClient, namespaceId: number, idleMs: number): Promise<boolean> {
+  async pruneNamespace(client: ClientBase, namespaceId: number, idleMs: number): Promise<boolean> {
     const result = await client.query(
       `DELETE FROM ${this.namespaces} AS n WHERE n.id = $1 AND ${this.unused("n")}`,
       [namespaceId, idleMs],
@@ -134,7 +134,7 @@ export class PruneQueries {
    * would have expired by now (`ttl_ms` after the node's last heartbeat): a
    * skeleton's own `expires_at` is infinite while its node lives.
    */
-  async pruneSessions(client: PoolClient, limit: number): Promise<number> {
+  async pruneSessions(client: ClientBase, limit: number): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.sessions} WHERE pid_hash IN (
          (SELECT pid_hash FROM ${this.sessions} WHERE expires_at < now() LIMIT $1)
@@ -150,7 +150,7 @@ export class PruneQueries {
   }
 
   /** Rows of dead nodes that no skeleton names any more. */
-  async pruneNodes(client: PoolClient): Promise<number> {
+  async pruneNodes(client: ClientBase): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.nodes} n
         WHERE n.heartbeat_at < now() - n.dead_after_ms * interval '1 millisecond'
@@ -159,7 +159,7 @@ export class PruneQueries {
     return result.rowCount ?? 0;
   }
 
-  async pruneAttachments(client: PoolClient, maxAgeMs: number, limit: number): Promise<number> {
+  async pruneAttachments(client: ClientBase, maxAgeMs: number, limit: number): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.attachments} WHERE id IN (
          SELECT id FROM ${this.attachments} WHERE created_at < now() - $1 * interval '1 millisecond'
@@ -176,7 +176,7 @@ export class PruneQueries {
    * session is that old cannot recover anyway. SKIP LOCKED: a row a node is
    * moving right now is left to it.
    */
-  async pruneStaged(client: PoolClient, retentionMs: number, limit: number): Promise<number> {
+  async pruneStaged(client: ClientBase, retentionMs: number, limit: number): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.staged} WHERE id IN (
          SELECT id FROM ${this.staged} WHERE created_at < now() - $1 * interval '1 millisecond'
@@ -188,12 +188,12 @@ export class PruneQueries {
 
   // ---- counting what a pass would delete (dry run; same conditions, no batches)
 
-  async countStaged(client: PoolClient, retentionMs: number): Promise<number> {
+  async countStaged(client: ClientBase, retentionMs: number): Promise<number> {
     return this.count(client, `SELECT count(*) AS n FROM ${this.staged} WHERE created_at < now() - $1 * interval '1 millisecond'`, [retentionMs]);
   }
 
   /** Entries older than the retention: what the batched pruneLog loop removes. */
-  async countLog(client: PoolClient, namespaceId: number, retentionMs: number): Promise<number> {
+  async countLog(client: ClientBase, namespaceId: number, retentionMs: number): Promise<number> {
     return this.count(
       client,
       `SELECT count(*) AS n FROM ${this.log}
@@ -202,7 +202,7 @@ export class PruneQueries {
     );
   }
 
-  async countWriters(client: PoolClient, namespaceId: number, idleMs: number): Promise<number> {
+  async countWriters(client: ClientBase, namespaceId: number, idleMs: number): Promise<number> {
     return this.count(
       client,
       `SELECT count(*) AS n FROM ${this.writers}
@@ -212,11 +212,11 @@ export class PruneQueries {
   }
 
   /** Whether `pruneNamespace` would delete the row now. */
-  async countNamespace(client: PoolClient, namespaceId: number, idleMs: number): Promise<boolean> {
+  async countNamespace(client: ClientBase, namespaceId: number, idleMs: number): Promise<boolean> {
     return (await this.count(client, `SELECT count(*) AS n FROM ${this.namespaces} AS n WHERE n.id = $1 AND ${this.unused("n")}`, [namespaceId, idleMs])) > 0;
   }
 
-  async countSessions(client: PoolClient): Promise<number> {
+  async countSessions(client: ClientBase): Promise<number> {
     return this.count(
       client,
       `SELECT (SELECT count(*) FROM ${this.sessions} WHERE expires_at < now())
@@ -228,7 +228,7 @@ export class PruneQueries {
     );
   }
 
-  async countAttachments(client: PoolClient, maxAgeMs: number): Promise<number> {
+  async countAttachments(client: ClientBase, maxAgeMs: number): Promise<number> {
     return this.count(
       client,
       `SELECT count(*) AS n FROM ${this.attachments} WHERE created_at < now() - $1 * interval '1 millisecond'`,
@@ -236,12 +236,12 @@ export class PruneQueries {
     );
   }
 
-  private async count(client: PoolClient, sql: string, params: unknown[]): Promise<number> {
+  private async count(client: ClientBase, sql: string, params: unknown[]): Promise<number> {
     const { rows } = await client.query<{ n: string }>(sql, params);
     return Number(rows[0]?.n ?? 0);
   }
 
-  async recordRun(client: PoolClient, startedAt: Date, result: string): Promise<void> {
+  async recordRun(client: ClientBase, startedAt: Date, result: string): Promise<void> {
     await client.query(
       `INSERT INTO ${this.maintenance} (task, last_started_at, last_finished_at, last_result)
        VALUES ('prune', $1, now(), $2)

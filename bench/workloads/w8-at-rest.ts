@@ -1,7 +1,7 @@
 /**
- * W7 at rest: what connected sockets cost the database when nothing
+ * W8 at rest: what connected sockets cost the database when nothing
  * happens. w3Clients sockets in rooms on node 0 of two nodes, left idle for
- * w7IdleMs after their skeletons were written; every statement our adapter
+ * w8IdleMs after their skeletons were written; every statement our adapter
  * sends on its pools is counted in the node processes (node-process.ts),
  * those that write rows apart. Run beside `ours-no-crash-safety`, the
  * difference is what crash safety costs at rest: each node's heartbeat
@@ -23,7 +23,7 @@ interface Statements {
 const SETTLE_MS = 6000;
 
 async function run(ctx: RunContext): Promise<Metrics> {
-  const { w3Clients: sockets, w3Rooms, w7IdleMs } = ctx.sizes;
+  const { w3Clients: sockets, w3Rooms, w8IdleMs } = ctx.sizes;
   const cluster = await startCluster(ctx, 2);
   try {
     const { nodes, clients } = cluster;
@@ -33,9 +33,9 @@ async function run(ctx: RunContext): Promise<Metrics> {
     const counts = () => Promise.all(nodes.map((n) => call<Statements>(n.child, "statements")));
     const cpu = () => call<{ cpuMs: number }>(nodes[0]!.child, "usage");
     const [before, commitsBefore, cpuBefore] = [await counts(), await ctx.db.commits(), await cpu()];
-    await sleep(w7IdleMs);
+    await sleep(w8IdleMs);
     const [after, commitsAfter, cpuAfter] = [await counts(), await ctx.db.commits(), await cpu()];
-    const minutes = w7IdleMs / 60_000;
+    const minutes = w8IdleMs / 60_000;
     const delta = (key: keyof Statements) => after.reduce((sum, a, i) => sum + a[key] - before[i]![key], 0);
     return {
       sockets,
@@ -51,8 +51,8 @@ async function run(ctx: RunContext): Promise<Metrics> {
   }
 }
 
-export const w7: Workload = {
-  id: "W7",
+export const w8: Workload = {
+  id: "W8",
   title: "at rest (idle sockets on node 0 of 2 nodes): database statements",
   metrics: [
     { key: "sockets", label: "connected sockets" },
