@@ -34,6 +34,7 @@ import type { NamespaceMember, NodeContext } from "./node-context.js";
 import { encodeOptions, isOrderedOperation, orderedOperation, type OperationMessage } from "./operation-messages.js";
 import { normalizeEventData, prepareLoggedPacket } from "./payload.js";
 import { orderDisconnect, ProgramOrder } from "./program-order.js";
+import { FailoverGuard } from "./failover-guard.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
 import { moveStaged } from "./staged-events.js";
@@ -68,6 +69,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly sequencer: Sequencer | undefined;
   private readonly writer: LogWriter | undefined;
   private readonly restorer: Restorer | undefined;
+  /** Offsets the database lost or skipped after a failover (failover-guard.ts). */
+  private readonly guard: FailoverGuard | undefined;
   /** Skeletons of this namespace's sockets, for restores after a crash. */
   private readonly durability: SessionDurability | undefined;
   /** Moves events staged outside the nodes (createEmitter, the SQL function) into the log. */
@@ -121,10 +124,22 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           if (id === undefined) return [];
           return (await this.ctx.log.range(id, after, upTo, limit, maxBytes)).entries;
         },
+        explainHole: (after, end, known) => this.guard?.explainHole(after, end, known) ?? Promise.resolve(undefined),
         onError: (err) => this.ctx.reportError(err),
       });
+      this.guard = new FailoverGuard(
+        {
+          nspName: this.nspName,
+          namespaceId: () => this.namespaceId,
+          cursor: () => this.sequencer?.cursor,
+          skip: (after, through) => this.sequencer?.skip(after, through),
+          reconciled: () => this.ctx.liveness.beatSoon(),
+          reportError: (err) => this.ctx.reportError(err),
+        },
+        ctx.log,
+      );
       this.writer = new LogWriter(this.logWriterHost(), ctx, this.sequencer);
-      this.restorer = new Restorer(this.restorerHost(), ctx, this.sequencer, this.ledger, this.recovery.maxDisconnectionDuration);
+      this.restorer = new Restorer(this.restorerHost(), ctx, this.sequencer, this.ledger, this.recovery.maxDisconnectionDuration, this.guard);
       this.durability = ctx.opts.crashSafety
         ? new SessionDurability(this.durabilityHost(), ctx.skeletons, this.recovery.maxDisconnectionDuration, ctx.opts.checkpointIntervalMs)
         : undefined;
@@ -230,6 +245,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           await this.ctx.listener.listen(this.ctx.staging.channel);
           const { id, head } = await this.ctx.log.namespace(this.nspName, this.retentionMs());
           await this.ctx.log.registerWriter(this.writerId, id);
+          await this.guard?.started(id);
           if (this.gaveUp) return;
           this.namespaceId = id;
           this.ctx.bindNamespaceId(id, this);
@@ -312,6 +328,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       deliverUnlogged: (packet) => this.deliverUnlogged(packet),
       committed: (packets, from) => this.order?.committed(packets, from),
       accepted: (packet) => this.mixedCluster.relay(packet),
+      jumped: (after) => this.guard?.jumped(after),
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };
   }
@@ -370,12 +387,18 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.sendToLocalSockets(logged, this.sequencer?.cursor);
   }
 
-  onLogNotification(from: number, count: number, inline: string): void {
+  onLogNotification(from: number, count: number, inline: string, jumpedFrom?: number): void {
     const sequencer = this.sequencer;
     if (!sequencer || !Number.isSafeInteger(from) || !Number.isSafeInteger(count) || count < 1) return;
     const to = from + count - 1;
     const cursor = sequencer.cursor;
     if (cursor !== undefined && to <= cursor) return; // e.g. this node's own batch, already delivered
+    if (jumpedFrom !== undefined && Number.isSafeInteger(jumpedFrom) && jumpedFrom < from - 1) {
+      // The first append into another database incarnation: nothing lies between.
+      // The cursor before stepping over the gap is this node's evidence of a loss (failover-guard.ts).
+      this.guard?.jumped(jumpedFrom);
+      sequencer.skip(jumpedFrom, from - 1);
+    }
     if (inline === "") {
       sequencer.offerRange(from, to);
       return;
@@ -385,8 +408,24 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   onListenerReconnected(): void {
-    this.sequencer?.catchUp();
+    // The database may be another one now (a failover, a restart): tell it what this node delivered,
+    // and learn the gaps before reading on (catching up across an unknown gap would overflow the buffer).
     this.staged?.request(); // commits notified while the connection was down
+    const sequencer = this.sequencer;
+    if (!sequencer) return;
+    if (!this.guard) {
+      sequencer.catchUp();
+      return;
+    }
+    void this.guard.listenerBack().finally(() => sequencer.catchUp());
+  }
+
+  onListenerLost(): void {
+    this.guard?.listenerLost();
+  }
+
+  reconciledIncarnation(): string | undefined {
+    return this.guard ? this.guard.reconciledIncarnation : "*";
   }
 
   onStagedEvents(): void {
@@ -643,6 +682,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.order?.close();
       super.close();
       this.sequencer?.close();
+      this.guard?.close();
       this.durability?.close();
       await this.ctx.remove(this, deadline);
     })();

@@ -26,6 +26,8 @@ export interface ListenerOptions {
   onNotification(channel: string, payload: string): void;
   /** After the connection was replaced and LISTEN re-issued (not after the first connection). */
   onReconnected(): void;
+  /** The connection failed (before it is replaced): the database may be another one when it is back. */
+  onLost?(): void;
   onError(err: Error): void;
   /** A session-level resource (the liveness lock) held on this connection. */
   resource?: ConnectionResource;
@@ -177,6 +179,7 @@ export class Listener {
     if (client !== this.client) return;
     this.client = undefined;
     this.opts.resource?.lost();
+    this.opts.onLost?.();
     this.opts.onError(new Error("socket.io-postgres-recovery: LISTEN connection lost; reconnecting", { cause }));
     destroy(client);
     this.connect();

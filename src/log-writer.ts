@@ -63,6 +63,11 @@ export interface LogWriterHost {
    * mixed-cluster.ts), in program order with its other cluster messages.
    */
   accepted(packet: LoggedPacket): void;
+  /**
+   * This node's append was the first into another database incarnation: the
+   * head jumped over (after, through] (see log-gaps.ts).
+   */
+  jumped(after: number, through: number): void;
   emit(event: "outage-started", payload: OutageStartedEvent): void;
   emit(event: "outage-ended", payload: OutageEndedEvent): void;
 }
@@ -229,7 +234,7 @@ export class LogWriter {
     }
     const payloads = items.map((item) => item.payload);
     const appendStarted = performance.now();
-    const { from, appliedBefore } = await this.ctx.log.append(
+    const { from, appliedBefore, jumpedFrom } = await this.ctx.log.append(
       id,
       writerId,
       this.batchNumber,
@@ -240,6 +245,12 @@ export class LogWriter {
     this.outage.writeSucceeded();
     this.ctx.metrics.appended(this.host.nspName, (performance.now() - appendStarted) / 1000, items.length);
     if (appliedBefore) debug("batch %d of %s had been committed by an earlier attempt", this.batchNumber, writerId);
+    if (jumpedFrom !== undefined) {
+      // The first append into another database incarnation: the head jumped over (jumpedFrom, from - 1].
+      // Told first: this node's cursor, before it steps over the gap, is the evidence of a loss.
+      this.host.jumped(jumpedFrom, from - 1);
+      this.sequencer.skip(jumpedFrom, from - 1);
+    }
     // Operations waiting for these events learn their offsets before any of them can be delivered.
     this.host.committed(items.map((item) => item.submitted), from);
     // Offered to the sequencer as a whole, in this same tick: delivered when the cursor reaches them.

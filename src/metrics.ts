@@ -96,6 +96,8 @@ const REFUSAL_REASONS: ReadonlyArray<[RegExp, string]> = [
   [/exceed maxReplayEntries/, "too_many_entries"],
   [/exceed maxReplayBytes|more was delivered during the restore/, "too_large"],
   [/was pruned/, "pruned"],
+  [/the database lost/, "lost_in_failover"],
+  [/has not yet said whether it delivered/, "failover_unsettled"],
   [/^abandoned/, "failed"],
   [/^failed/, "failed"],
 ];

@@ -36,12 +36,17 @@ export interface NamespaceMember {
   /** Retention this namespace needs (undefined without recovery). */
   retentionMs(): number | undefined;
   onClusterMessage(message: ClusterMessage | ClusterResponse): void;
-  onLogNotification(from: number, count: number, inline: string): void;
+  /** `jumpedFrom`: the head jumped from there to `from - 1` (a gap, see log-gaps.ts). */
+  onLogNotification(from: number, count: number, inline: string, jumpedFrom?: number): void;
   onListenerReconnected(): void;
+  /** The LISTEN connection failed: the database may be another incarnation when it is back. */
+  onListenerLost(): void;
   /** An emitter or the SQL function staged events of this namespace (see staged-mover.ts). */
   onStagedEvents(): void;
   /** This node was declared dead and registered again: drop the sockets restored elsewhere. */
   onRevived(): Promise<void>;
+  /** The database incarnation this namespace last reconciled with ("*": nothing to tell; see failover-guard.ts). */
+  reconciledIncarnation(): string | undefined;
 }
 
 /** How long a node's registration waits for the listener's first attempt at the liveness lock. */
@@ -96,6 +101,7 @@ export class NodeContext {
       onRevived: async () => {
         for (const member of this.members.values()) await member.onRevived();
       },
+      reconciled: () => this.reconciledIncarnation(),
       onError: report,
     });
     this.skeletons = new SkeletonWriter(sessionQueries, {
@@ -128,6 +134,9 @@ export class NodeContext {
         this.liveness.beatNow();
         metrics.listenerReconnected();
         for (const member of this.members.values()) member.onListenerReconnected();
+      },
+      onLost: () => {
+        for (const member of this.members.values()) member.onListenerLost();
       },
       onError: report,
       resource: lock,
@@ -250,6 +259,23 @@ export class NodeContext {
     return this.closing;
   }
 
+  /**
+   * The incarnation every namespace of this node reconciled with, for the
+   * heartbeat (see `nodes.reconciled_incarnation`): "*" when none has
+   * anything to tell, undefined while some has not reconciled yet.
+   */
+  private reconciledIncarnation(): string | undefined {
+    let common = "*";
+    for (const member of this.members.values()) {
+      const incarnation = member.reconciledIncarnation();
+      if (incarnation === undefined) return undefined;
+      if (incarnation === "*") continue;
+      if (common !== "*" && common !== incarnation) return undefined;
+      common = incarnation;
+    }
+    return common;
+  }
+
   private onNotification(channel: string, payload: string): void {
     try {
       if (channel === this.opts.logChannel) {
@@ -257,9 +283,9 @@ export class NodeContext {
           this.sessions.onWritten(payload.slice(2));
           return;
         }
-        const [id, from, count, inline] = payload.split("|");
+        const [id, from, count, inline, jumpedFrom] = payload.split("|");
         const member = this.byNamespaceId.get(Number(id));
-        member?.onLogNotification(Number(from), Number(count), inline ?? "");
+        member?.onLogNotification(Number(from), Number(count), inline ?? "", jumpedFrom === undefined ? undefined : Number(jumpedFrom));
       } else if (channel === this.staging.channel) {
         // The payload is the namespace's name (sent at the commit of the transaction that staged).
         this.members.get(payload)?.onStagedEvents();

@@ -15,7 +15,7 @@
  */
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
-import type { LivenessQueries } from "./sql/liveness-queries.js";
+import type { LivenessQueries, Reconciled } from "./sql/liveness-queries.js";
 
 export interface NodeLivenessOptions {
   nodeId: string;
@@ -27,6 +27,8 @@ export interface NodeLivenessOptions {
   lockKey(): string | undefined;
   /** The node was declared dead and registered again: check what it still holds. */
   onRevived(): Promise<void>;
+  /** What the heartbeat reports of this node's reconciliation with the database (see LivenessQueries.heartbeat). */
+  reconciled?(): Reconciled;
   onError(err: Error): void;
 }
 
@@ -66,6 +68,19 @@ export class NodeLiveness {
     return this.registered;
   }
 
+  /**
+   * A heartbeat now (after the one under way, if any), not at the next
+   * interval: the node just reconciled with the database, and restores
+   * across a gap wait for every live node to report that (failover-guard.ts).
+   */
+  beatSoon(): void {
+    if (this.stopped || this.timer === undefined) return;
+    const after = this.beating ?? Promise.resolve();
+    this.beating = after.then(() => this.beat()).finally(() => {
+      this.beating = undefined;
+    });
+  }
+
   /** Resolves once the node's row exists (skeletons must not be written before). */
   ready(): Promise<void> {
     return this.start();
@@ -85,7 +100,7 @@ export class NodeLiveness {
 
   private async beat(): Promise<void> {
     try {
-      const alive = await this.queries.heartbeat(this.opts.nodeId, this.opts.lockKey());
+      const alive = await this.queries.heartbeat(this.opts.nodeId, this.opts.reconciled?.(), this.opts.lockKey());
       this.failing = false;
       if (alive || this.stopped) return;
       debug("node %s was declared dead; registering again and dropping what was taken", this.opts.nodeId);

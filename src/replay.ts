@@ -7,6 +7,7 @@
  * cursor were delivered while the socket was in the room.
  */
 import type { LeftRoom, LogEntry } from "./codec.js";
+import { holeSize, type Hole } from "./log-gaps.js";
 
 export interface Membership {
   /** Room → offset of the node's cursor when the socket joined it. */
@@ -43,9 +44,11 @@ export interface ReplayLimits {
 }
 
 /** Why a replay of (offset, upTo] is refused before reading it, or undefined. */
-export function refuseRange(offset: number, upTo: number, limits: ReplayLimits): string | undefined {
-  if (upTo - offset > limits.maxReplayEntries) {
-    return `${upTo - offset} entries to replay exceed maxReplayEntries (${limits.maxReplayEntries})`;
+export function refuseRange(offset: number, upTo: number, limits: ReplayLimits, holes: readonly Hole[] = []): string | undefined {
+  // Offsets are dense but for recorded gaps (log-gaps.ts), which hold nothing.
+  const entries = upTo - offset - holeSize(holes);
+  if (entries > limits.maxReplayEntries) {
+    return `${entries} entries to replay exceed maxReplayEntries (${limits.maxReplayEntries})`;
   }
   return undefined;
 }
@@ -84,7 +87,7 @@ export interface SessionEnd {
  *   with a shorter retention pruning them used to make the restore replay
  *   less under `recovered === true`).
  * After a crash (`end` undefined) nothing is known about the range: all of it
- * is needed.
+ * is needed. `holes` are recorded gaps (log-gaps.ts): no entry is there.
  */
 export function planReplay(
   entries: readonly LogEntry[],
@@ -93,12 +96,13 @@ export function planReplay(
   end: SessionEnd | undefined,
   member: Membership,
   limits: ReplayLimits,
+  holes: readonly Hole[] = [],
 ): ReplayPlan {
   const bytes = entries.reduce((sum, entry) => sum + entry.bytes, 0);
   if (bytes > limits.maxReplayBytes) {
     return { refused: `${bytes} bytes to replay exceed maxReplayBytes (${limits.maxReplayBytes})` };
   }
-  const missing = firstMissing(entries, offset, upTo, end);
+  const missing = firstMissing(entries, offset, upTo, end, holes);
   if (missing !== undefined) {
     return { refused: `entry ${missing}, which the replay after offset ${offset} needs, was pruned (retention too short for this session?)` };
   }
@@ -112,10 +116,18 @@ export function firstMissing(
   offset: number,
   upTo: number,
   end: SessionEnd | undefined,
+  holes: readonly Hole[] = [],
 ): number | undefined {
-  // The first needed offset in [from, to), skipping the window known not to be addressed.
+  // The first needed offset in [from, to), skipping the window known not to be addressed
+  // and the holes (recorded gaps: offsets that hold nothing).
   const firstNeeded = (from: number, to: number): number | undefined => {
-    const n = end !== undefined && from > end.lastDelivered && from <= end.cursor ? end.cursor + 1 : from;
+    let n = from;
+    for (;;) {
+      const before = n;
+      if (end !== undefined && n > end.lastDelivered && n <= end.cursor) n = end.cursor + 1;
+      for (const [after, through] of holes) if (n > after && n <= through) n = through + 1;
+      if (n === before) break;
+    }
     return n < to ? n : undefined;
   };
   let expected = offset + 1;

@@ -20,6 +20,7 @@ import { decodeSession, parseOffset, type LogEntry } from "./codec.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import type { NodeContext } from "./node-context.js";
+import type { FailoverGuard } from "./failover-guard.js";
 import { planReplay, refuseRange, type Membership } from "./replay.js";
 import type { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
@@ -91,6 +92,8 @@ export class Restorer {
     ledger: SocketLedger,
     /** Lifetime of a stored session (`maxDisconnectionDuration`). */
     private readonly sessionTtlMs: number,
+    /** What the database lost or skipped (log-gaps.ts). */
+    private readonly guard: FailoverGuard,
   ) {
     this.stitcher = new Stitcher(
       {
@@ -224,10 +227,31 @@ export class Restorer {
     // is captured for this socket. Failing here puts the session back; refusing consumes it.
     let pending: PendingRestore | undefined;
     try {
+      // 3a. Offsets the database lost (log-gaps.ts). This node's own evidence is in the database first.
+      await this.guard.ready();
+      if (offset > this.sequencer.knownHead || this.guard.gaps.containing(offset)) {
+        // Past every offset this node knows committed: the client's offset is evidence too (an offset
+        // above the database's head was lost), and one inside a gap marks the gap lost.
+        await this.guard.reconcile(namespaceId, offset);
+      }
+      const lostOffset = this.guard.gaps.refusal(offset, offset, true);
+      if (lostOffset) return { refused: lostOffset };
       // The client may be ahead of this node: replay starts after its offset, so wait until we are there.
       await this.sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
+      let settled = true;
+      if (this.guard.gaps.overlapping(offset, this.sequencer.cursor ?? offset).length > 0) {
+        // Rare (the client was away while the database changed): another node may have marked the gap
+        // lost since, or may not have said yet whether it delivered entries inside.
+        // Leaves time for the read after it.
+        settled = await this.guard.settled(deadline - Math.min(1000, this.ctx.opts.restoreTimeoutMs / 4));
+        await this.guard.refresh(namespaceId);
+      }
+      // No await from here until the stitch opens: whatever this node delivers after `upTo` is captured.
       const upTo = this.sequencer.cursor ?? offset;
-      const tooLong = refuseRange(offset, upTo, this.ctx.opts);
+      const crossesLoss = this.guard.gaps.refusal(offset, upTo, settled);
+      if (crossesLoss) return { refused: crossesLoss };
+      const holes = this.guard.gaps.holes(offset, upTo);
+      const tooLong = refuseRange(offset, upTo, this.ctx.opts, holes);
       if (tooLong) return { refused: tooLong };
       pending = this.stitcher.open(taken, offset, membership, upTo);
       // Bounded in count and bytes: a replay over either limit is refused below, so no more is read.
@@ -241,7 +265,7 @@ export class Restorer {
         ).entries;
       // After a crash nothing is known of the session's end: every entry after the offset is needed.
       const end = stored.crashed ? undefined : { lastDelivered: stored.lastOffset, cursor: stored.cursorOffset };
-      const plan = planReplay(entries, offset, upTo, end, membership, this.ctx.opts);
+      const plan = planReplay(entries, offset, upTo, end, membership, this.ctx.opts, holes);
       if (plan.refused !== undefined) return { refused: plan.refused };
       if (pending.overflowed) return { refused: "more was delivered during the restore than maxReplayEntries or maxReplayBytes allow" };
       if (attempt.abandoned) {

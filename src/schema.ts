@@ -53,7 +53,38 @@ export const namespaces = pgTable("namespaces", {
    * so the head of a namespace some node still serves never goes back to 0.
    */
   activeAt: timestamp("active_at", { withTimezone: true }).notNull().defaultNow(),
+  /**
+   * The database server incarnation (`pg_postmaster_start_time()`) that last
+   * moved `head`. A write that finds another one (Postgres restarted, a
+   * replica promoted, an older copy of the data put back) first moves `head`
+   * past every offset the history before it could have used, and records
+   * the range skipped in `log_gaps`: commits lost in a failover never have
+   * their offsets handed out again. See docs/design.md, "Failover".
+   */
+  incarnation: timestamp("incarnation", { withTimezone: true }).notNull().default(sql`pg_postmaster_start_time()`),
+  /** `head` before the jump made by the latest update that jumped (that update reads it back). */
+  jumpedFrom: bigint("jumped_from", { mode: "number" }),
 });
+
+/**
+ * Ranges of a namespace's offsets that hold no entry and never will:
+ * `(after_offset, through_offset]`, skipped by a jump of `head` (see
+ * `namespaces.incarnation`). `lost`: some of them were committed and
+ * delivered before the database lost them (a node's cursor or a client's
+ * offset lay inside), so a restore whose replay crosses the range would miss
+ * events and is refused; a restore from an offset inside it always is.
+ */
+export const logGaps = pgTable(
+  "log_gaps",
+  {
+    namespaceId: integer("namespace_id").notNull(),
+    afterOffset: bigint("after_offset", { mode: "number" }).notNull(),
+    throughOffset: bigint("through_offset", { mode: "number" }).notNull(),
+    lost: boolean("lost").notNull().default(false),
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.namespaceId, t.afterOffset] })],
+);
 
 /** The message log: one row per logged broadcast, addressed by (namespace, offset). */
 export const logEntries = pgTable(
@@ -151,6 +182,13 @@ export const nodes = pgTable("nodes", {
   heartbeatAt: timestamp("heartbeat_at", { withTimezone: true }).notNull().defaultNow(),
   deadAfterMs: bigint("dead_after_ms", { mode: "number" }).notNull(),
   declaredDead: boolean("declared_dead").notNull().default(false),
+  /**
+   * The database incarnation (`pg_postmaster_start_time()`) under which this
+   * node last told the database what it delivered, for every namespace it
+   * serves (see `log_gaps`): once every live node shows the current one, a
+   * gap nobody marked lost is known to hold nothing anyone delivered.
+   */
+  reconciledIncarnation: timestamp("reconciled_incarnation", { withTimezone: true }),
   /**
    * Key of the session-level advisory lock the node holds on its LISTEN
    * connection (see liveness-lock.ts), once it held it; NULL for a node that

@@ -67,6 +67,14 @@ export interface SequencerOptions {
    * row crossing it is included (so a read always returns a row when one exists).
    */
   read(after: number, upTo: number | undefined, limit: number, maxBytes: number): Promise<LogEntry[]>;
+  /**
+   * The table holds nothing in (after, end]: whether recorded gaps (jumps of
+   * the head after the database changed, see log-gaps.ts) cover it. Resolves
+   * to the offset the gaps cover through (>= end when they cover it all),
+   * or undefined. `known` is the highest offset this node knows committed:
+   * evidence of entries the database lost. Without it, a hole is pruned.
+   */
+  explainHole?(after: number, end: number, known: number): Promise<number | undefined>;
   onError(err: Error): void;
 }
 
@@ -80,8 +88,10 @@ interface Waiter {
 export class Sequencer {
   private _cursor: number | undefined;
   /** Highest offset known to be committed. */
-  private knownHead = 0;
+  private knownHeadValue = 0;
   private readonly ahead = new Map<number, LogEntry>();
+  /** Recorded gaps (after, through] ahead of the cursor: no entry is there, delivery steps over them. */
+  private skips: Array<readonly [number, number]> = [];
   /** Total `bytes` of the entries in `ahead`. */
   private aheadTotal = 0;
   /**
@@ -119,9 +129,18 @@ export class Sequencer {
     return this.aheadTotal;
   }
 
-  /** The highest offset known to be committed (for metrics: head minus cursor is the delivery lag). */
+  /** The highest offset known to be committed. */
+  get knownHead(): number {
+    return this.knownHeadValue;
+  }
+
+  /**
+   * For metrics: head minus cursor is the delivery lag. Known gaps ahead of
+   * the cursor (log-gaps.ts) are left out: they hold no entry to deliver.
+   */
   get head(): number {
-    return this.knownHead;
+    const cursor = this._cursor ?? 0;
+    return this.knownHeadValue - this.skippedBetween(cursor, this.knownHeadValue + 1);
   }
 
   /** The offset of the last delivered entry; undefined until `start()`. */
@@ -133,7 +152,7 @@ export class Sequencer {
   start(head: number): void {
     if (this._cursor !== undefined) return;
     this._cursor = head;
-    this.knownHead = Math.max(this.knownHead, head);
+    this.knownHeadValue = Math.max(this.knownHeadValue, head);
     this.dropAheadThrough(head);
     this.drain();
   }
@@ -142,7 +161,7 @@ export class Sequencer {
   offer(entries: readonly LogEntry[]): void {
     let dropped = 0;
     for (const entry of entries) {
-      if (entry.offset > this.knownHead) this.knownHead = entry.offset;
+      if (entry.offset > this.knownHeadValue) this.knownHeadValue = entry.offset;
       if (this.hold(entry) === "dropped") dropped++;
     }
     if (dropped > 0) this.reportOverflow(dropped);
@@ -162,7 +181,9 @@ export class Sequencer {
     if (previous) return "ignored"; // the same committed entry again (a read after a NOTIFY)
     const next = cursor === undefined ? undefined : cursor + 1;
     if (entry.offset !== next) {
-      if (cursor !== undefined && entry.offset > cursor + this.opts.maxBufferedEntries) return "dropped";
+      if (cursor !== undefined && entry.offset - this.skippedBetween(cursor, entry.offset) > cursor + this.opts.maxBufferedEntries) {
+        return "dropped";
+      }
       if (cursor === undefined && this.ahead.size >= this.opts.maxBufferedEntries) return "dropped";
       // Like a read's byte bound, the entry that crosses the bound is kept: one always fits.
       if (this.aheadTotal >= this.opts.maxBufferedBytes) return "dropped";
@@ -205,9 +226,36 @@ export class Sequencer {
     );
   }
 
+  /**
+   * Offsets (after, through] hold no entry and never will (a recorded gap,
+   * see log-gaps.ts): delivery steps over them when the cursor gets there.
+   * Entries held inside were the database's before it lost them: dropped.
+   */
+  skip(after: number, through: number): void {
+    if (through <= after || (this._cursor !== undefined && through <= this._cursor)) return;
+    if (this.skips.some(([a, t]) => a === after && t === through)) return;
+    this.skips.push([after, through]);
+    this.drain();
+  }
+
+  /** Offsets of (from, to) inside known gaps: they take no room ahead of the cursor. */
+  private skippedBetween(from: number, to: number): number {
+    let total = 0;
+    for (const [after, through] of this.skips) total += Math.max(0, Math.min(through, to - 1) - Math.max(after, from));
+    return total;
+  }
+
+  /** The end of the gap the cursor stands in or at the start of, if any. */
+  private skipThrough(cursor: number): number | undefined {
+    if (this.skips.length === 0) return undefined;
+    const found = this.skips.find(([after, through]) => after <= cursor && cursor < through);
+    this.skips = this.skips.filter(([, through]) => through > cursor);
+    return found?.[1];
+  }
+
   /** A committed range whose data has to be read (a NOTIFY without payload). */
   offerRange(from: number, to: number): void {
-    if (to > this.knownHead) this.knownHead = to;
+    if (to > this.knownHeadValue) this.knownHeadValue = to;
     if (this._cursor !== undefined && to > this._cursor && !this.ahead.has(this._cursor + 1)) {
       // Nothing to wait for: the data is only in the table.
       this.readSoon(0);
@@ -237,11 +285,11 @@ export class Sequencer {
       };
       waiter.timer.unref();
       this.waiters.push(waiter);
-      if (offset > this.knownHead) {
+      if (offset > this.knownHeadValue) {
         // We have not heard of that offset yet: it may be committed but its NOTIFY still on the way.
         this.readToEnd = true;
       }
-      this.readSoon(offset > this.knownHead ? 0 : this.opts.gapFillDelayMs);
+      this.readSoon(offset > this.knownHeadValue ? 0 : this.opts.gapFillDelayMs);
     });
   }
 
@@ -265,8 +313,18 @@ export class Sequencer {
     let cursor = this._cursor;
     const started = performance.now();
     let delivered = 0;
-    for (let next = this.ahead.get(cursor + 1); next; next = this.ahead.get(cursor + 1)) {
+    for (;;) {
       if (this.opts.paused?.()) break;
+      const gapEnd = this.skipThrough(cursor);
+      if (gapEnd !== undefined) {
+        // Nothing to deliver there; the next entry comes after the gap.
+        this.dropAheadThrough(gapEnd);
+        cursor = gapEnd;
+        this._cursor = cursor;
+        continue;
+      }
+      const next = this.ahead.get(cursor + 1);
+      if (!next) break;
       if (++delivered % CLOCK_EVERY === 0 && performance.now() - started > DELIVERY_SLICE_MS) {
         this.continueSoon();
         break;
@@ -299,7 +357,7 @@ export class Sequencer {
       this.readSoon(0);
       return;
     }
-    if (this.knownHead > cursor || this.ahead.size > 0) {
+    if (this.knownHeadValue > cursor || this.ahead.size > 0) {
       this.readSoon(this.opts.gapFillDelayMs);
     } else {
       clearTimeout(this.gapTimer);
@@ -339,7 +397,7 @@ export class Sequencer {
       return;
     }
     const wantsEnd = this.readToEnd;
-    const behind = this.knownHead > this._cursor;
+    const behind = this.knownHeadValue > this._cursor;
     if (!wantsEnd && !behind) return;
     this.readToEnd = false;
     this.reading = this.readFromTable(wantsEnd)
@@ -352,7 +410,7 @@ export class Sequencer {
       })
       .finally(() => {
         this.reading = undefined;
-        if (this._cursor !== undefined && (this.readToEnd || this.knownHead > this._cursor)) {
+        if (this._cursor !== undefined && (this.readToEnd || this.knownHeadValue > this._cursor)) {
           this.readSoon(this.ahead.has(this._cursor + 1) ? 0 : this.opts.gapFillDelayMs);
         }
       });
@@ -368,7 +426,7 @@ export class Sequencer {
       const cursor = this._cursor;
       if (cursor === undefined || this.closed) return;
       const after = this.heldThrough();
-      const upTo = toEnd ? undefined : this.knownHead;
+      const upTo = toEnd ? undefined : this.knownHeadValue;
       if (upTo !== undefined && upTo <= after) return;
       const room = cursor + this.opts.maxBufferedEntries - after;
       const bytesLeft = this.opts.maxBufferedBytes - this.aheadTotal;
@@ -385,6 +443,19 @@ export class Sequencer {
       // nothing was delivered nor arrived meanwhile. Otherwise deliver first, then look again.
       const exact = after === cursor && this._cursor === cursor && !this.ahead.has(cursor + 1);
       const first = entries[0];
+      const holeEnd = first === undefined ? upTo : first.offset - 1;
+      if (holeEnd !== undefined && holeEnd > after && this.opts.explainHole) {
+        // A recorded gap is not a loss of this node's: step over it quietly.
+        const through = await this.opts.explainHole(after, holeEnd, Math.max(this.knownHeadValue, cursor));
+        if (this.closed || this._cursor === undefined) return;
+        if (through !== undefined && through >= holeEnd) {
+          this.skip(after, holeEnd);
+          this.offer(entries);
+          if (first === undefined) return;
+          if (entries.length < limit && totalBytes(entries) <= maxBytes) return;
+          continue;
+        }
+      }
       if (first === undefined) {
         if (upTo !== undefined && exact) this.skipPruned(upTo);
         return;

@@ -148,6 +148,7 @@ describe("status", () => {
       "namespaces",
       "log_entries",
       "log_writers",
+      "log_gaps",
       "sessions",
       "nodes",
       "socket_io_attachments",

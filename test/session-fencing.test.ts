@@ -162,7 +162,7 @@ describe("session fencing", () => {
       // Released (the process is gone): taken at once, the node declared dead.
       const [outcome] = await b.takeOrWait([{ pidHash: hashPid("p7"), namespaceId }]);
       expect(outcome!.taken).toMatchObject({ crashed: true, live: true, generation: 1, deadBy: "lock" });
-      expect(await liveness.heartbeat("node-h", rows[0]!.key)).toBe(false);
+      expect(await liveness.heartbeat("node-h", undefined, rows[0]!.key)).toBe(false);
 
       // A node that never published a key (an older version, or one that could not take its lock): heartbeat only.
       await liveness.register("node-i", 60_000);

@@ -2,6 +2,13 @@
 import type { Queryable } from "./bounded-queries.js";
 import { qualifiedName } from "./identifiers.js";
 
+/**
+ * What a heartbeat says of the node's reconciliation (see `nodes.reconciled_incarnation`):
+ * the incarnation (text) every namespace of the node reconciled under; "*" when it has none
+ * to reconcile (whatever the database is); undefined when some has not yet (left as it was).
+ */
+export type Reconciled = string | undefined;
+
 export class LivenessQueries {
   private readonly nodes: string;
   private readonly sessions: string;
@@ -34,12 +41,15 @@ export class LivenessQueries {
    * Takes lock the row to declare it dead, so a heartbeat either commits
    * before such a take (which then sees the node alive) or sees the mark.
    */
-  async heartbeat(nodeId: string, lockKey?: string): Promise<boolean> {
-    // The key is published once held and never withdrawn (a node that took its lock late gets it here).
+  async heartbeat(nodeId: string, reconciled: Reconciled = undefined, lockKey?: string): Promise<boolean> {
+    // The lock key is published once held and never withdrawn (a node that took its lock late gets it here).
     const { rowCount } = await this.pool.query(
-      `UPDATE ${this.nodes} SET heartbeat_at = now(), lock_key = COALESCE($2::bigint, lock_key)
+      `UPDATE ${this.nodes} SET heartbeat_at = now(), lock_key = COALESCE($3::bigint, lock_key),
+         reconciled_incarnation = CASE WHEN $2::text = '*' THEN pg_postmaster_start_time()
+                                       WHEN $2::text IS NULL THEN reconciled_incarnation
+                                       ELSE $2::timestamptz END
        WHERE node_id = $1 AND NOT declared_dead`,
-      [nodeId, lockKey ?? null],
+      [nodeId, reconciled ?? null, lockKey ?? null],
     );
     return rowCount === 1;
   }

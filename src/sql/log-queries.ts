@@ -14,13 +14,46 @@ export interface AppendResult {
   from: number;
   /** True when an earlier attempt had already committed this batch. */
   appliedBefore: boolean;
+  /**
+   * Set when this append was the first of a new database incarnation: the
+   * head jumped from this offset to `from - 1` (a gap, see `log_gaps`).
+   */
+  jumpedFrom?: number;
 }
+
+/** A recorded range of offsets with no entry: (after, through]. See `log_gaps` in schema.ts. */
+export interface LogGap {
+  after: number;
+  through: number;
+  /** Entries in it were committed and delivered before the database lost them. */
+  lost: boolean;
+  /** How old the record is, on the database's clock, when it was read. */
+  ageMs: number;
+}
+
+/** A namespace's gaps, and the database incarnation they were read from. */
+export interface GapsRead {
+  gaps: LogGap[];
+  /** `pg_postmaster_start_time()` of the server that answered, as text. */
+  incarnation: string;
+}
+
+/**
+ * Where a jump of the head lands: past anything an earlier incarnation of
+ * the database could have handed out. The database's clock in microseconds
+ * (a namespace appending under a million entries a second never overtakes
+ * it), plus an hour for clocks that differ between the old primary and the
+ * new one. Safe integers last until the year 2255.
+ */
+export const JUMP_FLOOR_SQL = "((extract(epoch FROM now()) + 3600) * 1000000)::bigint";
 
 /** Typed access to the log tables of one schema. */
 export class LogQueries {
   private readonly namespaces: string;
   private readonly log: string;
   private readonly writers: string;
+  private readonly gaps: string;
+  private readonly nodes: string;
   private readonly appendSql: string;
 
   /** `pool` is normally the pool with a query timeout (bounded-queries.ts); a client inside a transaction works too (tests use that). */
@@ -32,6 +65,8 @@ export class LogQueries {
     this.namespaces = qualifiedName(schema, "namespaces");
     this.log = qualifiedName(schema, "log_entries");
     this.writers = qualifiedName(schema, "log_writers");
+    this.gaps = qualifiedName(schema, "log_gaps");
+    this.nodes = qualifiedName(schema, "nodes");
     this.appendSql = this.appendText();
     this.appendStatementName = preparedStatements ? statementName("append", this.appendSql) : undefined;
   }
@@ -133,7 +168,9 @@ export class LogQueries {
    * 3. insert the rows, record the batch on the writer's row;
    * 4. NOTIFY once with `namespaceId|from|count|inline`, where `inline` is
    *    the batch itself when it fits in a NOTIFY payload, else empty
-   *    (receivers then read the rows).
+   *    (receivers then read the rows); followed by `|jumpedFrom` when the
+   *    head jumped (the first append into another database incarnation:
+   *    see `namespaces.incarnation`), so receivers step over the gap at once.
    *
    * A batch is only ever appended while its writer's row is locked, and
    * recorded on that row in the same transaction: every attempt of the same
@@ -163,9 +200,9 @@ export class LogQueries {
   }
 
   private async runAppend(values: unknown[]): Promise<AppendResult | "unregistered"> {
-    let rows: Array<{ from_offset: string | null; applied_before: boolean | null }>;
+    let rows: Array<{ from_offset: string | null; applied_before: boolean | null; jumped_from: string | null }>;
     try {
-      ({ rows } = await this.pool.query<{ from_offset: string | null; applied_before: boolean | null }>({
+      ({ rows } = await this.pool.query<{ from_offset: string | null; applied_before: boolean | null; jumped_from: string | null }>({
         ...(this.appendStatementName === undefined ? {} : { name: this.appendStatementName }),
         text: this.appendSql,
         values,
@@ -180,7 +217,9 @@ export class LogQueries {
       );
     }
     if (row.from_offset === null) return "unregistered";
-    return { from: Number(row.from_offset), appliedBefore: row.applied_before === true };
+    const result: AppendResult = { from: Number(row.from_offset), appliedBefore: row.applied_before === true };
+    if (row.jumped_from !== null) result.jumpedFrom = Number(row.jumped_from);
+    return result;
   }
 
   /** The append's SQL (see `append`). */
@@ -188,9 +227,16 @@ export class LogQueries {
     return `WITH writer AS (
          SELECT last_batch, last_from FROM ${this.writers} WHERE writer_id = $6 FOR UPDATE
        ), bumped AS (
-         UPDATE ${this.namespaces} SET head = head + $2
+         UPDATE ${this.namespaces}
+         SET head = CASE WHEN incarnation = pg_postmaster_start_time() THEN head ELSE GREATEST(head, ${JUMP_FLOOR_SQL}) END + $2,
+             jumped_from = CASE WHEN incarnation = pg_postmaster_start_time() THEN NULL ELSE head END,
+             incarnation = pg_postmaster_start_time()
          WHERE id = $1 AND (SELECT last_batch FROM writer) < $7
-         RETURNING head
+         RETURNING head, jumped_from
+       ), gap AS (
+         INSERT INTO ${this.gaps} (namespace_id, after_offset, through_offset)
+         SELECT $1, jumped_from, head - $2 FROM bumped WHERE jumped_from IS NOT NULL AND head - $2 > jumped_from
+         ON CONFLICT DO NOTHING
        ), inserted AS (
          INSERT INTO ${this.log} (namespace_id, "offset", payload)
          SELECT $1, bumped.head - $2 + entry.ord, entry.payload
@@ -200,12 +246,90 @@ export class LogQueries {
          FROM bumped WHERE writer_id = $6
        )
        SELECT (bumped.head - $2 + 1)::text AS from_offset, false AS applied_before,
-              pg_notify($4, concat_ws('|', $1::text, (bumped.head - $2 + 1)::text, $2::text, $5::text))
+              pg_notify($4, concat_ws('|', $1::text, (bumped.head - $2 + 1)::text, $2::text, $5::text, bumped.jumped_from::text)),
+              bumped.jumped_from::text AS jumped_from
        FROM bumped
        UNION ALL
-       SELECT last_from::text, true, NULL FROM writer WHERE last_batch = $7
+       SELECT last_from::text, true, NULL, NULL FROM writer WHERE last_batch = $7
        UNION ALL
-       SELECT NULL, NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM writer)`;
+       SELECT NULL, NULL, NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM writer)`;
+  }
+
+  /**
+   * Brings a namespace's head in line with what this node knows, in one
+   * statement: `known` is an offset that was committed and delivered (this
+   * node's cursor, or a client's offset at a restore).
+   * 1. The database is another incarnation than the one that last moved the
+   *    head (Postgres restarted, a replica promoted, an older copy put back),
+   *    or `known` is above the head (commits were lost without one): the
+   *    head jumps past both and the range skipped is recorded as a gap,
+   *    lost when `known` lies inside it. The append does the same jump; this
+   *    lets a node do it before anyone appends.
+   * 2. Any gap `known` lies inside is marked lost: offsets in it were
+   *    delivered, and the database no longer has them. Inside means
+   *    strictly: a gap's ends are where a cursor stands before and after
+   *    stepping over it (and where priming puts a client's offset), never
+   *    an entry (a jump lands strictly above every offset it covers).
+   * Returns the namespace's gaps afterwards (a second statement: a
+   * statement does not see its own writes).
+   */
+  async reconcile(namespaceId: number, known: number): Promise<GapsRead> {
+    await this.pool.query(
+      `WITH moved AS (
+         UPDATE ${this.namespaces}
+         SET head = GREATEST(head, $2 + 1, ${JUMP_FLOOR_SQL}),
+             jumped_from = head,
+             incarnation = pg_postmaster_start_time()
+         WHERE id = $1 AND (incarnation <> pg_postmaster_start_time() OR head < $2)
+         RETURNING jumped_from AS after_offset, head AS through_offset
+       ), recorded AS (
+         INSERT INTO ${this.gaps} (namespace_id, after_offset, through_offset, lost)
+         SELECT $1, after_offset, through_offset, $2 > after_offset FROM moved WHERE through_offset > after_offset
+         ON CONFLICT (namespace_id, after_offset) DO UPDATE
+           SET through_offset = GREATEST(${this.gaps}.through_offset, EXCLUDED.through_offset),
+               lost = ${this.gaps}.lost OR EXCLUDED.lost
+       )
+       UPDATE ${this.gaps} SET lost = true
+       WHERE namespace_id = $1 AND NOT lost AND after_offset < $2 AND $2 < through_offset`,
+      [namespaceId, known],
+    );
+    return this.gapsOf(namespaceId);
+  }
+
+  /** The recorded gaps of a namespace, oldest first. */
+  async gapsOf(namespaceId: number): Promise<GapsRead> {
+    const { rows } = await this.pool.query<{
+      incarnation: string;
+      after_offset: string | null;
+      through_offset: string | null;
+      lost: boolean | null;
+      age_ms: string | null;
+    }>(
+      `SELECT i.incarnation, g.after_offset::text, g.through_offset::text, g.lost,
+              (extract(epoch FROM now() - g.created_at) * 1000)::bigint::text AS age_ms
+       FROM (SELECT pg_postmaster_start_time()::text AS incarnation) AS i
+       LEFT JOIN ${this.gaps} AS g ON g.namespace_id = $1
+       ORDER BY g.after_offset`,
+      [namespaceId],
+    );
+    const gaps = rows
+      .filter((r) => r.after_offset !== null)
+      .map((r) => ({ after: Number(r.after_offset), through: Number(r.through_offset), lost: r.lost === true, ageMs: Number(r.age_ms) }));
+    return { gaps, incarnation: rows[0]!.incarnation };
+  }
+
+  /**
+   * How many live nodes have not yet told this database incarnation what
+   * they delivered (`nodes.reconciled_incarnation`, written by their
+   * heartbeat): while any has not, a gap nobody marked lost may still be.
+   */
+  async unreconciledNodes(): Promise<number> {
+    const { rows } = await this.pool.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM ${this.nodes}
+       WHERE NOT declared_dead AND heartbeat_at >= now() - dead_after_ms * interval '1 millisecond'
+         AND reconciled_incarnation IS DISTINCT FROM pg_postmaster_start_time()`,
+    );
+    return rows[0]?.n ?? 0;
   }
 
   /**

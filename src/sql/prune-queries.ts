@@ -12,6 +12,7 @@ export class PruneQueries {
   private readonly maintenance: string;
   private readonly writers: string;
   private readonly nodes: string;
+  private readonly gaps: string;
   private readonly staged: string;
   private readonly lockKey: string;
 
@@ -26,6 +27,7 @@ export class PruneQueries {
     this.maintenance = qualifiedName(schema, "maintenance");
     this.writers = qualifiedName(schema, "log_writers");
     this.nodes = qualifiedName(schema, "nodes");
+    this.gaps = qualifiedName(schema, "log_gaps");
     this.staged = qualifiedName(schema, "staged_events");
     this.lockKey = `socket.io-postgres-recovery:prune:${schema}`;
   }
@@ -101,6 +103,22 @@ export class PruneQueries {
   }
 
   /**
+   * The namespace's recorded gaps (log-gaps.ts) older than `idleMs`
+   * (retention + 1 h): every session that could hold an offset below or
+   * inside one has expired by then, except a socket still connected since;
+   * its restore from inside a forgotten gap, or across one, finds the gap's
+   * offsets missing from the log and is refused as pruned (fail closed), and
+   * the offsets are never reused either way (the head is past them).
+   */
+  async pruneGaps(client: ClientBase, namespaceId: number, idleMs: number): Promise<number> {
+    const result = await client.query(
+      `DELETE FROM ${this.gaps} WHERE namespace_id = $1 AND created_at < now() - $2 * interval '1 millisecond'`,
+      [namespaceId, idleMs],
+    );
+    return result.rowCount ?? 0;
+  }
+
+  /**
    * Deletes the namespace's row when nothing can refer to it any more: no
    * log entry, no session (live or expired), no writer left, and no node
    * marked it active for `idleMs` (nodes mark the namespaces they hold
@@ -114,11 +132,14 @@ export class PruneQueries {
    * or finds it gone and creates a new row.
    */
   async pruneNamespace(client: ClientBase, namespaceId: number, idleMs: number): Promise<boolean> {
-    const result = await client.query(
-      `DELETE FROM ${this.namespaces} AS n WHERE n.id = $1 AND ${this.unused("n")}`,
+    // Its gaps go with it (a recreated row gets another id).
+    const { rows } = await client.query<{ deleted: number }>(
+      `WITH gone AS (DELETE FROM ${this.namespaces} AS n WHERE n.id = $1 AND ${this.unused("n")} RETURNING n.id),
+            gaps AS (DELETE FROM ${this.gaps} WHERE namespace_id IN (SELECT id FROM gone))
+       SELECT count(*)::int AS deleted FROM gone`,
       [namespaceId, idleMs],
     );
-    return (result.rowCount ?? 0) > 0;
+    return (rows[0]?.deleted ?? 0) > 0;
   }
 
   /** The condition of `pruneNamespace` on row `n` ($1 its id, $2 the idle time). */

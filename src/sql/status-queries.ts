@@ -54,6 +54,7 @@ export const STATUS_TABLES = [
   "namespaces",
   "log_entries",
   "log_writers",
+  "log_gaps",
   "sessions",
   "nodes",
   "socket_io_attachments",

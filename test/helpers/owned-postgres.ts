@@ -20,6 +20,8 @@ import { freePort } from "../../tools/free-port.js";
 
 export interface OwnedPostgres {
   readonly port: number;
+  /** The server's data directory (copy it while stopped to put an older state back later). */
+  readonly dataDir: string;
   /** Superuser connection string to the maintenance database. */
   readonly adminUrl: string;
   /** Whether the server process runs. */
@@ -46,8 +48,9 @@ export async function startOwnedPostgres(): Promise<OwnedPostgres> {
   if (asRoot) await chmod(dir, 0o755);
   const log: string[] = [];
   const port = await freePort();
+  const dataDir = path.join(dir, "data");
   const server = new EmbeddedPostgres({
-    databaseDir: path.join(dir, "data"),
+    databaseDir: dataDir,
     port,
     user: "postgres",
     password: PASSWORD,
@@ -92,6 +95,7 @@ export async function startOwnedPostgres(): Promise<OwnedPostgres> {
   let destroyed: Promise<void> | undefined;
   return {
     port,
+    dataDir,
     adminUrl,
     get running() {
       return running;
