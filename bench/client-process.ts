@@ -18,6 +18,8 @@ interface Client {
   disconnectedAt?: number;
   reconnectedAt?: number;
   recovered?: boolean;
+  /** Reconnection attempts before it was back (1 when the first one succeeded). */
+  attempts?: number;
 }
 
 const offsetKind = (process.env.OFFSET_KIND || undefined) as OffsetKind;
@@ -153,9 +155,12 @@ serve({
           firstDisconnectPushed = true;
           push("first-disconnect", c.disconnectedAt);
         }
+        const counted = (n: number) => (c.attempts = n);
+        c.socket.io.on("reconnect_attempt", counted);
         c.socket.once("connect", () => {
           c.reconnectedAt = nowMs();
           c.recovered = c.socket.recovered;
+          c.socket.io.off("reconnect_attempt", counted);
         });
       });
     }
@@ -170,6 +175,8 @@ serve({
       recovered: back.filter((c) => c.recovered).length,
       firstDisconnectAt: gone.length ? Math.min(...gone.map((c) => c.disconnectedAt!)) : null,
       lastReconnectAt: back.length ? Math.max(...back.map((c) => c.reconnectedAt!)) : null,
+      /** Clients that needed more than one attempt (the first failed: the backoff doubles). */
+      retried: back.filter((c) => (c.attempts ?? 1) > 1).length,
     };
   },
   /** Closes the transport of clients (the server sees "transport close" and stores their sessions). */

@@ -30,12 +30,14 @@ function reportError(err: unknown): void {
 
 async function adapterFor(): Promise<ServerOptions["adapter"] | undefined> {
   switch (peer.id) {
-    case "ours": {
+    case "ours":
+    case "ours-no-crash-safety": {
       const { createAdapter } = await import("../src/index.js");
       const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 10 });
       pool.on("error", reportError);
+      countStatements(pool);
       cleanups.push(() => pool.end());
-      return createAdapter(pool, { errorHandler: reportError }) as unknown as ServerOptions["adapter"];
+      return createAdapter(pool, { errorHandler: reportError, crashSafety: peer.crashSafety ?? true }) as unknown as ServerOptions["adapter"];
     }
     case "ours-metrics": {
       const { createAdapter } = await import("../src/index.js");
@@ -43,6 +45,7 @@ async function adapterFor(): Promise<ServerOptions["adapter"] | undefined> {
       const register = new Registry();
       const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 10 });
       pool.on("error", reportError);
+      countStatements(pool);
       // Scraped every second (Prometheus usually scrapes every 15 s or more): the cost includes rendering.
       const scraper = setInterval(() => void register.metrics(), 1000);
       scraper.unref();
@@ -80,6 +83,26 @@ async function adapterFor(): Promise<ServerOptions["adapter"] | undefined> {
     case "in-memory":
       return undefined;
   }
+}
+
+/** Statements our adapter sent on its pool (W7 reads them): all, and those that write rows. */
+const statements = { all: 0, writes: 0, sessionWrites: 0 };
+const WRITE = /\b(INSERT\s+INTO|DELETE\s+FROM|UPDATE\s+\S+(\s+AS\s+\w+)?\s+SET)\b/i;
+const SESSION_WRITE = /INSERT\s+INTO\s+\S*"sessions"/i;
+
+/** Counts every statement on the pool's connections (each is its own transaction: the adapter runs autocommit). */
+function countStatements(pool: pg.Pool): void {
+  pool.on("connect", (client) => {
+    const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+    (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+      const first = args[0];
+      const text = typeof first === "string" ? first : ((first as { text?: string } | undefined)?.text ?? "");
+      statements.all++;
+      if (WRITE.test(text)) statements.writes++;
+      if (SESSION_WRITE.test(text)) statements.sessionWrites++;
+      return query(...args);
+    };
+  });
 }
 
 let profiler: Session | undefined;
@@ -211,6 +234,7 @@ async function main(): Promise<void> {
       recoveredConnections,
       refusals: Object.fromEntries(refusals),
     }),
+    statements: () => ({ ...statements }),
     usage: () => {
       const cpu = process.cpuUsage();
       return { maxRssMb: process.resourceUsage().maxRSS / 1024, cpuMs: (cpu.user + cpu.system) / 1000, errors };

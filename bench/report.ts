@@ -124,6 +124,27 @@ export function verdicts(report: RunReport): Verdict[] {
     check("W3 total ≤ 0.6× redis-streams (median ratio)", ratio(w3, "redis-streams", "seconds")?.median, (x) => x <= 0.6);
     check("W3 restoreSession mean ≤ 25 ms", med(w3, OURS, "restoreMeanMs"), (x) => x <= 25, 1);
   }
+  const w6 = byId.get("W6");
+  if (w6) {
+    check("W6 100% recovered after SIGKILL (worst rep)", stat(valuesOf(w6, OURS, "recoveredPct"))?.min, (x) => x === 100, 1);
+    for (const key of ["lostMissed", "lostStorm", "dupMissed", "dupStorm"]) check(`W6 ${key} = 0 (worst rep)`, worst(w6, OURS, key), (x) => x === 0, 0);
+    if (w3) {
+      // Both measured in the same repetition, one after the other.
+      const w3s = valuesOf(w3, OURS, "seconds");
+      const perRep = valuesOf(w6, OURS, "seconds").map((s, i) => (s !== null && w3s[i] ? s / w3s[i]! : null));
+      check("W6 time to all back ≤ 1.5× W3's (median of per-repetition ratios)", stat(perRep)?.median, (x) => x <= 1.5);
+    }
+  }
+  // Crash safety's cost: ours against ours with crashSafety: false, repetition by repetition.
+  const off: PeerId = "ours-no-crash-safety";
+  for (const id of ["W1", "W1-split"]) {
+    const w = byId.get(id);
+    const r = w && w.outcomes[off] ? ratio(w, off, "deliveriesPerSec")?.median : undefined;
+    if (r !== undefined) check(`${id} deliveries/s ≥ 0.95× crashSafety off (median ratio)`, r, (x) => x >= 0.95);
+  }
+  if (w3?.outcomes[off]) check("W3 time ≤ 1.05× crashSafety off (median ratio)", ratio(w3, off, "seconds")?.median, (x) => x <= 1.05);
+  const w8 = byId.get("W8");
+  if (w8) check("W8 session/skeleton writes at rest = 0 (worst rep)", worst(w8, OURS, "sessionWritesPerSocketMin"), (x) => x === 0, 3);
   const w4 = byId.get("W4");
   if (w4) check("W4 < 250 ms", med(w4, OURS, "ms"), (x) => x < 250, 0);
   const w5 = byId.get("W5");
@@ -191,4 +212,4 @@ export function markdown(report: RunReport): string {
   return lines.join("\n");
 }
 
-const ORDER: PeerId[] = ["ours", "ours-metrics", "in-memory", "upstream-pg", "redis-streams"];
+const ORDER: PeerId[] = ["ours", "ours-no-crash-safety", "ours-metrics", "in-memory", "upstream-pg", "redis-streams"];

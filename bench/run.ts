@@ -37,9 +37,10 @@ import { w4 } from "./workloads/w4-replay.js";
 import { w5 } from "./workloads/w5-prune.js";
 import { w6 } from "./workloads/w6-crash-storm.js";
 import { w7 } from "./workloads/w7-cotenancy.js";
+import { w8 } from "./workloads/w8-at-rest.js";
 import { summariseProfiles } from "./profile-summary.js";
 
-const WORKLOADS: Workload[] = [w1, w1split, w2, w3, w4, w5, w6, w7];
+const WORKLOADS: Workload[] = [w1, w1split, w2, w3, w4, w5, w6, w7, w8];
 
 const { values: args } = parseArgs({
   options: {

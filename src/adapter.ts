@@ -140,12 +140,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       );
       this.writer = new LogWriter(this.logWriterHost(), ctx, this.sequencer);
       this.restorer = new Restorer(this.restorerHost(), ctx, this.sequencer, this.ledger, this.recovery.maxDisconnectionDuration, this.guard);
-      this.durability = new SessionDurability(
-        this.durabilityHost(),
-        ctx.skeletons,
-        this.recovery.maxDisconnectionDuration,
-        ctx.opts.checkpointIntervalMs,
-      );
+      this.durability = ctx.opts.crashSafety
+        ? new SessionDurability(this.durabilityHost(), ctx.skeletons, this.recovery.maxDisconnectionDuration, ctx.opts.checkpointIntervalMs)
+        : undefined;
       this.staged = new StagedMover({
         nspName: this.nspName,
         limit: ctx.opts.maxBatchSize,

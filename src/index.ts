@@ -17,6 +17,7 @@ export type { EmitterOptions } from "./emitter.js";
 export type { MetricsRegistry } from "./metrics.js";
 export { setupPrimary } from "./node-cluster.js";
 export type { Primary, PrimaryOptions } from "./node-cluster.js";
+export type { DeadBy } from "./sql/session-queries.js";
 export type { PostgresRecoveryAdapterOptions, RecoveryOptions, UpstreamCompatibleOptions } from "./options.js";
 export { LISTENER_APPLICATION_NAME } from "./listener.js";
 export { migrate } from "./migrate.js";

@@ -7,9 +7,13 @@
  * answers nothing and would otherwise look healthy forever), replaced when it
  * fails, and after each replacement `onReconnected` runs, once LISTEN is in
  * place again, so that the log can be read from the table for what was missed.
+ *
+ * The connection also carries the node's liveness lock (liveness-lock.ts):
+ * taken on every new connection, and again at each check until held.
  */
 import pg from "pg";
 import { debug } from "./debug.js";
+import type { ConnectionResource } from "./liveness-lock.js";
 import { quoteIdentifier } from "./sql/identifiers.js";
 
 /** Postgres' application_name of the listener connection, for operators (and tests) to find it. */
@@ -25,6 +29,8 @@ export interface ListenerOptions {
   /** The connection failed (before it is replaced): the database may be another one when it is back. */
   onLost?(): void;
   onError(err: Error): void;
+  /** A session-level resource (the liveness lock) held on this connection. */
+  resource?: ConnectionResource;
 }
 
 export class Listener {
@@ -102,6 +108,7 @@ export class Listener {
     await this.connecting;
     const client = this.client;
     this.client = undefined;
+    this.opts.resource?.lost();
     if (client) await endQuietly(client);
     for (const resolve of this.readyWaiters.splice(0)) resolve();
   }
@@ -159,6 +166,7 @@ export class Listener {
       // Channels removed meanwhile (unlisten() while connecting).
       const removed = [...listened].filter((c) => !this.channels.has(c));
       if (removed.length > 0) await client.query(removed.map((c) => `UNLISTEN ${quoteIdentifier(c)}`).join("; "));
+      await this.opts.resource?.acquire(client);
       return client;
     } catch (err) {
       await endQuietly(client);
@@ -170,6 +178,7 @@ export class Listener {
   private replace(client: pg.Client, cause: unknown): void {
     if (client !== this.client) return;
     this.client = undefined;
+    this.opts.resource?.lost();
     this.opts.onLost?.();
     this.opts.onError(new Error("socket.io-postgres-recovery: LISTEN connection lost; reconnecting", { cause }));
     destroy(client);
@@ -188,6 +197,11 @@ export class Listener {
       () => {
         answered = true;
         clearTimeout(timer);
+        // Not held (an earlier backend of ours still had it): try again now.
+        const resource = this.opts.resource;
+        if (resource && !resource.held && client === this.client) {
+          resource.acquire(client).catch((err: unknown) => this.replace(client, err));
+        }
       },
       (err: unknown) => {
         answered = true;

@@ -13,6 +13,7 @@ import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import { directConnectionConfig, openSessionConnection } from "./direct-connection.js";
 import { Listener } from "./listener.js";
+import { LivenessLock } from "./liveness-lock.js";
 import { NO_METRICS, type RecoveryMetrics } from "./metrics.js";
 import { NodeLiveness } from "./node-liveness.js";
 import type { ResolvedOptions } from "./options.js";
@@ -47,6 +48,9 @@ export interface NamespaceMember {
   /** The database incarnation this namespace last reconciled with ("*": nothing to tell; see failover-guard.ts). */
   reconciledIncarnation(): string | undefined;
 }
+
+/** How long a node's registration waits for the listener's first attempt at the liveness lock. */
+const LOCK_FIRST_ATTEMPT_MS = 5000;
 
 export class NodeContext {
   readonly log: LogQueries;
@@ -85,10 +89,15 @@ export class NodeContext {
     this.restoreReads = new Semaphore(opts.maxConcurrentRestoreReads, "maxConcurrentRestoreReads");
     // Session writes announce themselves on the log channel (payload "s|…"), which every node listens to.
     const sessionQueries = new SessionQueries(db, opts.schema, opts.logChannel);
+    // Held on the LISTEN connection; only a node that writes skeletons needs it (liveness-lock.ts).
+    const lock = opts.crashSafety ? new LivenessLock(sessionQueries.nodeId, report) : undefined;
     this.liveness = new NodeLiveness(new LivenessQueries(db, opts.schema), {
       nodeId: sessionQueries.nodeId,
       intervalMs: opts.nodeHeartbeatIntervalMs,
       deadAfterMs: opts.nodeDeadAfterMs,
+      // Bounded: a listener that cannot connect must not keep skeletons (and the heartbeat) from starting.
+      lockTried: () => lock?.firstAttemptDone(LOCK_FIRST_ATTEMPT_MS) ?? Promise.resolve(),
+      lockKey: () => lock?.publishedKey,
       onRevived: async () => {
         for (const member of this.members.values()) await member.onRevived();
       },
@@ -121,6 +130,8 @@ export class NodeContext {
       checkIntervalMs: opts.listenerCheckIntervalMs,
       onNotification: (channel, payload) => this.onNotification(channel, payload),
       onReconnected: () => {
+        // Its lock was missing meanwhile: a take may have declared this node dead; learn it now.
+        this.liveness.beatNow();
         metrics.listenerReconnected();
         for (const member of this.members.values()) member.onListenerReconnected();
       },
@@ -128,6 +139,7 @@ export class NodeContext {
         for (const member of this.members.values()) member.onListenerLost();
       },
       onError: report,
+      resource: lock,
     });
     this.pruner = new Pruner(
       // The pass holds a session advisory lock across its short transactions: a direct session.

@@ -8,6 +8,10 @@
  * partition from the database, SIGSTOP). Its next heartbeat tells it so: it
  * registers again (so nothing more is taken from it), then asks its sockets'
  * owners to drop whatever was restored elsewhere meanwhile (`onRevived`).
+ *
+ * A process that dies is found faster than by its heartbeat: its liveness
+ * lock (liveness-lock.ts) is gone at once. The row publishes the lock's key;
+ * the node registers after its first attempt to take the lock.
  */
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
@@ -17,6 +21,10 @@ export interface NodeLivenessOptions {
   nodeId: string;
   intervalMs: number;
   deadAfterMs: number;
+  /** Resolves once the liveness lock was tried (or once that waited long enough). */
+  lockTried(): Promise<void>;
+  /** The lock's key once it was held (published in the node's row), else undefined. */
+  lockKey(): string | undefined;
   /** The node was declared dead and registered again: check what it still holds. */
   onRevived(): Promise<void>;
   /** What the heartbeat reports of this node's reconciliation with the database (see LivenessQueries.heartbeat). */
@@ -40,9 +48,11 @@ export class NodeLiveness {
   /** Registers the row (retried until it succeeds); resolves once it exists. */
   start(): Promise<void> {
     this.registered ??= (async () => {
+      // A row whose lock key nobody holds reads as dead: the key goes in only once the lock was held.
+      await this.opts.lockTried();
       for (let attempt = 1; !this.stopped; attempt++) {
         try {
-          await this.queries.register(this.opts.nodeId, this.opts.deadAfterMs);
+          await this.queries.register(this.opts.nodeId, this.opts.deadAfterMs, this.opts.lockKey());
           break;
         } catch (err) {
           if (attempt === 1) {
@@ -52,11 +62,7 @@ export class NodeLiveness {
         }
       }
       if (this.stopped) return;
-      this.timer = setInterval(() => {
-        this.beating ??= this.beat().finally(() => {
-          this.beating = undefined;
-        });
-      }, this.opts.intervalMs);
+      this.timer = setInterval(() => this.beatNow(), this.opts.intervalMs);
       this.timer.unref();
     })();
     return this.registered;
@@ -80,13 +86,25 @@ export class NodeLiveness {
     return this.start();
   }
 
+  /**
+   * A heartbeat now (unless one is under way), e.g. once the liveness lock is
+   * held again after the listener reconnected: a node declared dead
+   * meanwhile learns it without waiting for its interval.
+   */
+  beatNow(): void {
+    if (this.stopped || this.timer === undefined) return;
+    this.beating ??= this.beat().finally(() => {
+      this.beating = undefined;
+    });
+  }
+
   private async beat(): Promise<void> {
     try {
-      const alive = await this.queries.heartbeat(this.opts.nodeId, this.opts.reconciled?.());
+      const alive = await this.queries.heartbeat(this.opts.nodeId, this.opts.reconciled?.(), this.opts.lockKey());
       this.failing = false;
       if (alive || this.stopped) return;
       debug("node %s was declared dead; registering again and dropping what was taken", this.opts.nodeId);
-      await this.queries.register(this.opts.nodeId, this.opts.deadAfterMs);
+      await this.queries.register(this.opts.nodeId, this.opts.deadAfterMs, this.opts.lockKey());
       await this.opts.onRevived();
     } catch (err) {
       // Once per failure streak (a database outage would otherwise report it every interval).

@@ -250,6 +250,16 @@ export interface RecoveryOptions {
    */
   recentEntries?: number;
   /**
+   * Crash safety: clients of a node that dies without a word (SIGKILL, OOM,
+   * host loss) recover on another node, from durable skeletons of their
+   * sessions (rooms written when they change, `socket.data` checkpointed).
+   * `false` saves those writes (and this node's liveness row and lock): its
+   * clients then recover after a graceful shutdown or a disconnect only, as
+   * with Socket.IO's own adapter. See docs/performance.md for the cost.
+   * @default true
+   */
+  crashSafety?: boolean;
+  /**
    * Crash safety: how often each connected socket's `socket.data` is compared
    * with what was last made durable, and written when it changed. Rooms are
    * written when they change; `socket.data` (mutated in place, with no hook)
@@ -267,7 +277,10 @@ export interface RecoveryOptions {
   /**
    * Crash safety: a node whose heartbeat is older than this is dead, and its
    * sockets can be restored on other nodes. Each node declares its own; a
-   * restore waits for it (within `restoreTimeoutMs`). A node paused for
+   * restore waits for it (within `restoreTimeoutMs`). A node whose process
+   * died is found sooner, as soon as Postgres ended its connection (its
+   * liveness lock is released, see docs/design.md); this bound is for what
+   * the lock cannot see (a lost host, a half-open network, a paused process). A node paused for
    * longer (GC, SIGSTOP) finds out at its next heartbeat and drops the
    * sockets restored elsewhere meanwhile. At least twice
    * `nodeHeartbeatIntervalMs`.
@@ -347,6 +360,7 @@ export interface ResolvedOptions {
   readonly unloggedDeliveryAfterMs: number | false;
   readonly queryTimeoutMs: number | false;
   readonly preparedStatements: boolean;
+  readonly crashSafety: boolean;
   /** undefined: the pool's settings (see direct-connection.ts). */
   readonly directConnection: Readonly<ClientConfig> | undefined;
   readonly checkpointIntervalMs: number;
@@ -410,6 +424,7 @@ const KNOWN_OPTIONS = new Set<string>([
   "unloggedDeliveryAfterMs",
   "queryTimeoutMs",
   "preparedStatements",
+  "crashSafety",
   "directConnection",
   "metrics",
   ...Object.keys(INTEGER_RULES),
@@ -520,6 +535,8 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
   const preparedStatements = opts.preparedStatements ?? true;
   if (typeof preparedStatements !== "boolean") fail("preparedStatements", "true or false", preparedStatements);
 
+  const crashSafety = opts.crashSafety ?? true;
+  if (typeof crashSafety !== "boolean") fail("crashSafety", "true or false", crashSafety);
   const directConnection = directConnectionSettings(opts.directConnection);
 
   const heartbeatInterval = integer(opts, "heartbeatInterval", 5000);
@@ -582,6 +599,7 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     unloggedDeliveryAfterMs: unloggedDeliveryAfterMs as number | false,
     queryTimeoutMs: queryTimeoutMs as number | false,
     preparedStatements,
+    crashSafety,
     directConnection,
     checkpointIntervalMs: integer(opts, "checkpointIntervalMs", 5000),
     nodeHeartbeatIntervalMs,

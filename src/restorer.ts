@@ -25,7 +25,7 @@ import { planReplay, refuseRange, type Membership } from "./replay.js";
 import type { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
 import type { SocketLedger } from "./socket-ledger.js";
-import type { SessionRecord, TakenSession } from "./sql/session-queries.js";
+import type { DeadBy, SessionRecord, TakenSession } from "./sql/session-queries.js";
 import { Stitcher, type PendingRestore } from "./stitch.js";
 
 /** Socket.IO treats a falsy restore result as "not restored"; its type says Session. */
@@ -36,6 +36,13 @@ export interface RestoredEvent {
   sid: SocketId;
   /** Missed packets the restore's read found for the client (more may follow: see stitch.ts). */
   replayed: number;
+  /**
+   * Restored from the skeleton of a node that died without writing the
+   * session: how that node was found dead ("lock": its process is gone,
+   * "heartbeat": its heartbeat is older than its nodeDeadAfterMs,
+   * "declared": an earlier restore found it dead, "gone": its row is gone).
+   */
+  deadBy?: DeadBy;
 }
 
 /** Payload of the adapter's "restore-refused" event. */
@@ -73,7 +80,7 @@ interface RestoreAttempt {
   abandoned: boolean;
 }
 
-type RestoreOutcome = { session: Session; replayed: number } | { refused: string };
+type RestoreOutcome = { session: Session; replayed: number; deadBy?: DeadBy } | { refused: string };
 
 export class Restorer {
   private readonly stitcher: Stitcher;
@@ -135,9 +142,13 @@ export class Restorer {
     try {
       const outcome = await Promise.race([restoring, timeout]);
       if ("refused" in outcome) return this.refused(outcome.refused, startedAt);
-      debug("restoring %s with %d missed packets", outcome.session.sid, outcome.replayed);
+      debug("restoring %s with %d missed packets%s", outcome.session.sid, outcome.replayed, outcome.deadBy ? ` (its node found dead by ${outcome.deadBy})` : "");
       this.ctx.metrics.restored(this.host.nspName, (performance.now() - startedAt) / 1000, outcome.replayed);
-      this.host.emit("session-restored", { sid: outcome.session.sid, replayed: outcome.replayed });
+      this.host.emit("session-restored", {
+        sid: outcome.session.sid,
+        replayed: outcome.replayed,
+        ...(outcome.deadBy ? { deadBy: outcome.deadBy } : {}),
+      });
       return outcome.session;
     } catch (err) {
       // The restore may go on in the background: from now on it must leave no trace (see restore()).
@@ -269,7 +280,7 @@ export class Restorer {
       // (never written) leaves this node's skeleton of the same generation in the table.
       this.host.taken(stored.sid, pid, stored.generation, stored.fromQueue === true);
       const session: Session = { sid: stored.sid, pid, rooms: [...joinedAt.keys()], data: contents.data, missedPackets: [] };
-      return { session, replayed: plan.entries.length };
+      return { session, replayed: plan.entries.length, ...(stored.deadBy ? { deadBy: stored.deadBy } : {}) };
     } catch (err) {
       // Failed or timed out: nothing was restored, so the session goes back. A pid still restores at most once.
       this.putBack(taken);

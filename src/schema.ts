@@ -189,6 +189,14 @@ export const nodes = pgTable("nodes", {
    * gap nobody marked lost is known to hold nothing anyone delivered.
    */
   reconciledIncarnation: timestamp("reconciled_incarnation", { withTimezone: true }),
+  /**
+   * Key of the session-level advisory lock the node holds on its LISTEN
+   * connection (see liveness-lock.ts), once it held it; NULL for a node that
+   * never did (an older version, or one that could not take it). While the
+   * row exists and nobody holds that lock, the node's process is gone: the
+   * server ended its backend when its sockets closed.
+   */
+  lockKey: bigint("lock_key", { mode: "bigint" }),
 });
 
 /**

@@ -277,6 +277,23 @@ describe("crash", () => {
     }
   });
 
+  it("crashSafety: false writes no skeleton and no liveness row; a disconnect is still recovered", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, adapter: { ...CRASH_OPTIONS, crashSafety: false } });
+    const pool = cluster.node(0).pool;
+    const nodesBefore = (await pool.query(`SELECT node_id FROM socket_io.nodes`)).rowCount;
+    const socket = await cluster.connect(0, { rooms: ["r"] });
+    const sid = socket.id!;
+    await socket.timeout(3000).emitWithAck("join", "s");
+    // Three checkpoint intervals and a few heartbeats: nothing written.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect((await pool.query(`SELECT 1 FROM socket_io.sessions WHERE sid = $1`, [sid])).rowCount).toBe(0);
+    expect((await pool.query(`SELECT node_id FROM socket_io.nodes`)).rowCount).toBe(nodesBefore);
+    goOffline(socket);
+    await waitForSession(pool, sid);
+    expect(await comeBack(socket, cluster.node(1))).toBe(true);
+    expect(((await socket.timeout(3000).emitWithAck("whoami")) as WhoAmI).rooms.sort()).toEqual(["r", "s", sid].sort());
+  });
+
   it("status counts sessions waiting to be restored, not the skeletons of connected sockets", async () => {
     const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1, adapter: CRASH_OPTIONS });
     const pool = cluster.node(0).pool;

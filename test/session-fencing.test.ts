@@ -7,6 +7,7 @@
  */
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { lockKeySql } from "../src/liveness-lock.js";
 import { hashPid } from "../src/session-store.js";
 import { LivenessQueries } from "../src/sql/liveness-queries.js";
 import { PruneQueries } from "../src/sql/prune-queries.js";
@@ -139,5 +140,44 @@ describe("session fencing", () => {
     await liveness.remove("node-g");
     const [taken] = await g.take([{ pidHash: hashPid("p6"), namespaceId }]);
     expect(taken).toMatchObject({ crashed: true, live: true });
+  });
+  it("takes a skeleton at once when its node's liveness lock is released, never by a lock the node never held, never its own", async () => {
+    const liveness = new LivenessQueries(pool, "socket_io");
+    const b = new SessionQueries(pool, "socket_io", undefined, "node-b");
+    const holder = await pool.connect();
+    try {
+      // node-h holds its lock (here: a session of the test) and publishes the key; heartbeat fresh for a minute.
+      const { rows } = await holder.query<{ key: string; held: boolean }>(
+        `SELECT ${lockKeySql("$1::text")}::text AS key, pg_try_advisory_lock(${lockKeySql("$1::text")}) AS held`,
+        ["node-h"],
+      );
+      expect(rows[0]!.held).toBe(true);
+      await liveness.register("node-h", 60_000, rows[0]!.key);
+      await b.write([skeleton("p7", "node-h", 0, 1)]);
+      expect(await b.takeOrWait([{ pidHash: hashPid("p7"), namespaceId }])).toEqual([{ taken: undefined, held: true }]);
+      // The node's own take never finds it dead by its lock (missing only while its listener reconnects).
+      await holder.query("SELECT pg_advisory_unlock_all()");
+      const h = new SessionQueries(pool, "socket_io", undefined, "node-h");
+      expect(await h.takeOrWait([{ pidHash: hashPid("p7"), namespaceId }])).toEqual([{ taken: undefined, held: true }]);
+      // Released (the process is gone): taken at once, the node declared dead.
+      const [outcome] = await b.takeOrWait([{ pidHash: hashPid("p7"), namespaceId }]);
+      expect(outcome!.taken).toMatchObject({ crashed: true, live: true, generation: 1, deadBy: "lock" });
+      expect(await liveness.heartbeat("node-h", undefined, rows[0]!.key)).toBe(false);
+
+      // A node that never published a key (an older version, or one that could not take its lock): heartbeat only.
+      await liveness.register("node-i", 60_000);
+      await b.write([skeleton("p8", "node-i", 0, 1)]);
+      expect(await b.takeOrWait([{ pidHash: hashPid("p8"), namespaceId }])).toEqual([{ taken: undefined, held: true }]);
+      // A second skeleton of a node found dead reads "declared".
+      await b.write([skeleton("p9", "node-h", 0, 1)]);
+      await liveness.register("node-h", 60_000);
+      await holder.query(`SELECT pg_advisory_lock(${lockKeySql("$1::text")})`, ["node-h"]);
+      await pool.query(`UPDATE socket_io.nodes SET declared_dead = true WHERE node_id = 'node-h'`);
+      const [declared] = await b.takeOrWait([{ pidHash: hashPid("p9"), namespaceId }]);
+      expect(declared!.taken).toMatchObject({ deadBy: "declared" });
+    } finally {
+      await holder.query("SELECT pg_advisory_unlock_all()").catch(() => undefined);
+      holder.release();
+    }
   });
 });

@@ -14,6 +14,8 @@ export interface Sizes {
   w3StormIntervalMs: number;
   w4Missed: number;
   w5Rows: number;
+  /** W8: how long the sockets stay idle while statements are counted. */
+  w8IdleMs: number;
 }
 
 export const FULL: Sizes = {
@@ -28,6 +30,7 @@ export const FULL: Sizes = {
   w3StormIntervalMs: 5,
   w4Missed: 10_000,
   w5Rows: 1_000_000,
+  w8IdleMs: 30_000,
 };
 
 /** `--quick`: the same workloads, smaller, under ~3 minutes in all. */
@@ -38,6 +41,7 @@ export const QUICK: Sizes = {
   w2Events: 750,
   w3Clients: 200,
   w5Rows: 200_000,
+  w8IdleMs: 15_000,
 };
 
 export interface RunContext {

@@ -21,13 +21,17 @@ export class LivenessQueries {
     this.sessions = qualifiedName(schema, "sessions");
   }
 
-  /** Creates (or revives) the node's row: alive from now on, not declared dead. */
-  async register(nodeId: string, deadAfterMs: number): Promise<void> {
+  /**
+   * Creates (or revives) the node's row: alive from now on, not declared
+   * dead. `lockKey`: its liveness lock's key once held (liveness-lock.ts);
+   * without one, only its heartbeat says whether it is alive.
+   */
+  async register(nodeId: string, deadAfterMs: number, lockKey?: string): Promise<void> {
     await this.pool.query(
-      `INSERT INTO ${this.nodes} (node_id, dead_after_ms) VALUES ($1, $2)
+      `INSERT INTO ${this.nodes} AS n (node_id, dead_after_ms, lock_key) VALUES ($1, $2, $3)
        ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now(), declared_dead = false,
-         dead_after_ms = EXCLUDED.dead_after_ms`,
-      [nodeId, deadAfterMs],
+         dead_after_ms = EXCLUDED.dead_after_ms, lock_key = COALESCE(EXCLUDED.lock_key, n.lock_key)`,
+      [nodeId, deadAfterMs, lockKey ?? null],
     );
   }
 
@@ -37,14 +41,15 @@ export class LivenessQueries {
    * Takes lock the row to declare it dead, so a heartbeat either commits
    * before such a take (which then sees the node alive) or sees the mark.
    */
-  async heartbeat(nodeId: string, reconciled: Reconciled = undefined): Promise<boolean> {
+  async heartbeat(nodeId: string, reconciled: Reconciled = undefined, lockKey?: string): Promise<boolean> {
+    // The lock key is published once held and never withdrawn (a node that took its lock late gets it here).
     const { rowCount } = await this.pool.query(
-      `UPDATE ${this.nodes} SET heartbeat_at = now(),
+      `UPDATE ${this.nodes} SET heartbeat_at = now(), lock_key = COALESCE($3::bigint, lock_key),
          reconciled_incarnation = CASE WHEN $2::text = '*' THEN pg_postmaster_start_time()
                                        WHEN $2::text IS NULL THEN reconciled_incarnation
                                        ELSE $2::timestamptz END
        WHERE node_id = $1 AND NOT declared_dead`,
-      [nodeId, reconciled ?? null],
+      [nodeId, reconciled ?? null, lockKey ?? null],
     );
     return rowCount === 1;
   }

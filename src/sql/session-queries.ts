@@ -15,6 +15,7 @@
 import { randomUUID } from "node:crypto";
 import type { Queryable } from "./bounded-queries.js";
 import { qualifiedName } from "./identifiers.js";
+import { lockReleasedSql } from "../liveness-lock.js";
 
 export type SessionState = "connected" | "disconnected" | "orphaned";
 
@@ -59,7 +60,17 @@ export interface TakenSession {
   readonly generation: number;
   /** Taken from this node's queue before it was written (the table still holds this node's skeleton). */
   readonly fromQueue?: boolean;
+  /** A skeleton taken from a dead node: how that node was found dead. */
+  readonly deadBy?: DeadBy;
 }
+
+/**
+ * How a node was found dead by the take of one of its skeletons: its
+ * liveness lock was released (its process is gone, liveness-lock.ts), its
+ * heartbeat was older than its `nodeDeadAfterMs`, an earlier take had
+ * declared it dead, or its row was gone.
+ */
+export type DeadBy = "lock" | "heartbeat" | "declared" | "gone";
 
 /** The outcome of one key of a take batch. */
 export interface TakeOutcome {
@@ -209,7 +220,9 @@ export class SessionQueries {
   /**
    * Like `take`, and says which sessions are held by a live node. A
    * `connected` row is taken only when its node is dead: its heartbeat is
-   * older than the node's `dead_after_ms`, or its row is gone. The take then
+   * older than the node's `dead_after_ms`, nobody holds the liveness lock its
+   * row names (its process is gone; never said of this node itself, whose
+   * lock is only missing while its listener reconnects), or its row is gone. The take then
    * marks that node `declared_dead` in the same statement; the node row's lock
    * orders this against the node's own heartbeat, so a node that was only
    * paused always learns at its next heartbeat that it must check what it
@@ -228,6 +241,7 @@ export class SessionQueries {
       live: boolean;
       crashed: boolean;
       generation: string | null;
+      dead_by: DeadBy | null;
     }>(
       `WITH k AS (
          SELECT * FROM unnest($1::bytea[], $2::int[]) AS k(pid_hash, namespace_id)
@@ -239,11 +253,22 @@ export class SessionQueries {
          WHERE s.state IN ('connected', 'disconnected', 'orphaned')
          ORDER BY s.pid_hash -- rows locked in one order by every taker
          FOR UPDATE OF s
-       ), dead AS (
-         UPDATE ${this.nodes} n SET declared_dead = true
+       ), verdict AS (
+         -- pg_locks is read only for a node neither declared dead nor stale (CASE stops early).
+         SELECT n.node_id,
+                CASE WHEN n.declared_dead THEN 'declared'
+                     WHEN n.heartbeat_at < now() - n.dead_after_ms * interval '1 millisecond' THEN 'heartbeat'
+                     WHEN n.lock_key IS NOT NULL AND n.node_id <> $3 AND ${lockReleasedSql("n.lock_key")} THEN 'lock'
+                END AS why
+         FROM ${this.nodes} n
          WHERE n.node_id IN (SELECT node_id FROM cand WHERE state = 'connected')
-           AND (n.declared_dead OR n.heartbeat_at < now() - n.dead_after_ms * interval '1 millisecond')
-         RETURNING n.node_id, n.heartbeat_at
+       ), dead AS (
+         -- Rechecked on the locked row: a heartbeat committed meanwhile keeps a node alive, unless its lock is gone.
+         UPDATE ${this.nodes} n SET declared_dead = true
+         FROM verdict v
+         WHERE n.node_id = v.node_id AND v.why IS NOT NULL
+           AND (n.declared_dead OR n.heartbeat_at < now() - n.dead_after_ms * interval '1 millisecond' OR v.why = 'lock')
+         RETURNING n.node_id, n.heartbeat_at, v.why
        ), takeable AS (
          SELECT cand.*,
                 CASE WHEN cand.state = 'connected'
@@ -265,7 +290,9 @@ export class SessionQueries {
        )
        SELECT c.pid_hash, c.namespace_id, c.sid, c.floor_offset::text, c.last_offset::text,
               c.cursor_offset::text, c.payload, COALESCE(t.live, false) AS live,
-              c.state IN ('connected', 'orphaned') AS crashed, tk.generation::text AS generation
+              c.state IN ('connected', 'orphaned') AS crashed, tk.generation::text AS generation,
+              CASE WHEN c.state = 'connected'
+                   THEN COALESCE((SELECT dead.why FROM dead WHERE dead.node_id = c.node_id), 'gone') END AS dead_by
        FROM cand c LEFT JOIN takeable t ON t.pid_hash = c.pid_hash LEFT JOIN taken tk ON tk.pid_hash = c.pid_hash`,
       [keys.map((k) => k.pidHash), keys.map((k) => k.namespaceId), this.nodeId],
     );
@@ -283,6 +310,7 @@ export class SessionQueries {
               live: row.live,
               crashed: row.crashed,
               generation: Number(row.generation),
+              ...(row.dead_by === null ? {} : { deadBy: row.dead_by }),
             };
       found.set(keyOf(row.pid_hash, row.namespace_id), { taken, held: taken === undefined });
     }
