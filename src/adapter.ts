@@ -355,6 +355,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     sequencer.offer(payloads.map((payload, i) => decodePacket(from + i, payload)));
   }
 
+  /** Emits `session-expired` (sid): the pruning pass deleted that session as expired, once per node. */
+  onSessionExpired(sid: string): void {
+    this.emit("session-expired", sid);
+  }
+
   onListenerReconnected(): void {
     this.sequencer?.catchUp();
   }

@@ -16,11 +16,13 @@ import { NodeLiveness } from "./node-liveness.js";
 import type { ResolvedOptions } from "./options.js";
 import { NAMESPACE_ACTIVITY_INTERVAL_MS, Pruner, type PruneReport } from "./pruner.js";
 import { Semaphore } from "./semaphore.js";
+import { ExpiryFeed } from "./session-expiry.js";
 import { SkeletonWriter } from "./session-durability.js";
 import { SessionStore } from "./session-store.js";
 import { checkTablesAtStart } from "./startup-check.js";
 import { boundedQueries } from "./sql/bounded-queries.js";
 import { LivenessQueries } from "./sql/liveness-queries.js";
+import { ExpiryQueries } from "./sql/expiry-queries.js";
 import { LogQueries } from "./sql/log-queries.js";
 import { PruneQueries } from "./sql/prune-queries.js";
 import { SessionQueries } from "./sql/session-queries.js";
@@ -36,6 +38,8 @@ export interface NamespaceMember {
   onListenerReconnected(): void;
   /** This node was declared dead and registered again: drop the sockets restored elsewhere. */
   onRevived(): Promise<void>;
+  /** The pruning pass deleted this namespace's session `sid` as expired (see session-expiry.ts). */
+  onSessionExpired(sid: string): void;
 }
 
 export class NodeContext {
@@ -51,6 +55,8 @@ export class NodeContext {
   /** Restores reading the table at once, over all namespaces of this node. */
   readonly restoreReads: Semaphore;
   private readonly pruner: Pruner;
+  /** Announcements of expired sessions, read once each (`session-expired`). */
+  private readonly expiry: ExpiryFeed;
   private readonly members = new Map<string, NamespaceMember>();
   /** Cluster ids of this node's adapters: messages from them are our own. */
   private readonly ownUids = new Set<string>();
@@ -104,12 +110,13 @@ export class NodeContext {
       onNotification: (channel, payload) => this.onNotification(channel, payload),
       onReconnected: () => {
         for (const member of this.members.values()) member.onListenerReconnected();
+        this.expiry.onReconnected();
       },
       onError: report,
     });
     this.pruner = new Pruner(
       pool,
-      new PruneQueries(opts.schema, () => this.attachments.current),
+      new PruneQueries(opts.schema, () => this.attachments.current, opts.logChannel),
       {
         retentionMs: () => {
           let longest: number | undefined;
@@ -124,6 +131,12 @@ export class NodeContext {
       },
       report,
     );
+    this.expiry = new ExpiryFeed(new ExpiryQueries(db, opts.schema), {
+      active: () => [...this.members.values()].some((m) => m.retentionMs() !== undefined),
+      deliver: (namespace, sid) => this.members.get(namespace)?.onSessionExpired(sid),
+      pollIntervalMs: opts.pruneIntervalMs,
+      onError: report,
+    });
     checkTablesAtStart(db, opts.schema, this.attachments, report);
     this.listener.start();
     void this.listener.listen(opts.logChannel);
@@ -144,6 +157,8 @@ export class NodeContext {
   add(member: NamespaceMember): void {
     this.members.set(member.nspName, member);
     this.ownUids.add(member.serverUid());
+    // The first namespace with recovery starts the feed at the newest announcement, once LISTEN is in place.
+    if (member.retentionMs() !== undefined) void this.listener.ready().then(() => this.expiry.start());
   }
 
   bindNamespaceId(id: number, member: NamespaceMember): void {
@@ -197,6 +212,7 @@ export class NodeContext {
         // After the sessions: its row gone (or marked dead), this node's remaining skeletons are restorable at once.
         ["leaving the nodes table", () => this.liveness.stop()],
         ["the pruning pass", () => this.pruner.stop()],
+        ["reading expired sessions", () => this.expiry.stop()],
         ["publishing cluster messages", () => this.bus.idle()],
         ["closing the LISTEN connection", () => this.listener.close()],
       ];
@@ -223,6 +239,10 @@ export class NodeContext {
       if (channel === this.opts.logChannel) {
         if (payload.startsWith("s|")) {
           this.sessions.onWritten(payload.slice(2));
+          return;
+        }
+        if (payload.startsWith("x|")) {
+          this.expiry.onNotified(payload.slice(2));
           return;
         }
         const [id, from, count, inline] = payload.split("|");

@@ -79,6 +79,14 @@ export const WRITER_IDLE_MS = 60 * 60 * 1000;
 export const NAMESPACE_IDLE_MS = 60 * 60 * 1000;
 export const NAMESPACE_ACTIVITY_INTERVAL_MS = 5 * 60 * 1000;
 
+/**
+ * How long an announcement of an expired session is kept for nodes to read:
+ * they read it within moments (NOTIFY), after a listener reconnect, or at
+ * their next poll (`pruneIntervalMs`); a node cut off longer misses it and
+ * says so (see `session-expiry.ts`).
+ */
+export const EXPIRY_ANNOUNCEMENTS_KEPT_MS = 60 * 60 * 1000;
+
 /** Each namespace with the retention the plan gives it. */
 async function planned(client: PoolClient, queries: PruneQueries, plan: PrunePlan) {
   return (await queries.listNamespaces(client)).map((row) => {
@@ -141,7 +149,9 @@ export async function runPrunePass(
     if (removed) report.namespaceRows++;
   }
   if (plan.sessions) {
-    report.sessions = await drain(batchSize, () => queries.pruneSessions(client, batchSize));
+    // Each batch announces the sessions it expired, in its own transaction (see `session-expiry.ts`).
+    report.sessions = await drain(batchSize, async () => (await queries.pruneSessions(client, batchSize)).deleted);
+    await drain(batchSize, () => queries.pruneExpiryAnnouncements(client, EXPIRY_ANNOUNCEMENTS_KEPT_MS, batchSize));
     await queries.pruneNodes(client);
   }
   const { logEntries, sessions, attachments, writers, namespaceRows } = report;
