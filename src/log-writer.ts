@@ -25,6 +25,7 @@ import type { NodeContext } from "./node-context.js";
 import { OutageMonitor } from "./outage.js";
 import type { PreparedPacket } from "./payload.js";
 import type { Sequencer } from "./sequencer.js";
+import { SPAN_NAMES, traced } from "./tracing.js";
 
 /** Payload of the adapter's "outage-started" event. */
 export interface OutageStartedEvent {
@@ -209,7 +210,19 @@ export class LogWriter {
 
   // ---- the append -------------------------------------------------------------
 
-  private async append(items: QueuedEntry[], attempt: number): Promise<number[]> {
+  /** One attempt of a batch, traced (see tracing.ts). */
+  private append(items: QueuedEntry[], attempt: number): Promise<number[]> {
+    let bytes = 0;
+    for (const item of items) bytes += item.payload.length;
+    const attributes = { "socketio.namespace": this.host.nspName, "socketio.recovery.batch_size": items.length, "socketio.recovery.batch_bytes": bytes, "socketio.recovery.attempt": attempt };
+    return traced(SPAN_NAMES.append, attributes, async (span) => {
+      const offsets = await this.appendOnce(items, attempt);
+      span.set({ "socketio.recovery.first_offset": offsets[0] ?? 0 });
+      return offsets;
+    });
+  }
+
+  private async appendOnce(items: QueuedEntry[], attempt: number): Promise<number[]> {
     this.outage.writeStarted();
     await this.host.started();
     const id = this.host.namespaceId();

@@ -8,6 +8,7 @@ import type { Pool, PoolClient } from "pg";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import type { PruneQueries } from "./sql/prune-queries.js";
+import { SPAN_NAMES, traced } from "./tracing.js";
 
 export interface PruneSettings {
   /** undefined: this node has no recovery (no log, no sessions to prune). */
@@ -111,11 +112,26 @@ async function drain(batchSize: number, step: () => Promise<number>): Promise<nu
  * Every delete is bounded and its own short transaction. Records the run in
  * the `maintenance` table (`source` says who ran it).
  */
-export async function runPrunePass(
+export function runPrunePass(client: PoolClient, queries: PruneQueries, plan: PrunePlan, source: string): Promise<PrunePassReport> {
+  return traced(SPAN_NAMES.prune, { "socketio.recovery.prune_source": source }, async (span) => {
+    const report = await runUntracedPrunePass(client, queries, plan, source, (announced) => span.set({ "socketio.recovery.expired_announced": announced }));
+    span.set({
+      "socketio.recovery.deleted_log_entries": report.logEntries,
+      "socketio.recovery.deleted_sessions": report.sessions,
+      "socketio.recovery.deleted_attachments": report.attachments,
+      "socketio.recovery.deleted_writers": report.writers,
+      "socketio.recovery.deleted_namespace_rows": report.namespaceRows,
+    });
+    return report;
+  });
+}
+
+async function runUntracedPrunePass(
   client: PoolClient,
   queries: PruneQueries,
   plan: PrunePlan,
   source: string,
+  expiredAnnounced: (count: number) => void,
 ): Promise<PrunePassReport> {
   const startedAt = new Date();
   const { batchSize } = plan;
@@ -150,7 +166,13 @@ export async function runPrunePass(
   }
   if (plan.sessions) {
     // Each batch announces the sessions it expired, in its own transaction (see `session-expiry.ts`).
-    report.sessions = await drain(batchSize, async () => (await queries.pruneSessions(client, batchSize)).deleted);
+    let announced = 0;
+    report.sessions = await drain(batchSize, async () => {
+      const batch = await queries.pruneSessions(client, batchSize);
+      announced += batch.announced;
+      return batch.deleted;
+    });
+    expiredAnnounced(announced);
     await drain(batchSize, () => queries.pruneExpiryAnnouncements(client, EXPIRY_ANNOUNCEMENTS_KEPT_MS, batchSize));
     await queries.pruneNodes(client);
   }

@@ -26,6 +26,7 @@ import { hashPid } from "./session-store.js";
 import type { SocketLedger } from "./socket-ledger.js";
 import type { SessionRecord, TakenSession } from "./sql/session-queries.js";
 import { Stitcher, type PendingRestore } from "./stitch.js";
+import { SPAN_NAMES, traced, type TraceSpan } from "./tracing.js";
 
 /** Socket.IO treats a falsy restore result as "not restored"; its type says Session. */
 const NOT_RESTORED = null as unknown as Session;
@@ -72,7 +73,8 @@ interface RestoreAttempt {
   abandoned: boolean;
 }
 
-type RestoreOutcome = { session: Session; replayed: number } | { refused: string };
+/** `source`: where the replay came from, the ring of recent entries or the table. */
+type RestoreOutcome = { session: Session; replayed: number; source: "memory" | "table" } | { refused: string };
 
 export class Restorer {
   private readonly stitcher: Stitcher;
@@ -107,18 +109,24 @@ export class Restorer {
    * (`io.of(nsp).adapter.on("restore-refused", ({ reason }) => …)`), for
    * dashboards and logs; the client just gets a new session.
    */
-  private refused(reason: string): Session {
+  private refused(reason: string, span?: TraceSpan): Session {
     debug("restore refused: %s", reason);
+    span?.set({ "socketio.recovery.outcome": "refused", "socketio.recovery.refusal_reason": reason });
     this.host.emit("restore-refused", { reason });
     return NOT_RESTORED;
   }
 
-  async restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
-    if (this.host.closing()) return this.refused("this node is closing");
-    if (this.host.inOutage()) return this.refused("this node cannot write to the database (outage mode)");
+  /** Traced (see tracing.ts): outcome, replay size and source as attributes. */
+  restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
+    return traced(SPAN_NAMES.restore, { "socketio.namespace": this.host.nspName }, (span) => this.restoreTraced(pid, offset, span));
+  }
+
+  private async restoreTraced(pid: PrivateSessionId, offset: string, span: TraceSpan): Promise<Session> {
+    if (this.host.closing()) return this.refused("this node is closing", span);
+    if (this.host.inOutage()) return this.refused("this node cannot write to the database (outage mode)", span);
     const parsed = parseOffset(offset);
     if (parsed === undefined || typeof pid !== "string" || pid.length === 0 || pid.length > 256) {
-      return this.refused("malformed pid or offset");
+      return this.refused("malformed pid or offset", span);
     }
     const timeoutMs = this.ctx.opts.restoreTimeoutMs;
     let timer: NodeJS.Timeout | undefined;
@@ -129,15 +137,17 @@ export class Restorer {
     const restoring = this.restore(pid, parsed, Date.now() + timeoutMs, attempt);
     try {
       const outcome = await Promise.race([restoring, timeout]);
-      if ("refused" in outcome) return this.refused(outcome.refused);
+      if ("refused" in outcome) return this.refused(outcome.refused, span);
       debug("restoring %s with %d missed packets", outcome.session.sid, outcome.replayed);
+      span.set({ "socketio.recovery.outcome": "recovered", "socketio.recovery.replay_size": outcome.replayed, "socketio.recovery.replay_source": outcome.source });
       this.host.emit("session-restored", { sid: outcome.session.sid, replayed: outcome.replayed });
       return outcome.session;
     } catch (err) {
       // The restore may go on in the background: from now on it must leave no trace (see restore()).
       attempt.abandoned = true;
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: a restore in "${this.host.nspName}" failed; the client gets a new session`, { cause: asError(err) }));
-      return this.refused(`failed: ${asError(err).message}`);
+      span.fail(err);
+      return this.refused(`failed: ${asError(err).message}`, span);
     } finally {
       clearTimeout(timer);
       restoring.catch(() => undefined);
@@ -218,8 +228,9 @@ export class Restorer {
       pending = this.stitcher.open(taken, offset, membership, upTo);
       // Bounded in count and bytes: a replay over either limit is refused below, so no more is read.
       const { maxReplayEntries, maxReplayBytes } = this.ctx.opts;
+      const recent = this.sequencer.recentRange(offset, upTo);
       const entries =
-        this.sequencer.recentRange(offset, upTo) ??
+        recent ??
         (
           await this.ctx.restoreReads.run(deadline, () =>
             this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes, "replay"),
@@ -242,7 +253,7 @@ export class Restorer {
       // (never written) leaves this node's skeleton of the same generation in the table.
       this.host.taken(stored.sid, pid, stored.generation, stored.fromQueue === true);
       const session: Session = { sid: stored.sid, pid, rooms: [...joinedAt.keys()], data: contents.data, missedPackets: [] };
-      return { session, replayed: plan.entries.length };
+      return { session, replayed: plan.entries.length, source: recent ? "memory" : "table" };
     } catch (err) {
       // Failed or timed out: nothing was restored, so the session goes back. A pid still restores at most once.
       this.putBack(taken);
