@@ -15,6 +15,9 @@ export { setupPrimary } from "./node-cluster.js";
 export type { Primary, PrimaryOptions } from "./node-cluster.js";
 export type { PostgresRecoveryAdapterOptions, RecoveryOptions, UpstreamCompatibleOptions } from "./options.js";
 export { LISTENER_APPLICATION_NAME } from "./listener.js";
+export { OperatorNotice } from "./operator-events.js";
+export type { OperatorEvent } from "./operator-events.js";
+export { SPAN_NAMES } from "./tracing.js";
 export { migrate } from "./migrate.js";
 export { collectStatus, SchemaNotReadyError } from "./status.js";
 export type {

@@ -22,6 +22,7 @@ import { encodeBatchForNotify, type LoggedPacket } from "./codec.js";
 import { debug } from "./debug.js";
 import { isTransientDatabaseError } from "./errors.js";
 import type { NodeContext } from "./node-context.js";
+import { operatorNotice } from "./operator-events.js";
 import { OutageMonitor } from "./outage.js";
 import type { PreparedPacket } from "./payload.js";
 import type { Sequencer } from "./sequencer.js";
@@ -188,11 +189,12 @@ export class LogWriter {
     this.unloggedPackets = 0;
     this.host.emit("outage-started", { failingForMs, lastError });
     this.ctx.reportError(
-      new Error(
-        `socket.io-postgres-recovery: the log of "${this.host.nspName}" has been unwritable for ${failingForMs} ms` +
+      operatorNotice(
+        { event: "outage-started", namespace: this.host.nspName, failingForMs, ...(lastError ? { lastError: lastError.message } : {}) },
+        `the log of "${this.host.nspName}" has been unwritable for ${failingForMs} ms` +
           (lastError ? "" : " (the write hangs)") +
           "; delivering new events to this node's sockets only, unlogged, until a write succeeds",
-        lastError ? { cause: lastError } : undefined,
+        lastError,
       ),
     );
     for (const item of this.batcher.take(() => true)) this.deliverUnlogged(item.packet);
@@ -201,6 +203,12 @@ export class LogWriter {
   private endOutage(): void {
     debug("outage of %s ended: %d events delivered unlogged", this.host.nspName, this.unloggedPackets);
     this.host.emit("outage-ended", { unloggedPackets: this.unloggedPackets });
+    this.ctx.reportError(
+      operatorNotice(
+        { event: "outage-ended", namespace: this.host.nspName, unloggedPackets: this.unloggedPackets },
+        `the log of "${this.host.nspName}" is writable again; ${this.unloggedPackets} event(s) were delivered unlogged meanwhile`,
+      ),
+    );
   }
 
   private deliverUnlogged(packet: LoggedPacket): void {

@@ -9,8 +9,8 @@
  * registers again (so nothing more is taken from it), then asks its sockets'
  * owners to drop whatever was restored elsewhere meanwhile (`onRevived`).
  */
-import { debug } from "./debug.js";
 import { asError } from "./errors.js";
+import { operatorNotice } from "./operator-events.js";
 import type { LivenessQueries } from "./sql/liveness-queries.js";
 
 export interface NodeLivenessOptions {
@@ -70,9 +70,16 @@ export class NodeLiveness {
       const alive = await this.queries.heartbeat(this.opts.nodeId);
       this.failing = false;
       if (alive || this.stopped) return;
-      debug("node %s was declared dead; registering again and dropping what was taken", this.opts.nodeId);
-      await this.queries.register(this.opts.nodeId, this.opts.deadAfterMs);
+      const { nodeId } = this.opts;
+      this.opts.onError(
+        operatorNotice(
+          { event: "node-declared-dead", nodeId },
+          `this node (${nodeId}) was declared dead by another node (no heartbeat for nodeDeadAfterMs: a pause or a partition); registering again and dropping the sockets restored elsewhere`,
+        ),
+      );
+      await this.queries.register(nodeId, this.opts.deadAfterMs);
       await this.opts.onRevived();
+      this.opts.onError(operatorNotice({ event: "node-revived", nodeId }, `this node (${nodeId}) registered again after it was declared dead`));
     } catch (err) {
       // Once per failure streak (a database outage would otherwise report it every interval).
       if (this.failing) return;

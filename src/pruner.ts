@@ -7,6 +7,7 @@
 import type { Pool, PoolClient } from "pg";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
+import { operatorNotice } from "./operator-events.js";
 import type { PruneQueries } from "./sql/prune-queries.js";
 import { SPAN_NAMES, traced } from "./tracing.js";
 
@@ -225,9 +226,32 @@ export class Pruner {
   start(intervalMs: number): void {
     this.timer = setInterval(() => {
       if (this.running) return;
-      this.pruneNow().catch((err: unknown) => this.onError(asError(err)));
+      this.pruneNow().then(
+        (report) => this.passSucceeded(report),
+        (err: unknown) => this.passFailed(asError(err)),
+      );
     }, intervalMs);
     this.timer.unref();
+  }
+
+  /** Scheduled passes that failed in a row: the first is reported, the others go to debug. */
+  private failedPasses = 0;
+
+  private passFailed(err: Error): void {
+    this.failedPasses++;
+    if (this.failedPasses > 1) {
+      debug("prune: pass %d in a row failed: %s", this.failedPasses, err.message);
+      return;
+    }
+    const reason = err.cause instanceof Error ? err.cause.message : err.message;
+    this.onError(operatorNotice({ event: "pruning-refused", reason }, `pruning failed: ${reason} (said once until a pass runs again)`, err));
+  }
+
+  private passSucceeded(report: PruneReport): void {
+    if (!report.ran || this.failedPasses === 0) return;
+    const failedPasses = this.failedPasses;
+    this.failedPasses = 0;
+    this.onError(operatorNotice({ event: "pruning-resumed", failedPasses }, `pruning runs again after ${failedPasses} failed pass(es)`));
   }
 
   async stop(): Promise<void> {
