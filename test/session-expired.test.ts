@@ -122,7 +122,7 @@ describe("session-expired", () => {
     try {
       // No scheduled pass, no poll within the test: the passes are the operator's, and only the
       // NOTIFY or the read after a listener reconnect can tell the nodes.
-      const adapter = { pruneIntervalMs: 600_000, listenerCheckIntervalMs: 1500 };
+      const adapter = { pruneIntervalMs: 600_000, listenerCheckIntervalMs: 2500 };
       const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1, maxDisconnectionDuration: 500, adapter });
       const n0 = cluster.node(0);
       // Sessions the previous test's nodes wrote as they closed would expire here too.
