@@ -178,6 +178,10 @@ describe("stitching a restore to live delivery", () => {
       cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1 });
       const lagging = await cluster.addNode({ databaseUrl: proxy.through(db.url), adapter: { listenerCheckIntervalMs: 600_000 } });
       await cluster.waitForServerCount();
+      // node1 must know its cursor before its listener freezes: a CONNECT waits for it (connect
+      // gate). Otherwise, under load, node1 read its start after 6 and 7 were emitted but before
+      // they committed, and then rightly heard of them only when its listener came back.
+      (await cluster.connect(1)).disconnect();
       const client = await cluster.connect(0, { rooms: ["lag"] });
       const got = recordEvents(client);
       expect(proxy.freeze((c) => c.applicationName === LISTENER_APPLICATION_NAME)).toBe(1);
