@@ -7,6 +7,7 @@ import type { Pool } from "pg";
 import { PostgresRecoveryAdapter } from "./adapter.js";
 import { NodeContext } from "./node-context.js";
 import { OptionsError, resolveOptions, type PostgresRecoveryAdapterOptions } from "./options.js";
+import { loadApi } from "./tracing.js";
 
 export { PostgresRecoveryAdapter } from "./adapter.js";
 export type { OutageEndedEvent, OutageStartedEvent, RefusedEvent, RestoredEvent } from "./adapter.js";
@@ -49,6 +50,7 @@ export function createAdapter(
     throw new OptionsError("socket.io-postgres-recovery: createAdapter(pool, options) needs a pg.Pool as its first argument");
   }
   const opts = resolveOptions(options);
+  loadApi();
   let context: NodeContext | undefined;
   // A plain function, not an arrow: Socket.IO calls it with `new`, and returning an object from it is what `new` yields.
   return function postgresRecoveryAdapter(nsp: Namespace) {

@@ -3,11 +3,15 @@
  * through `@opentelemetry/api` when the application has it installed: an
  * optional peer dependency. Without an SDK registered the API hands out
  * non-recording spans (nothing is recorded or sent); without the package at
- * all every span here is a no-op. The package is looked up at the first span,
- * never at import, so an application without it loads this module unchanged.
+ * all every span here is a no-op. The package is looked up by
+ * `createAdapter()`, never at import, so an application without it loads
+ * this module unchanged.
  *
  * `require` (not `import()`) keeps the lookup synchronous, so the first
- * restore is traced too. The API keeps its registered provider on
+ * restore is traced too. It is done at `createAdapter()` rather than at the
+ * first span: looked up in the middle of traffic (the first append), its
+ * one-time load blocked a loaded node's event loop at a bad moment, and the
+ * fault suite's SIGTERM scenario then lost events (see the branch report). The API keeps its registered provider on
  * `globalThis` under a versioned key, so this copy sees the SDK the
  * application registered through its own `import`.
  *
@@ -46,7 +50,12 @@ export const SPAN_NAMES = {
 /** undefined: not looked up yet; null: not installed. */
 let api: OtelApi | null | undefined;
 
-function loadApi(): OtelApi | null {
+/**
+ * Looks the API up now (`createAdapter()` calls it): the synchronous
+ * `require` of a few dozen files happens at start-up, not in the middle of
+ * the first append or restore.
+ */
+export function loadApi(): OtelApi | null {
   if (api === undefined) {
     try {
       api = createRequire(import.meta.url)("@opentelemetry/api") as OtelApi;
