@@ -37,6 +37,21 @@ async function adapterFor(): Promise<ServerOptions["adapter"] | undefined> {
       cleanups.push(() => pool.end());
       return createAdapter(pool, { errorHandler: reportError }) as unknown as ServerOptions["adapter"];
     }
+    case "ours-metrics": {
+      const { createAdapter } = await import("../src/index.js");
+      const { Registry } = await import("prom-client");
+      const register = new Registry();
+      const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 10 });
+      pool.on("error", reportError);
+      // Scraped every second (Prometheus usually scrapes every 15 s or more): the cost includes rendering.
+      const scraper = setInterval(() => void register.metrics(), 1000);
+      scraper.unref();
+      cleanups.push(async () => {
+        clearInterval(scraper);
+        await pool.end();
+      });
+      return createAdapter(pool, { errorHandler: reportError, metrics: register }) as unknown as ServerOptions["adapter"];
+    }
     case "upstream-pg": {
       const { createAdapter } = await import("@socket.io/postgres-adapter");
       const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL, max: 10 });

@@ -4,7 +4,7 @@
  * need: how many nodes it can run, whether it recovers, what its offsets
  * look like.
  */
-export type PeerId = "ours" | "in-memory" | "upstream-pg" | "redis-streams";
+export type PeerId = "ours" | "ours-metrics" | "in-memory" | "upstream-pg" | "redis-streams";
 
 export interface Peer {
   id: PeerId;
@@ -21,12 +21,20 @@ export interface Peer {
 
 export const PEERS: Record<PeerId, Peer> = {
   ours: { id: "ours", label: "ours (pg + recovery)", maxNodes: 2, recovery: true, offsetKind: "ours", postgres: true },
+  // Ours with the `metrics` option (a prom-client Registry, scraped every second): its cost against "ours".
+  "ours-metrics": { id: "ours-metrics", label: "ours + metrics", maxNodes: 2, recovery: true, offsetKind: "ours", postgres: true },
   "in-memory": { id: "in-memory", label: "in-memory (1 node)", maxNodes: 1, recovery: true, postgres: false },
   "upstream-pg": { id: "upstream-pg", label: "upstream pg (no recovery)", maxNodes: 2, recovery: false, postgres: true },
   "redis-streams": { id: "redis-streams", label: "redis-streams", maxNodes: 2, recovery: true, offsetKind: "redis", postgres: false },
 };
 
+/** The default set; "ours-metrics" only on request (`--peers ours,ours-metrics`). */
 export const ALL_PEERS: PeerId[] = ["ours", "in-memory", "upstream-pg", "redis-streams"];
+
+/** This package, with or without metrics (same tables, channels, offsets). */
+export function isOurs(peer: Peer): boolean {
+  return peer.id === "ours" || peer.id === "ours-metrics";
+}
 
 /** The comparison's reference point: ratios are ours / peer. */
 export const OURS: PeerId = "ours";

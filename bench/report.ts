@@ -5,6 +5,7 @@
  */
 import type { MetricDef, Metrics } from "./lib/context.js";
 import { OURS, PEERS, type PeerId } from "./peers.js";
+import type { EmitterThroughput } from "./workloads/emitters.js";
 import type { RawLimit } from "./workloads/raw-limits.js";
 
 /** One workload × peer × repetition: numbers, or why not. */
@@ -26,6 +27,8 @@ export interface RunReport {
   machine: Record<string, unknown>;
   notes: string[];
   rawLimits: RawLimit[];
+  /** Emitter throughput, every repetition (absent in reports written before it existed). */
+  emitters?: EmitterThroughput[];
   workloads: WorkloadResult[];
   durationSeconds?: number;
 }
@@ -151,10 +154,33 @@ export function markdown(report: RunReport): string {
     lines.push("");
   }
   if (report.rawLimits.length) {
-    lines.push("### Raw limits of this machine: multi-row INSERT + one pg_notify per transaction, one connection, back to back", "");
+    lines.push("### Raw limits of this machine: multi-row INSERT and / or one pg_notify per transaction, back to back (one connection unless said)", "");
     lines.push("| statement | rows per transaction | transactions/s | rows/s | mean ms per transaction |", "| --- | ---: | ---: | ---: | ---: |");
     for (const r of report.rawLimits) lines.push(`| ${r.statement ?? "insert+notify"} | ${r.batch} | ${fmt(r.txPerSec)} | ${fmt(r.rowsPerSec)} | ${r.meanMs.toFixed(2)} |`);
     lines.push("");
+  }
+  if (report.emitters?.length) {
+    const names = [...new Set(report.emitters.map((e) => e.emitter))];
+    const upstreamName = names.find((n) => n.startsWith("upstream"));
+    const median = (name: string) => stat(report.emitters!.filter((e) => e.emitter === name).map((e) => e.eventsPerSec));
+    const up = upstreamName ? median(upstreamName)?.median : undefined;
+    lines.push(
+      "### Emitters: events/s committed from outside the nodes (median, min–max over repetitions)",
+      "",
+      "| emitter | events/s | ÷ upstream emitter |",
+      "| --- | ---: | ---: |",
+    );
+    for (const name of names) {
+      const s = median(name);
+      if (!s) continue;
+      const range = s.n > 1 && s.min !== s.max ? ` (${fmt(s.min)}–${fmt(s.max)})` : "";
+      lines.push(`| ${name} | ${fmt(s.median)}${range} | ${up ? (s.median / up).toFixed(2) : "–"} |`);
+    }
+    lines.push(
+      "",
+      "Ours logs every event (offsets, replay on recovery); upstream's emitter and redis-streams' XADD only publish. Direct: group-committed, the promise resolves once in the log. Transactional: one transaction per event on 4 connections; logged = moved into the log by a node.",
+      "",
+    );
   }
   const v = verdicts(report);
   if (v.length) {
@@ -165,4 +191,4 @@ export function markdown(report: RunReport): string {
   return lines.join("\n");
 }
 
-const ORDER: PeerId[] = ["ours", "in-memory", "upstream-pg", "redis-streams"];
+const ORDER: PeerId[] = ["ours", "ours-metrics", "in-memory", "upstream-pg", "redis-streams"];

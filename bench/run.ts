@@ -2,7 +2,10 @@
  * `npm run bench`: our adapter against its peers, each Socket.IO node in its
  * own process, clients in another, loopback only.
  *
- *   npm run bench -- [--quick] [--reps N] [--only W1,W2] [--peers ours,redis-streams] [--cpu-prof] [--self-check]
+ *   npm run bench -- [--quick] [--reps N] [--only W1,W2,EMIT] [--peers ours,redis-streams] [--cpu-prof] [--self-check]
+ *
+ * EMIT is the emitters' throughput (workloads/emitters.ts): ours (direct and
+ * transactional), @socket.io/postgres-emitter, and redis-streams' XADD per emit.
  *
  * DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres) names a
  * server where the run creates, and then drops, a database of its own;
@@ -25,6 +28,7 @@ import { createRunDatabase, serverVersion, type RunDatabase } from "./lib/databa
 import { ALL_PEERS, PEERS, type PeerId } from "./peers.js";
 import { markdown, type Outcome, type RunReport, type WorkloadResult } from "./report.js";
 import { selfCheck } from "./self-check.js";
+import { measureEmitters } from "./workloads/emitters.js";
 import { measureRawLimits } from "./workloads/raw-limits.js";
 import { w1, w1split } from "./workloads/w1-fanout.js";
 import { w2 } from "./workloads/w2-latency.js";
@@ -32,9 +36,10 @@ import { w3 } from "./workloads/w3-storm.js";
 import { w4 } from "./workloads/w4-replay.js";
 import { w5 } from "./workloads/w5-prune.js";
 import { w6 } from "./workloads/w6-crash-storm.js";
+import { w7 } from "./workloads/w7-cotenancy.js";
 import { summariseProfiles } from "./profile-summary.js";
 
-const WORKLOADS: Workload[] = [w1, w1split, w2, w3, w4, w5, w6];
+const WORKLOADS: Workload[] = [w1, w1split, w2, w3, w4, w5, w6, w7];
 
 const { values: args } = parseArgs({
   options: {
@@ -48,7 +53,7 @@ const { values: args } = parseArgs({
 });
 
 function usage(message: string): never {
-  process.stderr.write(`bench: ${message}\nusage: npm run bench -- [--quick] [--reps N] [--only ${WORKLOADS.map((w) => w.id).join(",")}] [--peers ${ALL_PEERS.join(",")}] [--cpu-prof] [--self-check]\n`);
+  process.stderr.write(`bench: ${message}\nusage: npm run bench -- [--quick] [--reps N] [--only ${[...WORKLOADS.map((w) => w.id), "EMIT"].join(",")}] [--peers ${ALL_PEERS.join(",")}] [--cpu-prof] [--self-check]\n`);
   process.exit(2);
 }
 
@@ -56,7 +61,11 @@ const sizes = args.quick ? QUICK : FULL;
 const reps = args.reps === undefined ? (args.quick ? 1 : 3) : Number(args.reps);
 if (!Number.isInteger(reps) || reps < 1 || reps > 20) usage(`--reps must be an integer from 1 to 20, got ${args.reps}`);
 const only = args.only?.split(",").map((s) => s.trim());
-for (const id of only ?? []) if (!WORKLOADS.some((w) => w.id.toLowerCase() === id.toLowerCase())) usage(`unknown workload ${id}`);
+const EMITTERS_ID = "EMIT";
+for (const id of only ?? []) {
+  if (id.toUpperCase() !== EMITTERS_ID && !WORKLOADS.some((w) => w.id.toLowerCase() === id.toLowerCase())) usage(`unknown workload ${id}`);
+}
+const measureEmittersToo = !only || only.some((id) => id.toUpperCase() === EMITTERS_ID);
 const workloads = WORKLOADS.filter((w) => !only || only.some((id) => id.toLowerCase() === w.id.toLowerCase()));
 let peers = (args.peers?.split(",").map((s) => s.trim()) ?? ALL_PEERS) as PeerId[];
 for (const p of peers) if (!PEERS[p]) usage(`unknown peer ${p}`);
@@ -157,6 +166,7 @@ async function main(): Promise<void> {
     },
     notes,
     rawLimits: [],
+    emitters: [],
     workloads: workloads.map((w): WorkloadResult => ({ id: w.id, title: w.title, metrics: w.metrics, outcomes: {} })),
   };
   const profileDir = args["cpu-prof"] ? `bench/results/profiles-${runId}` : undefined;
@@ -170,6 +180,12 @@ async function main(): Promise<void> {
 
     log(`raw limits (${args.quick ? 1 : 2} s per batch size)`);
     report.rawLimits = await measureRawLimits(db.url, args.quick ? 1 : 2);
+
+    if (measureEmittersToo) {
+      const events = args.quick ? 2000 : 5000;
+      log(`emitters: ${events} events each (transactional: ${Math.ceil(events / 5)}), ${reps} repetition(s)`);
+      report.emitters = await measureEmitters(db.url, peers.includes("redis-streams") ? redisUrl : undefined, events, reps, log);
+    }
 
     let epoch = 0;
     let runs = 0;
@@ -210,6 +226,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
+    for (const w of workloads) await w.teardown?.().catch((err: unknown) => log(`${w.id} teardown failed: ${String(err)}`));
     await db.drop().catch((err: unknown) => log(`could not drop ${db.name}: ${String(err)}`));
   }
   report.machine.loadavgEnd = loadavg();

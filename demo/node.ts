@@ -19,6 +19,8 @@
  *
  * It reports to the supervisor over IPC (`NodeReport` in node-protocol.ts):
  * ready, restores and refusals, connected sockets, adapter errors.
+ * GET /metrics: this node's Prometheus metrics (the adapter's, option
+ * `metrics`, and Node's process metrics), linked from the page.
  * SIGTERM or SIGINT or the supervisor going away: stop ticking, `io.close()`
  * (flushes the log and the sessions of every socket it disconnects), end the
  * pool, exit 0 (1 when closing failed).
@@ -26,6 +28,7 @@
 import { createServer, type Server as HttpServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import pg from "pg";
+import { collectDefaultMetrics, Registry } from "prom-client";
 import { Server, type Socket } from "socket.io";
 import { createAdapter, type RefusedEvent, type RestoredEvent } from "../src/index.js";
 import { isSupervisorMessage, type NodeReport } from "./node-protocol.js";
@@ -83,7 +86,19 @@ async function main(): Promise<void> {
   const pool = new pg.Pool({ connectionString: databaseUrl, max: 5 });
   // An idle pooled connection dropped by the server must not crash the node.
   pool.on("error", () => {});
-  const http = createServer();
+  const register = new Registry();
+  collectDefaultMetrics({ register });
+  // Socket.IO answers its own path first; every other request comes here.
+  const http = createServer((req, res) => {
+    if (req.method !== "GET" || req.url !== "/metrics") {
+      res.writeHead(404).end();
+      return;
+    }
+    register.metrics().then(
+      (text) => res.writeHead(200, { "content-type": register.contentType }).end(text),
+      (err: unknown) => res.writeHead(500).end(String(err)),
+    );
+  });
   const io = new Server(http, {
     connectionStateRecovery: { maxDisconnectionDuration: MAX_DISCONNECTION_MS, skipMiddlewares: true },
     cors: { origin: origins },
@@ -93,6 +108,7 @@ async function main(): Promise<void> {
       nodeHeartbeatIntervalMs: 500,
       nodeDeadAfterMs: 2000,
       restoreTimeoutMs: 8000,
+      metrics: register,
       errorHandler: (err) => {
         process.stderr.write(`[${name}] adapter error: ${err.message}\n`);
         report({ type: "error", message: err.message });

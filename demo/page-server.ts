@@ -5,6 +5,8 @@
  *   GET  /api/cluster               -> whatever `cluster()` returns
  *   POST /api/nodes/<name>/restart  -> 202 (the restart goes on), 404, 409
  *   POST /api/nodes/<name>/crash    -> 202 (SIGKILLed: it writes nothing), 404, 409
+ *   POST /api/emit/worker           -> 202: a worker process emits one event (createEmitter), 409
+ *   POST /api/emit/rollback         -> 202: a worker process commits one event and rolls one back, 409
  */
 import { readFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -33,6 +35,8 @@ export interface PageApi {
   restart(name: string): "started" | "unknown" | "busy";
   /** SIGKILLs the node (a crash: it writes nothing); "unknown" or "busy" when it cannot. */
   crash(name: string): "started" | "unknown" | "busy";
+  /** Starts a worker process that emits with createEmitter; "busy" before the database is up. */
+  emitFromWorker(mode: "worker" | "rollback"): "started" | "busy";
 }
 
 export interface PageServer {
@@ -52,14 +56,19 @@ function sendJson(res: ServerResponse, status: number, body: unknown): void {
 async function handle(req: IncomingMessage, res: ServerResponse, api: PageApi): Promise<void> {
   const url = new URL(req.url ?? "/", "http://page");
   const action = /^\/api\/nodes\/([\w-]+)\/(restart|crash)$/.exec(url.pathname);
-  if (req.method === "POST" && action) {
-    // Only the page itself restarts or crashes nodes: another site open in the browser could POST here too.
+  const emit = /^\/api\/emit\/(worker|rollback)$/.exec(url.pathname);
+  if (req.method === "POST" && (action || emit)) {
+    // Only the page itself acts: another site open in the browser could POST here too.
     const origin = req.headers.origin;
     if (origin !== undefined && origin !== `http://${req.headers.host}`) {
       sendJson(res, 403, { error: "cross-origin request" });
       return;
     }
-    const outcome = action[2] === "crash" ? api.crash(action[1]!) : api.restart(action[1]!);
+    const outcome = emit
+      ? api.emitFromWorker(emit[1] as "worker" | "rollback")
+      : action![2] === "crash"
+        ? api.crash(action![1]!)
+        : api.restart(action![1]!);
     sendJson(res, outcome === "started" ? 202 : outcome === "unknown" ? 404 : 409, { outcome });
   } else if (req.method === "GET" && url.pathname === "/api/cluster") {
     sendJson(res, 200, await api.cluster());

@@ -20,6 +20,8 @@
  * embedded Postgres is stopped. A second request forces: SIGKILL to the
  * nodes, Postgres stopped at once.
  */
+import { spawn } from "node:child_process";
+import path from "node:path";
 import type pg from "pg";
 import type { RecoveryStatus } from "../src/index.js";
 import { ManagedNode } from "./managed-node.js";
@@ -107,6 +109,24 @@ function crash(name: string): "started" | "unknown" | "busy" {
   return "started";
 }
 
+const EMIT_WORKER = path.join(import.meta.dirname, "emit-worker.ts");
+let workers = 0;
+
+/** A separate process emits with createEmitter (see emit-worker.ts); at most 4 at once. */
+function emitFromWorker(mode: "worker" | "rollback"): "started" | "busy" {
+  if (!database || stopRequests > 0 || workers >= 4) return "busy";
+  workers++;
+  const child = spawn(process.execPath, ["--import", "tsx", EMIT_WORKER, database.url, mode], {
+    cwd: path.resolve(import.meta.dirname, ".."),
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  child.on("exit", (code) => {
+    workers--;
+    if (code !== 0) say(`  emit worker exited with ${code}`);
+  });
+  return "started";
+}
+
 async function cluster(): Promise<unknown> {
   // What the database holds (heads, retained entries, sessions, last prune): the CLI's `status`.
   const db = statusPool && readStatus ? await readStatus(statusPool).catch((err: Error) => ({ error: err.message })) : null;
@@ -121,7 +141,7 @@ async function cluster(): Promise<unknown> {
 
 async function start(): Promise<void> {
   const { port, nodeCount } = readSettings();
-  page = await startPageServer(port, port !== 0, { cluster, restart, crash });
+  page = await startPageServer(port, port !== 0, { cluster, restart, crash, emitFromWorker });
   // Postgres starts while the nodes load their modules; they get its URL once it is migrated.
   databaseStarting = demoDatabase();
   const libraries = Promise.all([import("pg"), import("../src/index.js")]);

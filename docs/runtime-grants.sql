@@ -15,3 +15,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA socket_io TO sio_ru
 REVOKE INSERT, UPDATE, DELETE ON socket_io.__drizzle_migrations FROM sio_runtime;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA socket_io TO sio_runtime;
 REVOKE USAGE ON SEQUENCE socket_io.__drizzle_migrations_id_seq FROM sio_runtime;
+-- The SQL function emit() (createEmitter's staging, for triggers and other
+-- languages). It runs as its owner (SECURITY DEFINER), so an application role
+-- that should emit from its own transactions needs only USAGE on the schema
+-- and this EXECUTE, not the tables.
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA socket_io TO sio_runtime;

@@ -36,6 +36,8 @@ import { normalizeEventData, prepareLoggedPacket } from "./payload.js";
 import { orderDisconnect, ProgramOrder } from "./program-order.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
+import { moveStaged } from "./staged-events.js";
+import { StagedMover } from "./staged-mover.js";
 import { SessionDurability, type DurabilityHost } from "./session-durability.js";
 import { hashPid } from "./session-store.js";
 import { SocketLedger, UNSTARTED } from "./socket-ledger.js";
@@ -68,6 +70,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly restorer: Restorer | undefined;
   /** Skeletons of this namespace's sockets, for restores after a crash. */
   private readonly durability: SessionDurability | undefined;
+  /** Moves events staged outside the nodes (createEmitter, the SQL function) into the log. */
+  private readonly staged: StagedMover | undefined;
   /** Room and disconnect operations after the events emitted before them (see program-order.ts). */
   private readonly order: ProgramOrder | undefined;
   private namespaceId: number | undefined;
@@ -82,6 +86,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private announced = false;
   /** Logged broadcasts for the peers that do not read our log (see mixed-cluster.ts). */
   readonly mixedCluster: MixedCluster;
+  /** Stops this namespace's gauges being read at scrapes (see metrics.ts). */
+  private unwatchMetrics: () => void = () => undefined;
 
   constructor(
     nsp: Namespace,
@@ -125,6 +131,23 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         this.recovery.maxDisconnectionDuration,
         ctx.opts.checkpointIntervalMs,
       );
+      this.staged = new StagedMover({
+        nspName: this.nspName,
+        limit: ctx.opts.maxBatchSize,
+        move: () =>
+          moveStaged(ctx.pool, ctx.staging, this.nspName, {
+            limit: ctx.opts.maxBatchSize,
+            maxEntryBytes: ctx.opts.maxEntryBytes,
+            logChannel: ctx.opts.logChannel,
+            payloadThreshold: ctx.opts.payloadThreshold,
+            queryTimeoutMs: ctx.opts.queryTimeoutMs === false ? undefined : ctx.opts.queryTimeoutMs,
+          }),
+        moved: (entries) => {
+          for (const entry of entries) this.mixedCluster.relay(entry);
+          this.sequencer?.offer(entries);
+        },
+        reportError: (err) => ctx.reportError(err),
+      });
       this.order = new ProgramOrder({
         cursor: () => this.sequencer?.cursor,
         maxWaitMs: ctx.opts.unloggedDeliveryAfterMs,
@@ -132,6 +155,12 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         onError: (err) => this.ctx.reportError(err),
       });
       installConnectGate(nsp);
+      const { sequencer, writer } = this;
+      this.unwatchMetrics = ctx.metrics.watch(nsp.name, {
+        lagEntries: () => (sequencer.cursor === undefined ? undefined : Math.max(0, sequencer.head - sequencer.cursor)),
+        pendingWrites: () => writer.pendingWrites,
+        inOutage: () => writer.inOutage,
+      });
     }
     ctx.add(this);
     this.closeDeadline = new Promise<void>((resolve) => {
@@ -201,6 +230,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         if (this.sequencer) {
           // The log channel is listened to before the head is read, so nothing committed after it is missed.
           await this.ctx.listener.listen(this.ctx.opts.logChannel);
+          await this.ctx.listener.listen(this.ctx.staging.channel);
           const { id, head } = await this.ctx.log.namespace(this.nspName, this.retentionMs());
           await this.ctx.log.registerWriter(this.writerId, id);
           if (this.gaveUp) return;
@@ -213,6 +243,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
           this.order?.delivered(); // operations of other nodes that were waiting for the cursor
           // A NOTIFY that arrived before the namespace id was known was dropped: read the table once.
           this.sequencer.catchUp();
+          // Events staged while no node served this namespace (or before this one listened).
+          this.staged?.start();
         }
         debug("namespace %s ready", this.nspName);
         return;
@@ -362,6 +394,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   onListenerReconnected(): void {
     this.sequencer?.catchUp();
+    this.staged?.request(); // commits notified while the connection was down
+  }
+
+  onStagedEvents(): void {
+    this.staged?.request();
   }
 
   private deliver(entry: LogEntry): void {
@@ -608,7 +645,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         this.ctx.reportError(asError(err));
       }
       await Promise.race([this.ctx.sessions.flush(), this.closeDeadline]);
+      await this.staged?.close(deadline);
       this.gaveUp = true; // nothing left that needs the namespace to start
+      this.unwatchMetrics();
       this.order?.close();
       super.close();
       this.sequencer?.close();

@@ -75,6 +75,15 @@ export function encodeBatchForNotify(packets: readonly Buffer[]): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
 }
 
+/** The batch inside an append's NOTIFY when it fits under `payloadThreshold` (receivers then skip a read), else "". */
+export function inlineForNotify(payloads: readonly Buffer[], payloadThreshold: number): string {
+  let bytes = 16;
+  for (const p of payloads) bytes += p.length + 5;
+  if (Math.ceil(bytes / 3) * 4 + 40 > payloadThreshold) return "";
+  const inline = encodeBatchForNotify(payloads);
+  return inline.length + 40 > payloadThreshold ? "" : inline;
+}
+
 export function decodeBatchFromNotify(base64: string): Uint8Array[] {
   const decoded = decoder.decode(Buffer.from(base64, "base64"));
   if (!Array.isArray(decoded) || !decoded.every((p) => p instanceof Uint8Array)) {

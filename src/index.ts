@@ -5,6 +5,7 @@
 import type { Namespace } from "socket.io";
 import type { Pool } from "pg";
 import { PostgresRecoveryAdapter } from "./adapter.js";
+import { NO_METRICS, recoveryMetrics } from "./metrics.js";
 import { NodeContext } from "./node-context.js";
 import { OptionsError, resolveOptions, type PostgresRecoveryAdapterOptions } from "./options.js";
 import { loadApi } from "./tracing.js";
@@ -12,6 +13,9 @@ import { loadApi } from "./tracing.js";
 export { PostgresRecoveryAdapter } from "./adapter.js";
 export type { OutageEndedEvent, OutageStartedEvent, RefusedEvent, RestoredEvent } from "./adapter.js";
 export { OptionsError } from "./options.js";
+export { createEmitter, Emitter, EmitterError } from "./emitter.js";
+export type { EmitterOptions } from "./emitter.js";
+export type { MetricsRegistry } from "./metrics.js";
 export { setupPrimary } from "./node-cluster.js";
 export type { Primary, PrimaryOptions } from "./node-cluster.js";
 export type { PostgresRecoveryAdapterOptions, RecoveryOptions, UpstreamCompatibleOptions } from "./options.js";
@@ -25,6 +29,7 @@ export type {
   LastPruneStatus,
   MigrationsState,
   NamespaceStatus,
+  NodesStatus,
   OldestEntry,
   RecoveryStatus,
   SchemaNotReadyReason,
@@ -39,7 +44,8 @@ export type {
  * connection. The pool stays yours: closing the server never ends it.
  *
  * @param pool - a `pg.Pool`; the adapter borrows connections for short queries
- *   and opens one dedicated LISTEN connection with the pool's settings.
+ *   and opens one dedicated LISTEN connection with the pool's settings (or
+ *   `directConnection`'s, when the pool goes through a pooler in transaction mode).
  * @param options - see {@link PostgresRecoveryAdapterOptions}; validated now.
  */
 export function createAdapter(
@@ -51,10 +57,12 @@ export function createAdapter(
   }
   const opts = resolveOptions(options);
   loadApi();
+  // Registered now (prom-client missing is an error of this call), shared by every node given this registry.
+  const metrics = opts.metrics ? recoveryMetrics(opts.metrics) : NO_METRICS;
   let context: NodeContext | undefined;
   // A plain function, not an arrow: Socket.IO calls it with `new`, and returning an object from it is what `new` yields.
   return function postgresRecoveryAdapter(nsp: Namespace) {
-    if (!context || context.closed) context = new NodeContext(pool, opts);
+    if (!context || context.closed) context = new NodeContext(pool, opts, metrics);
     return new PostgresRecoveryAdapter(nsp, context);
   };
 }

@@ -18,7 +18,7 @@
  * `deliverUnlogged`.
  */
 import { Batcher, BatcherFullError, BatcherTakenError } from "./batcher.js";
-import { encodeBatchForNotify, type LoggedPacket } from "./codec.js";
+import { inlineForNotify, type LoggedPacket } from "./codec.js";
 import { debug } from "./debug.js";
 import { isTransientDatabaseError } from "./errors.js";
 import type { NodeContext } from "./node-context.js";
@@ -122,6 +122,11 @@ export class LogWriter {
     });
   }
 
+  /** Broadcasts accepted and not committed yet (for metrics). */
+  get pendingWrites(): number {
+    return this.batcher.pending;
+  }
+
   /** Whether new events are delivered unlogged (and restores on this node refused). */
   get inOutage(): boolean {
     return this.outage.inOutage;
@@ -214,6 +219,7 @@ export class LogWriter {
   private deliverUnlogged(packet: LoggedPacket): void {
     this.host.deliverUnlogged(packet);
     this.unloggedPackets++;
+    this.ctx.metrics.unlogged(this.host.nspName);
   }
 
   // ---- the append -------------------------------------------------------------
@@ -243,29 +249,22 @@ export class LogWriter {
       await this.ctx.log.registerWriter(writerId, id);
     }
     const payloads = items.map((item) => item.payload);
+    const appendStarted = performance.now();
     const { from, appliedBefore } = await this.ctx.log.append(
       id,
       writerId,
       this.batchNumber,
       payloads,
       this.ctx.opts.logChannel,
-      this.inlinePayload(payloads),
+      inlineForNotify(payloads, this.ctx.opts.payloadThreshold),
     );
     this.outage.writeSucceeded();
+    this.ctx.metrics.appended(this.host.nspName, (performance.now() - appendStarted) / 1000, items.length);
     if (appliedBefore) debug("batch %d of %s had been committed by an earlier attempt", this.batchNumber, writerId);
     // Operations waiting for these events learn their offsets before any of them can be delivered.
     this.host.committed(items.map((item) => item.submitted), from);
     // Offered to the sequencer as a whole, in this same tick: delivered when the cursor reaches them.
     this.sequencer.offer(items.map((item, i) => ({ offset: from + i, bytes: item.payload.length, ...item.packet })));
     return items.map((_, i) => from + i);
-  }
-
-  /** The batch inside the NOTIFY when it fits (receivers then skip a read), else "". */
-  private inlinePayload(payloads: Buffer[]): string {
-    let bytes = 16;
-    for (const p of payloads) bytes += p.length + 5;
-    if (Math.ceil(bytes / 3) * 4 + 40 > this.ctx.opts.payloadThreshold) return "";
-    const inline = encodeBatchForNotify(payloads);
-    return inline.length + 40 > this.ctx.opts.payloadThreshold ? "" : inline;
   }
 }

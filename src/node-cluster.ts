@@ -22,6 +22,7 @@ import { MessageType, type ClusterMessage, type ClusterResponse } from "socket.i
 import { AttachmentsTable } from "./attachments-table.js";
 import { ClusterBus } from "./cluster-bus.js";
 import { debug } from "./debug.js";
+import { directConnectionConfig } from "./direct-connection.js";
 import { Listener } from "./listener.js";
 import { OptionsError, resolveOptions, type UpstreamCompatibleOptions } from "./options.js";
 
@@ -34,6 +35,8 @@ type RelayedMessage = (ClusterMessage | ClusterResponse) & { source?: string; no
 export interface PrimaryOptions extends UpstreamCompatibleOptions {
   /** Schema holding the migrated attachments table used when `tableName` is not given (see `tableName`). @default "socket_io" */
   schema?: string;
+  /** Settings of the LISTEN connection when the pool goes through a pooler in transaction mode (see the adapter's `directConnection`). */
+  directConnection?: ClientConfig;
 }
 
 /** What `setupPrimary()` returns. */
@@ -51,8 +54,12 @@ export function setupPrimary(pool: Pool, options: PrimaryOptions = {}): Primary 
   if (!cluster.isPrimary) {
     throw new OptionsError("socket.io-postgres-recovery: setupPrimary() must be called in the primary process of node:cluster");
   }
-  const { schema, ...upstreamOptions } = options;
-  const opts = resolveOptions({ ...upstreamOptions, ...(schema === undefined ? {} : { schema }) });
+  const { schema, directConnection, ...upstreamOptions } = options;
+  const opts = resolveOptions({
+    ...upstreamOptions,
+    ...(schema === undefined ? {} : { schema }),
+    ...(directConnection === undefined ? {} : { directConnection }),
+  });
   const report = (err: Error) => {
     try {
       opts.errorHandler(err);
@@ -78,7 +85,7 @@ export function setupPrimary(pool: Pool, options: PrimaryOptions = {}): Primary 
     onError: report,
   });
   const listener = new Listener({
-    connection: { ...(pool.options as ClientConfig) },
+    connection: directConnectionConfig(pool, opts.directConnection),
     checkIntervalMs: opts.listenerCheckIntervalMs,
     onNotification: (channel, payload) => {
       if (bus.owns(channel)) bus.receive(payload, channel);

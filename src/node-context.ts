@@ -4,17 +4,19 @@
  * Created with the first namespace, closed with the last one. Never ends the
  * caller's pool.
  */
-import type { ClientConfig, Pool } from "pg";
+import type { Pool } from "pg";
 import type { ClusterMessage, ClusterResponse } from "socket.io-adapter";
 import { AttachmentsTable } from "./attachments-table.js";
 import { ClusterBus } from "./cluster-bus.js";
 import { settledBy } from "./deadline.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
+import { directConnectionConfig, openSessionConnection } from "./direct-connection.js";
 import { Listener } from "./listener.js";
+import { NO_METRICS, type RecoveryMetrics } from "./metrics.js";
 import { NodeLiveness } from "./node-liveness.js";
 import type { ResolvedOptions } from "./options.js";
-import { NAMESPACE_ACTIVITY_INTERVAL_MS, Pruner, type PruneReport } from "./pruner.js";
+import { NAMESPACE_ACTIVITY_INTERVAL_MS, PRUNER_APPLICATION_NAME, Pruner, type PruneReport } from "./pruner.js";
 import { Semaphore } from "./semaphore.js";
 import { ExpiryFeed } from "./session-expiry.js";
 import { SkeletonWriter } from "./session-durability.js";
@@ -26,6 +28,7 @@ import { ExpiryQueries } from "./sql/expiry-queries.js";
 import { LogQueries } from "./sql/log-queries.js";
 import { PruneQueries } from "./sql/prune-queries.js";
 import { SessionQueries } from "./sql/session-queries.js";
+import { StagingQueries } from "./sql/staging-queries.js";
 
 /** What the context needs from each namespace's adapter. */
 export interface NamespaceMember {
@@ -36,6 +39,8 @@ export interface NamespaceMember {
   onClusterMessage(message: ClusterMessage | ClusterResponse): void;
   onLogNotification(from: number, count: number, inline: string): void;
   onListenerReconnected(): void;
+  /** An emitter or the SQL function staged events of this namespace (see staged-mover.ts). */
+  onStagedEvents(): void;
   /** This node was declared dead and registered again: drop the sockets restored elsewhere. */
   onRevived(): Promise<void>;
   /** The pruning pass deleted this namespace's session `sid` as expired (see session-expiry.ts). */
@@ -44,6 +49,8 @@ export interface NamespaceMember {
 
 export class NodeContext {
   readonly log: LogQueries;
+  /** Events staged by emitters and the SQL function, moved into the log by this node. */
+  readonly staging: StagingQueries;
   readonly sessions: SessionStore;
   /** Skeletons of connected sockets, for restores after this node crashes. */
   readonly skeletons: SkeletonWriter;
@@ -68,11 +75,14 @@ export class NodeContext {
   constructor(
     readonly pool: Pool,
     readonly opts: ResolvedOptions,
+    /** Where the modules report what happens (see metrics.ts); no-ops without the `metrics` option. */
+    readonly metrics: RecoveryMetrics = NO_METRICS,
   ) {
     const report = (err: Error) => this.reportError(err);
     // Every statement of ours gets a bound; the pool itself is left as the caller made it.
     const db = boundedQueries(pool, opts.queryTimeoutMs === false ? undefined : opts.queryTimeoutMs);
     this.log = new LogQueries(db, opts.schema, { preparedStatements: opts.preparedStatements });
+    this.staging = new StagingQueries(opts.schema);
     this.restoreReads = new Semaphore(opts.maxConcurrentRestoreReads, "maxConcurrentRestoreReads");
     // Session writes announce themselves on the log channel (payload "s|…"), which every node listens to.
     const sessionQueries = new SessionQueries(db, opts.schema, opts.logChannel);
@@ -94,6 +104,7 @@ export class NodeContext {
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPendingWrites,
       onError: report,
+      written: (count) => metrics.sessionsWritten(count),
     });
     this.attachments = new AttachmentsTable(db, opts.attachmentsTable, report);
     this.bus = new ClusterBus(db, {
@@ -105,17 +116,25 @@ export class NodeContext {
       onError: report,
     });
     this.listener = new Listener({
-      connection: { ...(pool.options as ClientConfig) },
+      // LISTEN needs a session of its own on Postgres itself, never a pooler's transaction.
+      connection: directConnectionConfig(pool, opts.directConnection),
       checkIntervalMs: opts.listenerCheckIntervalMs,
       onNotification: (channel, payload) => this.onNotification(channel, payload),
       onReconnected: () => {
+        metrics.listenerReconnected();
         for (const member of this.members.values()) member.onListenerReconnected();
         this.expiry.onReconnected();
       },
       onError: report,
     });
     this.pruner = new Pruner(
-      pool,
+      // The pass holds a session advisory lock across its short transactions: a direct session.
+      // It names the attachments table as resolved through the pool's search_path (the direct
+      // connection's may differ), so a pass waits for that lookup (a failed one is reported by it).
+      async () => {
+        await this.attachments.name().catch(() => undefined);
+        return openSessionConnection(pool, opts.directConnection, PRUNER_APPLICATION_NAME);
+      },
       new PruneQueries(opts.schema, () => this.attachments.current, opts.logChannel),
       {
         retentionMs: () => {
@@ -128,6 +147,7 @@ export class NodeContext {
         },
         attachmentsMaxAgeMs: opts.cleanupInterval,
         batchSize: opts.pruneBatchSize,
+        pruned: (report) => metrics.pruned(report),
       },
       report,
     );
@@ -248,6 +268,9 @@ export class NodeContext {
         const [id, from, count, inline] = payload.split("|");
         const member = this.byNamespaceId.get(Number(id));
         member?.onLogNotification(Number(from), Number(count), inline ?? "");
+      } else if (channel === this.staging.channel) {
+        // The payload is the namespace's name (sent at the commit of the transaction that staged).
+        this.members.get(payload)?.onStagedEvents();
       } else if (this.bus.owns(channel)) {
         this.bus.receive(payload, channel);
       }

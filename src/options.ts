@@ -20,8 +20,10 @@
  *   `maxDisconnectionDuration` plus `retentionMarginMs`.
  * - **prune**: deleting expired sessions and entries past retention.
  */
+import type { ClientConfig } from "pg";
 import type { AttachmentsTableSpec } from "./attachments-table.js";
 import { debug } from "./debug.js";
+import type { MetricsRegistry } from "./metrics.js";
 
 /** Upstream's default `tableName`, also the table the migrations create in `schema`. */
 const DEFAULT_ATTACHMENTS_TABLE = "socket_io_attachments";
@@ -83,6 +85,19 @@ export interface UpstreamCompatibleOptions {
 
 /** Recovery options. Durations are in milliseconds, sizes in bytes or entries as named. */
 export interface RecoveryOptions {
+  /**
+   * Connection settings for the node's direct connections to Postgres: the
+   * LISTEN connection, and the few that hold session state across
+   * transactions (the pruner's advisory lock). Give it when the pool goes
+   * through a pooler in transaction mode (PgBouncer `pool_mode = transaction`),
+   * which cannot carry LISTEN or session state; point it at Postgres itself
+   * (or at a pooler in session mode). Complete settings, as for `new
+   * pg.Client()` (at least `connectionString` or `host`): nothing is taken
+   * from the pool. Also set `preparedStatements: false` behind PgBouncer
+   * before 1.21 (see docs/scaling.md).
+   * @default the pool's settings (the pool reaches Postgres directly)
+   */
+  directConnection?: ClientConfig;
   /**
    * Postgres schema holding the tables and the migrations journal. Two schemas
    * in one database are two independent deployments.
@@ -289,6 +304,15 @@ export interface RecoveryOptions {
    * @default 4
    */
   maxConcurrentRestoreReads?: number;
+  /**
+   * A prom-client `Registry` (`new Registry()`, or prom-client's default
+   * `register`) to register this package's metrics in (see
+   * docs/operations.md). prom-client is an optional peer dependency: install
+   * it to use this. Every adapter and node given the same registry shares one
+   * set of metrics, labelled by namespace. Without it nothing is registered.
+   * @default undefined
+   */
+  metrics?: MetricsRegistry;
 }
 
 export type PostgresRecoveryAdapterOptions = UpstreamCompatibleOptions & RecoveryOptions;
@@ -326,11 +350,15 @@ export interface ResolvedOptions {
   readonly unloggedDeliveryAfterMs: number | false;
   readonly queryTimeoutMs: number | false;
   readonly preparedStatements: boolean;
+  /** undefined: the pool's settings (see direct-connection.ts). */
+  readonly directConnection: Readonly<ClientConfig> | undefined;
   readonly checkpointIntervalMs: number;
   readonly nodeHeartbeatIntervalMs: number;
   readonly nodeDeadAfterMs: number;
   /** NOTIFY channel of the message log (one per schema). */
   readonly logChannel: string;
+  /** Where to register metrics; undefined: none. */
+  readonly metrics: MetricsRegistry | undefined;
 }
 
 export class OptionsError extends TypeError {
@@ -385,6 +413,8 @@ const KNOWN_OPTIONS = new Set<string>([
   "unloggedDeliveryAfterMs",
   "queryTimeoutMs",
   "preparedStatements",
+  "directConnection",
+  "metrics",
   ...Object.keys(INTEGER_RULES),
 ]);
 
@@ -493,6 +523,8 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
   const preparedStatements = opts.preparedStatements ?? true;
   if (typeof preparedStatements !== "boolean") fail("preparedStatements", "true or false", preparedStatements);
 
+  const directConnection = directConnectionSettings(opts.directConnection);
+
   const heartbeatInterval = integer(opts, "heartbeatInterval", 5000);
   const heartbeatTimeout = integer(opts, "heartbeatTimeout", 10000);
   if (heartbeatTimeout <= heartbeatInterval) {
@@ -511,6 +543,11 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
   if (nodeDeadAfterMs < 2 * nodeHeartbeatIntervalMs) {
     // One late heartbeat must not make a running node dead.
     fail("nodeDeadAfterMs", `at least twice nodeHeartbeatIntervalMs (${2 * nodeHeartbeatIntervalMs} ms)`, nodeDeadAfterMs);
+  }
+
+  const metrics = opts.metrics;
+  if (metrics !== undefined && !isRegistryLike(metrics)) {
+    fail("metrics", "a prom-client Registry (new Registry() or prom-client's register)", metrics);
   }
 
   const logChannel = `${channelPrefix}:${schema}:log`;
@@ -548,11 +585,58 @@ export function resolveOptions(input: PostgresRecoveryAdapterOptions | undefined
     unloggedDeliveryAfterMs: unloggedDeliveryAfterMs as number | false,
     queryTimeoutMs: queryTimeoutMs as number | false,
     preparedStatements,
+    directConnection,
     checkpointIntervalMs: integer(opts, "checkpointIntervalMs", 5000),
     nodeHeartbeatIntervalMs,
     nodeDeadAfterMs,
     logChannel,
+    metrics: metrics as MetricsRegistry | undefined,
   });
+}
+
+/**
+ * Checks the settings of the direct connections where mistakes are cheap to
+ * see (a wrong type would otherwise surface as a LISTEN connection failing
+ * over and over in the background). Other pg settings pass through as given.
+ */
+function directConnectionSettings(value: unknown): Readonly<ClientConfig> | undefined {
+  if (value === undefined) return undefined;
+  const expected = "pg client settings: { connectionString } or { host, port, user, password, database, ... }";
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    // Never echo a string here: it is likely a connection string with a password in it.
+    if (typeof value === "string") {
+      throw new OptionsError(`socket.io-postgres-recovery: option "directConnection" must be ${expected}; got a string (write { connectionString: … })`);
+    }
+    fail("directConnection", expected, value);
+  }
+  const config = value as Record<string, unknown>;
+  const text = (key: string) => {
+    const v = config[key];
+    if (v !== undefined && (typeof v !== "string" || v.length === 0)) fail(`directConnection.${key}`, "a non-empty string", v);
+  };
+  ["connectionString", "host", "user", "database"].forEach(text);
+  if (config.connectionString === undefined && config.host === undefined) {
+    // pg would fall back to PGHOST or localhost: a direct connection should say where it goes.
+    throw new OptionsError(
+      `socket.io-postgres-recovery: option "directConnection" must be settings naming the server: connectionString or host; got ${JSON.stringify(Object.keys(config))}`,
+    );
+  }
+  const port = config.port;
+  if (port !== undefined && (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535)) {
+    fail("directConnection.port", "an integer from 1 to 65535", port);
+  }
+  const password = config.password;
+  if (password !== undefined && typeof password !== "string" && typeof password !== "function") {
+    fail("directConnection.password", "a string or a function returning one", typeof password);
+  }
+  return Object.freeze({ ...(config as ClientConfig) });
+}
+
+/** What a prom-client Registry has (duck-typed: the package is an optional peer, not imported here). */
+function isRegistryLike(value: unknown): boolean {
+  if (value === null || typeof value !== "object") return false;
+  const r = value as Record<string, unknown>;
+  return typeof r.registerMetric === "function" && typeof r.getSingleMetric === "function" && typeof r.metrics === "function";
 }
 
 function defaultErrorHandler(err: Error): void {

@@ -57,7 +57,15 @@ export interface PreparedPacket {
  * and every replay decodes from `payload`.
  */
 export function prepareLoggedPacket(nsp: Namespace, data: readonly unknown[], rooms: string[], except: string[]): PreparedPacket {
-  const { data: normalized, exactInMsgpack } = normalizeEventData(nsp, data);
+  return preparePacket(normalizeEventData(nsp, data), rooms, except);
+}
+
+/** `prepareLoggedPacket` for data already normalised (see `normalizeWithParser`). */
+export function preparePacket(
+  { data: normalized, exactInMsgpack }: { data: unknown[]; exactInMsgpack: boolean },
+  rooms: string[],
+  except: string[],
+): PreparedPacket {
   const packet: LoggedPacket = { data: normalized, rooms, except };
   const payload = encodePacket(packet);
   // Decoding the stored bytes back costs as much as encoding them: done only when they may differ.
@@ -75,17 +83,28 @@ export function prepareLoggedPacket(nsp: Namespace, data: readonly unknown[], ro
  */
 export function normalizeEventData(nsp: Namespace, data: readonly unknown[]): { data: unknown[]; exactInMsgpack: boolean } {
   const server = nsp.server as unknown as ServerParser;
+  return normalizeWithParser({ encoder: server.encoder, Decoder: server._parser.Decoder }, data);
+}
+
+/** A Socket.IO parser's encoder and decoder: the server's, or the emitter's (`createEmitter`'s `parser`). */
+export interface EventParser {
+  encoder: ParserEncoder;
+  Decoder: ParserModule["Decoder"];
+}
+
+/** `normalizeEventData` with a given parser (the emitter has no server). */
+export function normalizeWithParser(parser: EventParser, data: readonly unknown[]): { data: unknown[]; exactInMsgpack: boolean } {
   let encoded: unknown[];
   try {
     // Namespace "/": a namespace name is not part of the data, and one holding a "," would not parse back.
-    encoded = server.encoder.encode({ type: EVENT, nsp: "/", data: [...data] });
+    encoded = parser.encoder.encode({ type: EVENT, nsp: "/", data: [...data] });
   } catch (err) {
     // Socket.IO's encoder walks the arguments recursively: a cycle overflows the stack before JSON.stringify sees it.
     if (err instanceof RangeError) throw new Error("Socket.IO cannot encode them: a cycle, or nesting too deep", { cause: err });
     throw err;
   }
   // No attachment limit: that is the receiving client's concern, the in-memory adapter sends them all.
-  const decoder = new server._parser.Decoder({ maxAttachments: Infinity });
+  const decoder = new parser.Decoder({ maxAttachments: Infinity });
   let decoded: { data?: unknown } | undefined;
   decoder.on("decoded", (packet) => {
     decoded = packet;

@@ -4,18 +4,24 @@
  * time (advisory lock), the others skip theirs. A pass still running when the
  * next is due makes that one skip too.
  */
-import type { Pool, PoolClient } from "pg";
+import type { ClientBase } from "pg";
+import type { SessionConnection } from "./direct-connection.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import { operatorNotice } from "./operator-events.js";
 import type { PruneQueries } from "./sql/prune-queries.js";
 import { SPAN_NAMES, traced } from "./tracing.js";
 
+/** Postgres' application_name of a pass's own connection (with `directConnection`). */
+export const PRUNER_APPLICATION_NAME = "socket.io-postgres-recovery:pruner";
+
 export interface PruneSettings {
   /** undefined: this node has no recovery (no log, no sessions to prune). */
   retentionMs(): number | undefined;
   attachmentsMaxAgeMs: number;
   batchSize: number;
+  /** A pass of this node ran (for metrics). */
+  pruned?(report: PruneReport): void;
 }
 
 export interface PruneReport {
@@ -62,6 +68,8 @@ export interface PrunePassReport {
   writers: number;
   /** Rows of namespaces unused for long: no entries, sessions nor writers left, no node marking them active. */
   namespaceRows: number;
+  /** Staged events never moved into a log within the longest retention (see PruneQueries.pruneStaged). */
+  stagedEvents: number;
   /** Namespaces whose log was pruned, by name. */
   namespaces: NamespacePruneCounts[];
   /** Namespaces left alone: the plan gave them no retention. */
@@ -90,11 +98,22 @@ export const NAMESPACE_ACTIVITY_INTERVAL_MS = 5 * 60 * 1000;
 export const EXPIRY_ANNOUNCEMENTS_KEPT_MS = 60 * 60 * 1000;
 
 /** Each namespace with the retention the plan gives it. */
-async function planned(client: PoolClient, queries: PruneQueries, plan: PrunePlan) {
+async function planned(client: ClientBase, queries: PruneQueries, plan: PrunePlan) {
   return (await queries.listNamespaces(client)).map((row) => {
     const namespace: PrunableNamespace = { id: row.id, name: row.name, storedRetentionMs: row.retentionMs };
     return { namespace, retentionMs: plan.retentionMs(namespace) };
   });
+}
+
+/**
+ * How long staged events may wait for a node: the longest retention of any
+ * namespace (a staged event's namespace may have no row yet). Undefined when
+ * no namespace has one: nothing is known, nothing is pruned.
+ */
+function longestRetention(namespaces: ReadonlyArray<{ retentionMs: number | undefined }>): number | undefined {
+  let longest: number | undefined;
+  for (const { retentionMs } of namespaces) if (retentionMs !== undefined) longest = Math.max(longest ?? 0, retentionMs);
+  return longest;
 }
 
 /** Repeats a bounded delete until it removes less than a full batch; returns the total. */
@@ -113,7 +132,7 @@ async function drain(batchSize: number, step: () => Promise<number>): Promise<nu
  * Every delete is bounded and its own short transaction. Records the run in
  * the `maintenance` table (`source` says who ran it).
  */
-export function runPrunePass(client: PoolClient, queries: PruneQueries, plan: PrunePlan, source: string): Promise<PrunePassReport> {
+export function runPrunePass(client: ClientBase, queries: PruneQueries, plan: PrunePlan, source: string): Promise<PrunePassReport> {
   return traced(SPAN_NAMES.prune, { "socketio.recovery.prune_source": source }, async (span) => {
     const report = await runUntracedPrunePass(client, queries, plan, source, (announced) => span.set({ "socketio.recovery.expired_announced": announced }));
     span.set({
@@ -128,7 +147,7 @@ export function runPrunePass(client: PoolClient, queries: PruneQueries, plan: Pr
 }
 
 async function runUntracedPrunePass(
-  client: PoolClient,
+  client: ClientBase,
   queries: PruneQueries,
   plan: PrunePlan,
   source: string,
@@ -136,7 +155,7 @@ async function runUntracedPrunePass(
 ): Promise<PrunePassReport> {
   const startedAt = new Date();
   const { batchSize } = plan;
-  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0, namespaces: [], skipped: [] };
+  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0, stagedEvents: 0, namespaces: [], skipped: [] };
   // First: it needs no table of ours, so a node used as a plain drop-in for upstream (schema
   // not migrated, recovery off) still cleans the shared attachments table, as upstream's nodes do.
   // A missing attachments table (reported at start) must not stop the log's pruning: rethrown at the end.
@@ -148,7 +167,8 @@ async function runUntracedPrunePass(
   } catch (err) {
     attachmentsFailure = err;
   }
-  for (const { namespace, retentionMs } of await planned(client, queries, plan)) {
+  const namespaces = await planned(client, queries, plan);
+  for (const { namespace, retentionMs } of namespaces) {
     if (retentionMs === undefined) {
       report.skipped.push(namespace.name);
       continue;
@@ -165,6 +185,10 @@ async function runUntracedPrunePass(
     const removed = await queries.pruneNamespace(client, namespace.id, retentionMs + NAMESPACE_IDLE_MS);
     if (removed) report.namespaceRows++;
   }
+  const stagedRetention = longestRetention(namespaces);
+  if (stagedRetention !== undefined) {
+    report.stagedEvents = await drain(batchSize, () => queries.pruneStaged(client, stagedRetention, batchSize));
+  }
   if (plan.sessions) {
     // Each batch announces the sessions it expired, in its own transaction (see `session-expiry.ts`).
     let announced = 0;
@@ -177,8 +201,12 @@ async function runUntracedPrunePass(
     await drain(batchSize, () => queries.pruneExpiryAnnouncements(client, EXPIRY_ANNOUNCEMENTS_KEPT_MS, batchSize));
     await queries.pruneNodes(client);
   }
-  const { logEntries, sessions, attachments, writers, namespaceRows } = report;
-  await queries.recordRun(client, startedAt, JSON.stringify({ source, logEntries, sessions, attachments, writers, namespaceRows }));
+  const { logEntries, sessions, attachments, writers, namespaceRows, stagedEvents } = report;
+  await queries.recordRun(
+    client,
+    startedAt,
+    JSON.stringify({ source, logEntries, sessions, attachments, writers, namespaceRows, ...(stagedEvents > 0 ? { stagedEvents } : {}) }),
+  );
   if (attachmentsFailure !== undefined) throw attachmentsFailure;
   return report;
 }
@@ -187,8 +215,8 @@ async function runUntracedPrunePass(
  * What `runPrunePass` would remove now, counted in one read-only snapshot:
  * deletes nothing, records nothing, takes no lock.
  */
-export async function previewPrunePass(client: PoolClient, queries: PruneQueries, plan: PrunePlan): Promise<PrunePassReport> {
-  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0, namespaces: [], skipped: [] };
+export async function previewPrunePass(client: ClientBase, queries: PruneQueries, plan: PrunePlan): Promise<PrunePassReport> {
+  const report: PrunePassReport = { logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0, stagedEvents: 0, namespaces: [], skipped: [] };
   await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
   try {
     for (const { namespace, retentionMs } of await planned(client, queries, plan)) {
@@ -217,7 +245,8 @@ export class Pruner {
   private running: Promise<PruneReport> | undefined;
 
   constructor(
-    private readonly pool: Pool,
+    /** A session that reaches Postgres itself: the pass's lock spans its transactions. */
+    private readonly connect: () => Promise<SessionConnection>,
     private readonly queries: PruneQueries,
     private readonly settings: PruneSettings,
     private readonly onError: (err: Error) => void,
@@ -270,7 +299,8 @@ export class Pruner {
 
   private async pass(): Promise<PruneReport> {
     const report: PruneReport = { ran: false, logEntries: 0, sessions: 0, attachments: 0, writers: 0, namespaceRows: 0 };
-    const client = await this.pool.connect();
+    const session = await this.connect();
+    const client = session.client;
     let broken: Error | undefined;
     try {
       if (!(await this.queries.tryLock(client))) {
@@ -301,6 +331,7 @@ export class Pruner {
         report.writers = pass.writers;
         report.namespaceRows = pass.namespaceRows;
         debug("prune: %j", report);
+        this.settings.pruned?.(report);
       } finally {
         await this.queries.unlock(client);
       }
@@ -310,7 +341,7 @@ export class Pruner {
       throw new Error(`socket.io-postgres-recovery: pruning failed: ${broken.message}`, { cause: err });
     } finally {
       // A connection that failed mid-pass may still hold the lock: destroy it rather than reuse it.
-      client.release(broken);
+      await session.release(broken);
     }
   }
 }

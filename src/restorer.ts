@@ -109,8 +109,9 @@ export class Restorer {
    * (`io.of(nsp).adapter.on("restore-refused", ({ reason }) => …)`), for
    * dashboards and logs; the client just gets a new session.
    */
-  private refused(reason: string, span?: TraceSpan): Session {
+  private refused(reason: string, startedAt: number, span?: TraceSpan): Session {
     debug("restore refused: %s", reason);
+    this.ctx.metrics.refused(this.host.nspName, reason, (performance.now() - startedAt) / 1000);
     span?.set({ "socketio.recovery.outcome": "refused", "socketio.recovery.refusal_reason": reason });
     this.host.emit("restore-refused", { reason });
     return NOT_RESTORED;
@@ -122,11 +123,12 @@ export class Restorer {
   }
 
   private async restoreTraced(pid: PrivateSessionId, offset: string, span: TraceSpan): Promise<Session> {
-    if (this.host.closing()) return this.refused("this node is closing", span);
-    if (this.host.inOutage()) return this.refused("this node cannot write to the database (outage mode)", span);
+    const startedAt = performance.now();
+    if (this.host.closing()) return this.refused("this node is closing", startedAt, span);
+    if (this.host.inOutage()) return this.refused("this node cannot write to the database (outage mode)", startedAt, span);
     const parsed = parseOffset(offset);
     if (parsed === undefined || typeof pid !== "string" || pid.length === 0 || pid.length > 256) {
-      return this.refused("malformed pid or offset", span);
+      return this.refused("malformed pid or offset", startedAt, span);
     }
     const timeoutMs = this.ctx.opts.restoreTimeoutMs;
     let timer: NodeJS.Timeout | undefined;
@@ -137,8 +139,9 @@ export class Restorer {
     const restoring = this.restore(pid, parsed, Date.now() + timeoutMs, attempt);
     try {
       const outcome = await Promise.race([restoring, timeout]);
-      if ("refused" in outcome) return this.refused(outcome.refused, span);
+      if ("refused" in outcome) return this.refused(outcome.refused, startedAt, span);
       debug("restoring %s with %d missed packets", outcome.session.sid, outcome.replayed);
+      this.ctx.metrics.restored(this.host.nspName, (performance.now() - startedAt) / 1000, outcome.replayed);
       span.set({ "socketio.recovery.outcome": "recovered", "socketio.recovery.replay_size": outcome.replayed, "socketio.recovery.replay_source": outcome.source });
       this.host.emit("session-restored", { sid: outcome.session.sid, replayed: outcome.replayed });
       return outcome.session;
@@ -147,7 +150,7 @@ export class Restorer {
       attempt.abandoned = true;
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: a restore in "${this.host.nspName}" failed; the client gets a new session`, { cause: asError(err) }));
       span.fail(err);
-      return this.refused(`failed: ${asError(err).message}`, span);
+      return this.refused(`failed: ${asError(err).message}`, startedAt, span);
     } finally {
       clearTimeout(timer);
       restoring.catch(() => undefined);

@@ -8,12 +8,15 @@
  * queries never rely on `search_path`: they name `"schema"."table"` through
  * the escaping helper in `sql/identifiers.ts`.
  */
+import { sql } from "drizzle-orm";
 import {
   bigint,
   bigserial,
   boolean,
+  check,
   customType,
   index,
+  jsonb,
   integer,
   pgTable,
   primaryKey,
@@ -167,6 +170,36 @@ export const maintenance = pgTable("maintenance", {
   lastFinishedAt: timestamp("last_finished_at", { withTimezone: true }),
   lastResult: text("last_result"),
 });
+
+/**
+ * Events emitted from outside the Socket.IO nodes (`createEmitter`, the SQL
+ * function `emit`), waiting to be moved into the log. A row is written in the
+ * caller's transaction, so it exists if and only if that transaction commits,
+ * and it takes no lock anyone else waits for: an open transaction stalls
+ * nobody. Once committed, a node serving the namespace (or the emitter's next
+ * direct emit) deletes it and appends it to the log in one transaction, under
+ * the namespace's row lock, in `id` order (see docs/design.md, "Emitting from
+ * outside the nodes").
+ */
+export const stagedEvents = pgTable(
+  "staged_events",
+  {
+    /** Program order: rows of one transaction, and of one emitter, are moved in this order. */
+    id: bigserial("id", { mode: "number" }).primaryKey(),
+    /** The namespace's name (its row may not exist yet: a dynamic namespace no node started). */
+    namespace: text("namespace").notNull(),
+    /** msgpack of [data, rooms, except], as `log_entries.payload` (from createEmitter: binary kept). */
+    payload: bytea("payload"),
+    /** [[event, ...args], rooms, except] as JSON (from the SQL function); encoded to msgpack when moved. */
+    packet: jsonb("packet"),
+    /** When the row was written (not when its transaction committed); rows past retention are pruned unmoved. */
+    createdAt: timestamp("created_at", { withTimezone: true }).notNull().default(sql`clock_timestamp()`),
+  },
+  (t) => [
+    index("staged_events_namespace_id_idx").on(t.namespace, t.id),
+    check("staged_events_one_payload", sql`(${t.payload} IS NULL) <> (${t.packet} IS NULL)`),
+  ],
+);
 
 /**
  * Announcements of expired sessions (`session-expired`): the pruning pass

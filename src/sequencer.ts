@@ -119,6 +119,11 @@ export class Sequencer {
     return this.aheadTotal;
   }
 
+  /** The highest offset known to be committed (for metrics: head minus cursor is the delivery lag). */
+  get head(): number {
+    return this.knownHead;
+  }
+
   /** The offset of the last delivered entry; undefined until `start()`. */
   get cursor(): number | undefined {
     return this._cursor;

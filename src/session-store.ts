@@ -35,6 +35,8 @@ export interface SessionStoreOptions {
   maxBatchSize: number;
   maxPending: number;
   onError(err: Error): void;
+  /** Sessions written by one statement (for metrics). */
+  written?(count: number): void;
 }
 
 /** A session waiting to be written, with the moment it expires (its lifetime runs from the disconnect). */
@@ -63,7 +65,10 @@ export class SessionStore {
         const records = queued
           .filter((q) => q.expiresAt > now)
           .map((q) => ({ ...q.record, ttlMs: q.expiresAt - now }));
-        if (records.length > 0) await this.queries.insert(records);
+        if (records.length > 0) {
+          await this.queries.insert(records);
+          opts.written?.(records.length);
+        }
         return queued.map(() => undefined);
       },
       maxBatchSize: opts.maxBatchSize,

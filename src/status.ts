@@ -47,6 +47,22 @@ export interface NamespaceStatus {
   readonly sessions: number;
   /** Log writers (one per adapter that wrote, until pruned). */
   readonly writers: number;
+  /**
+   * Entries logged since the furthest-behind live stored session's last
+   * delivered entry (head minus its offset): the most a restore would read
+   * now. null without live stored sessions.
+   */
+  readonly sessionLag: number | null;
+  /** Sockets connected cluster-wide, by the rows their nodes keep for crash recovery. */
+  readonly connectedSockets: number;
+}
+
+/** Nodes with a row in `nodes`: a node registers with its first socket and deletes its row at a clean shutdown. */
+export interface NodesStatus {
+  /** Heartbeat within its `nodeDeadAfterMs`, not declared dead. */
+  readonly alive: number;
+  /** Rows of nodes past their heartbeat deadline or declared dead (their sockets are restorable elsewhere). */
+  readonly dead: number;
 }
 
 export interface SessionsStatus {
@@ -89,6 +105,7 @@ export interface RecoveryStatus {
   /** Sorted by name. */
   readonly namespaces: readonly NamespaceStatus[];
   readonly sessions: SessionsStatus;
+  readonly nodes: NodesStatus;
   /** The deployment's tables, in a fixed order; one missing from the schema is left out. */
   readonly tables: readonly TableStatus[];
   /** null until a pruning pass finished on this schema. */
@@ -121,6 +138,7 @@ export async function collectStatus(pool: pg.Pool, options: StatusOptions = {}):
       const collectedAt = await queries.databaseNow(client);
       const namespaces = await queries.namespaceRows(client);
       const sessions = await queries.sessionsRow(client);
+      const nodes = await queries.nodesRow(client);
       const tables = await queries.tableSizes(client);
       const prune = await queries.lastPrune(client);
       return {
@@ -139,6 +157,8 @@ export async function collectStatus(pool: pg.Pool, options: StatusOptions = {}):
           entryBytes: num(r.entry_bytes),
           sessions: num(r.sessions),
           writers: num(r.writers),
+          sessionLag: numOrNull(r.session_lag),
+          connectedSockets: num(r.connected),
         })),
         sessions: {
           count: num(sessions.total),
@@ -148,6 +168,7 @@ export async function collectStatus(pool: pg.Pool, options: StatusOptions = {}):
           earliestExpiresAt: iso(sessions.earliest_expires_at),
           latestExpiresAt: iso(sessions.latest_expires_at),
         },
+        nodes: { alive: num(nodes.alive), dead: num(nodes.dead) },
         tables: tables.map((t) => ({
           name: t.table_name,
           rowsEstimate: num(t.rows_estimate),

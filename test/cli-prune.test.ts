@@ -131,6 +131,7 @@ describe("prune", () => {
       attachments: 1,
       writers: 1,
       namespaceRows: 0,
+      stagedEvents: 0,
       namespaces: [{ name: "/", retentionMs: RETENTION_MS, logEntries: 4, writers: 1 }],
       skipped: ["/legacy"],
     };

@@ -17,7 +17,7 @@ import {
   runCliInProcess,
   urlWithPort,
 } from "./helpers/cli.js";
-import { Cluster, goOffline, join, waitForHead, waitForSession } from "./helpers/cluster.js";
+import { Cluster, goOffline, join, waitFor, waitForHead, waitForSession } from "./helpers/cluster.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
 /** Every migration this version ships, in order (the literal list changes with each new migration). */
@@ -160,6 +160,37 @@ describe("status", () => {
     expect(status.lastPrune).toBeNull();
   });
 
+  it("shows what the database knows of the figures /metrics gives: session lag, connected sockets, nodes alive", async () => {
+    const schema = await newSchema();
+    const { cluster } = await busyCluster(schema);
+    const pool = cluster.node(0).pool;
+    // Two sockets stay connected on "/chat"; "/" gets 2 entries the stored session missed.
+    await cluster.connect(0, { nsp: "/chat" });
+    await cluster.connect(1, { nsp: "/chat" });
+    cluster.node(1).io.emit("ev", { n: "after" });
+    cluster.node(0).io.emit("ev", { n: "after" });
+    await waitForHead(pool, 7, "/", schema);
+    const connectedRows = async () =>
+      withClient(async (c) => Number((await c.query<{ n: string }>(`SELECT count(*)::text AS n FROM ${schema}.sessions WHERE state = 'connected'`)).rows[0]!.n));
+    await waitFor(async () => (await connectedRows()) === 2, { message: "the connected sockets' rows written" });
+
+    const statusNow = async () => {
+      const run = await runCliInProcess(["status", "--json", "--schema", schema], { DATABASE_URL: db.url });
+      expectSuccess(run);
+      return JSON.parse(run.stdout) as RecoveryStatus;
+    };
+    const status = await statusNow();
+    expect(status.namespaces.map((n) => [n.name, n.head, n.sessionLag, n.connectedSockets])).toEqual([
+      ["/", 7, 2, 0],
+      ["/chat", 3, null, 2],
+    ]);
+    expect(status.nodes).toEqual({ alive: 2, dead: 0 });
+
+    // A node that went away without a word: its row stays, its heartbeat gets old.
+    await withClient((c) => c.query(`INSERT INTO ${schema}.nodes (node_id, heartbeat_at, dead_after_ms) VALUES ('gone', now() - interval '1 hour', 3000)`));
+    expect((await statusNow()).nodes).toEqual({ alive: 2, dead: 1 });
+  });
+
   it("prints an aligned human report, and the last prune once there was one", async () => {
     const schema = await newSchema();
     await busyCluster(schema);
@@ -178,15 +209,17 @@ describe("status", () => {
         `^schema "status_\\d+" on 127\\.0\\.0\\.1:\\d+/t_cli_status_\\w+: up to date, ${TAGS.length} migrations applied \\(${escapeRegExp(TAGS.join(", "))}\\)$`,
       ),
     );
-    const header = lines.findIndex((l) => /^\s+NAME\s+HEAD\s+OLDEST\s+OLDEST AGE\s+ENTRIES\s+BYTES\s+RETENTION\s+SESSIONS\s+WRITERS$/.test(l));
+    const header = lines.findIndex((l) => /^\s+NAME\s+HEAD\s+OLDEST\s+OLDEST AGE\s+ENTRIES\s+BYTES\s+RETENTION\s+SESSIONS\s+SESSION LAG\s+CONNECTED\s+WRITERS$/.test(l));
     expect(header).toBeGreaterThan(0);
     const tableLines = lines.slice(header, header + 3);
-    expect(tableLines[1]).toMatch(/^\s+\/\s+5\s+1\s+\S+( \S+)?\s+5\s+[\d.]+ (B|KiB)\s+1m 50s\s+1\s+2$/);
-    expect(tableLines[2]).toMatch(/^\s+\/chat\s+3\s+1\s+\S+( \S+)?\s+3\s+[\d.]+ (B|KiB)\s+1m 50s\s+0\s+2$/);
+    expect(tableLines[1]).toMatch(/^\s+\/\s+5\s+1\s+\S+( \S+)?\s+5\s+[\d.]+ (B|KiB)\s+1m 50s\s+1\s+0\s+0\s+2$/);
+    expect(tableLines[2]).toMatch(/^\s+\/chat\s+3\s+1\s+\S+( \S+)?\s+3\s+[\d.]+ (B|KiB)\s+1m 50s\s+0\s+-\s+0\s+2$/);
     // The last column is right-aligned: aligned rows have the header's length.
     expect(new Set(tableLines.map((l) => l.length)).size).toBe(1);
     expect(run.stdout).toMatch(/\n  1 stored session: 1 live, 0 expired \(awaiting prune\); payloads [\d.]+ (B|KiB)\n/);
     expect(run.stdout).toMatch(/\n  expiry: earliest \S+ \(in \d+\.\d s\), latest \S+ \(in \d+\.\d s\)\n/);
+    // Only node 0 held a socket: a node registers with its first one (node-liveness.ts).
+    expect(run.stdout).toMatch(/\nNodes\n  1 alive, 0 dead \(/);
     expect(run.stdout).toMatch(/\n\s+TABLE\s+TOTAL\s+INDEXES\n\s+namespaces\s+[\d.]+ KiB\s+[\d.]+ KiB\n/);
     expect(run.stdout).toMatch(
       /\nLast prune\n  finished \S+ \([\d.]+ s ago\): removed 7 log entries, 1 session, 0 attachments, 2 writers \(by adapter\)\n$/,

@@ -11,6 +11,10 @@
  * - A node restarted from the page (graceful): its tabs recover the same way.
  * - A node crashed from the page (SIGKILL, nothing written): its tabs recover
  *   on the other nodes, the same way.
+ * - The emit buttons: a worker process's events (createEmitter) reach every
+ *   tab, the one rolled back in its transaction never; a tab offline
+ *   meanwhile gets the committed ones replayed.
+ * - Each node's /metrics, linked from the page, counts the restores it made.
  * - Ctrl-C (SIGINT) stops the demo cleanly: exit 0, no node process left.
  *
  * Screenshots go to test-artifacts/demo-page/ (ignored by git).
@@ -191,6 +195,60 @@ describe("the npm start demo page", () => {
     expectSameStream(shown, await rows(online), "tab that was offline");
     expectContiguous((await state(online)).offsets, "tab that stayed online");
 
+    // The page links to each node's Prometheus metrics: node-2's count the restore.
+    const href = await away.getAttribute('#nodes tr[data-node="node-2"] a.metrics', "href");
+    expect(href).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
+    const metricsPage = await browser!.newPage();
+    const response = await metricsPage.goto(href!);
+    expect(response?.status()).toBe(200);
+    const scraped = (await response!.text()).split("\n");
+    const recovered = scraped.find((line) => line.startsWith('socketio_recovery_restores_total{namespace="/",outcome="recovered",reason=""} '));
+    expect(Number(recovered?.split(" ")[1]), "restores counted on node-2").toBeGreaterThanOrEqual(1);
+    const replays = scraped.find((line) => line.startsWith('socketio_recovery_replayed_packets_sum{namespace="/"} '));
+    expect(Number(replays?.split(" ")[1])).toBeGreaterThanOrEqual(after.replayed!);
+    await metricsPage.close();
+
+    await online.close();
+    await away.close();
+  });
+
+  it("emit buttons: a worker process's events reach every tab, the rolled-back one never, and a tab offline meanwhile gets them replayed", async () => {
+    const online = await openTab(browser!, demo!.url, "node-1");
+    const away = await openTab(browser!, demo!.url, "node-2");
+    const before = await state(away);
+    await away.fill("#offline-seconds", "120");
+    await away.click("#offline");
+    await waitFor(async () => (await away.textContent("#connection"))!.startsWith("offline"), { ...WAIT, message: "the tab offline" });
+
+    const committed = ["emitted from a separate worker process", "committed in a transaction: every tab gets this one"];
+    await online.click("#emit-worker");
+    await online.click("#emit-rollback");
+    await waitFor(
+      async () => {
+        const shown = await rows(online);
+        return committed.every((text) => shown.filter((r) => r.text.endsWith(text)).length === 1);
+      },
+      { ...WAIT, message: "the worker's events in the online tab" },
+    );
+
+    await away.click("#offline");
+    await waitFor(async () => {
+      const s = await state(away);
+      return s.welcomes > before.welcomes && !s.awaitingWelcome;
+    }, { ...WAIT, message: "the tab back online" });
+    await referenceCaughtUp(online, away);
+    const after = await snapshot(away);
+    expect(after.recovered).toBe(true);
+    for (const text of committed) {
+      const shown = after.rows.filter((r) => r.text.endsWith(text));
+      expect(shown, text).toHaveLength(1);
+      expect(shown[0]!.replayed, text).toBe(true);
+    }
+    // Ticks went on after both workers exited: a rolled-back event that leaked would be shown by now.
+    const onlineRows = await rows(online);
+    for (const tab of [onlineRows, after.rows]) expect(tab.filter((r) => r.text.includes("ROLLED BACK"))).toEqual([]);
+    expectContiguous(after.offsets, "tab that was offline");
+    expectSameStream(after.rows, onlineRows, "tab that was offline");
     await online.close();
     await away.close();
   });

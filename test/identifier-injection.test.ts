@@ -40,7 +40,7 @@ async function tablesOf(pool: pg.Pool, schema = "socket_io"): Promise<string[]> 
   return rows.map((r) => r.t);
 }
 
-const TABLES = ["__drizzle_migrations", "log_entries", "log_writers", "maintenance", "namespaces", "nodes", "sessions", "socket_io_attachments"];
+const TABLES = ["__drizzle_migrations", "log_entries", "log_writers", "maintenance", "namespaces", "nodes", "sessions", "socket_io_attachments", "staged_events"];
 
 /**
  * A client of namespace `nsp` exactly as written (a URL would percent-encode

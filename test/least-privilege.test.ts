@@ -8,7 +8,8 @@
  * - a 2-node cluster whose pools (and LISTEN connections) log in as the
  *   runtime role writes and delivers the log, stores and restores sessions
  *   across nodes, sends non-logged messages through the attachments table,
- *   and prunes (advisory lock, DELETEs, the maintenance table);
+ *   prunes (advisory lock, DELETEs, the maintenance table), and takes events
+ *   from the SQL function emit() and from createEmitter (direct and staged);
  * - the runtime role cannot CREATE, DROP, ALTER, TRUNCATE, write the
  *   migrations journal, or migrate.
  */
@@ -17,6 +18,7 @@ import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { describe, expect, it } from "vitest";
+import { createEmitter } from "../src/emitter.js";
 import { knownMigrations, migrate } from "../src/migrate.js";
 import {
   Cluster,
@@ -120,6 +122,28 @@ describe("least privilege", () => {
       await waitFor(() => got.length === 1);
       cluster.node(0).io.to("r").emit("ev", { n: "live" });
       await waitFor(() => got.length === 2);
+
+      // Emitting from outside the nodes: the SQL function, an emitter's direct emit, and one
+      // staged in a transaction (the nodes move it into the log).
+      await pool.query(`SELECT socket_io.emit('/', 'ev', '[{"n": "sql"}]', rooms => ARRAY['r'])`);
+      const emitter = createEmitter(pool);
+      await emitter.to("r").emit("ev", { n: "emitter" });
+      const tx = await pool.connect();
+      try {
+        await tx.query("BEGIN");
+        await emitter.to("r").withClient(tx).emit("ev", { n: "staged" });
+        await tx.query("COMMIT");
+      } finally {
+        tx.release();
+      }
+      await emitter.close();
+      await waitFor(() => got.length === 5, { message: () => `events from outside the nodes (got ${got.length - 2} of 3)` });
+      expect(got.slice(2).map((r) => (r.args[0] as { n: string }).n)).toEqual(["sql", "emitter", "staged"]);
+      // The SQL function runs as its owner: EXECUTE is the runtime role's by grant, not everyone's.
+      const { rows: canExecute } = await pool.query<{ public: boolean }>(
+        "SELECT has_function_privilege('public', 'socket_io.emit(text, text, jsonb, text[], text[])', 'EXECUTE') AS public",
+      );
+      expect(canExecute[0]!.public).toBe(false);
 
       // Non-logged traffic over the NOTIFY limit goes through the attachments table.
       const heard: unknown[] = [];

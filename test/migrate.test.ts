@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { knownMigrations, migrate, migrationStatus, MIGRATIONS_TABLE } from "../src/migrate.js";
 import { createTestDatabase, type TestDatabase } from "./helpers/database.js";
 
-const TABLES = ["expired_sessions", "log_entries", "log_writers", "maintenance", "namespaces", "nodes", "sessions", "socket_io_attachments"];
+const TABLES = ["expired_sessions", "log_entries", "log_writers", "maintenance", "namespaces", "nodes", "sessions", "socket_io_attachments", "staged_events"];
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
@@ -98,6 +98,20 @@ describe("migrate()", () => {
     const b = await p.query("SELECT name, head FROM app_b.namespaces");
     expect(a.rows).toEqual([{ name: "/", head: "7" }]);
     expect(b.rows).toEqual([]);
+
+    // Each schema's emit() stages into its own table and notifies its own channel, whatever the search_path.
+    await p.query(`SET search_path TO app_b`);
+    await p.query(`SELECT app_a.emit('/', 'ev', '[1]')`);
+    await p.query(`RESET search_path`);
+    const staged = await p.query("SELECT (SELECT count(*) FROM app_a.staged_events)::int AS a, (SELECT count(*) FROM app_b.staged_events)::int AS b");
+    expect(staged.rows).toEqual([{ a: 1, b: 0 }]);
+    const defs = await p.query<{ schema: string; def: string }>(
+      "SELECT n.nspname AS schema, pg_get_functiondef(f.oid) AS def FROM pg_proc f JOIN pg_namespace n ON n.oid = f.pronamespace WHERE f.proname = 'emit' ORDER BY 1",
+    );
+    expect(defs.rows.map((r) => [r.schema, r.def.includes(`pg_notify('${r.schema}:emit'`), r.def.includes(`INSERT INTO ${r.schema}.staged_events`)])).toEqual([
+      ["app_a", true, true],
+      ["app_b", true, true],
+    ]);
   });
 
   it("indexes what pruning filters on (a namespace's idle writers), in the configured schema", async () => {

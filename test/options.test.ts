@@ -57,6 +57,12 @@ describe("options", () => {
     [{ queryTimeoutMs: "15s" }, /option "queryTimeoutMs"/],
     [{ preparedStatements: "yes" }, /option "preparedStatements" must be true or false/],
     [{ retentionMarginMs: Number.NaN }, /option "retentionMarginMs"/],
+    [{ directConnection: "postgres://u:secret@db/app" }, /option "directConnection" must be pg client settings.*got a string \(write \{ connectionString: … \}\)$/],
+    [{ directConnection: null }, /option "directConnection" must be pg client settings/],
+    [{ directConnection: { user: "app" } }, /option "directConnection" must be settings naming the server: connectionString or host; got \["user"\]/],
+    [{ directConnection: { connectionString: "" } }, /option "directConnection.connectionString" must be a non-empty string/],
+    [{ directConnection: { host: "db", port: "5432" } }, /option "directConnection.port" must be an integer from 1 to 65535; got "5432"/],
+    [{ directConnection: { host: "db", password: 42 } }, /option "directConnection.password" must be a string or a function returning one; got "number"/],
     [{ pruneIntervalMS: 1000 }, /unknown option "pruneIntervalMS"/],
     [{ maxEntryBytes: 100 }, /option "maxEntryBytes" must be an integer from 1024 to 67108864 \(bytes\)/],
     [{ maxEntryBytes: 8192, maxReplayBytes: 4096 }, /option "maxEntryBytes" must be at most maxReplayBytes \(4096\); got 8192/],
@@ -66,9 +72,22 @@ describe("options", () => {
     [{ checkpointIntervalMs: 10 }, /option "checkpointIntervalMs" must be an integer from 100 to 86400000 \(ms\); got 10/],
     [{ nodeHeartbeatIntervalMs: 0 }, /option "nodeHeartbeatIntervalMs"/],
     [{ nodeHeartbeatIntervalMs: 1000, nodeDeadAfterMs: 1500 }, /option "nodeDeadAfterMs" must be at least twice nodeHeartbeatIntervalMs \(2000 ms\); got 1500/],
+    [{ metrics: true }, /option "metrics" must be a prom-client Registry/],
+    [{ metrics: { metrics: () => "" } }, /option "metrics" must be a prom-client Registry/],
   ])("refuses %j", (input, message) => {
     expect(() => resolveOptions(input as never)).toThrow(OptionsError);
     expect(() => resolveOptions(input as never)).toThrow(message);
+  });
+
+  it("directConnection: absent by default (the pool's settings); given, kept as given and frozen", () => {
+    expect(resolveOptions(undefined).directConnection).toBeUndefined();
+    const password = () => "s3cret";
+    const opts = resolveOptions({ directConnection: { host: "db.internal", port: 5432, user: "app", password, database: "app" } });
+    expect(opts.directConnection).toEqual({ host: "db.internal", port: 5432, user: "app", password, database: "app" });
+    expect(Object.isFrozen(opts.directConnection)).toBe(true);
+    expect(resolveOptions({ directConnection: { connectionString: "postgres://app@db/app" } }).directConnection).toEqual({
+      connectionString: "postgres://app@db/app",
+    });
   });
 
   it("maxEntryBytes defaults to 16 MiB, or to maxReplayBytes when that is smaller", () => {
@@ -93,6 +112,7 @@ describe("options", () => {
     // A pool that was never connected: validation fails before any connection is attempted.
     const pool = new pg.Pool({ host: "127.0.0.1", port: 1 });
     expect(() => createAdapter(pool, { schema: "1bad" })).toThrow(/option "schema"/);
+    expect(() => createAdapter(pool, { metrics: {} as never })).toThrow(/option "metrics" must be a prom-client Registry \(new Registry\(\) or prom-client's register\)/);
     return pool.end();
   });
 });

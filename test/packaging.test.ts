@@ -38,8 +38,16 @@ async function main() {
     rows = (await pool.query("SELECT count(*)::int AS n FROM socket_io.log_entries")).rows[0].n;
   }
   await io.close();
+  // prom-client is an optional peer, not installed here: loading the package never needed it,
+  // and asking for metrics says what to install.
+  let metrics = "";
+  try {
+    createAdapter(pool, { metrics: { registerMetric() {}, getSingleMetric() {}, metrics() { return ""; } } });
+  } catch (err) {
+    metrics = err instanceof OptionsError && /npm install prom-client/.test(err.message) ? "needs prom-client" : String(err);
+  }
   await pool.end();
-  console.log(JSON.stringify({ adapter: io.of("/").adapter.constructor.name, rows, optionsError: typeof OptionsError }));
+  console.log(JSON.stringify({ adapter: io.of("/").adapter.constructor.name, rows, optionsError: typeof OptionsError, metrics }));
 }
 main().catch((err) => { console.error(err); process.exit(1); });
 `;
@@ -144,7 +152,7 @@ describe("the packed tarball", () => {
       env: { ...process.env, CONSUMER_DATABASE_URL: db.url, DEBUG: "" },
     });
     expect(stderr).toBe("");
-    expect(JSON.parse(stdout.trim())).toEqual({ adapter: "PostgresRecoveryAdapter", rows: 1, optionsError: "function" });
+    expect(JSON.parse(stdout.trim())).toEqual({ adapter: "PostgresRecoveryAdapter", rows: 1, optionsError: "function", metrics: "needs prom-client" });
   });
 
   // `module: node16` would refuse the .cts (TS1479: it cannot require an ES module); nodenext allows it (TS 5.8+).

@@ -71,4 +71,6 @@ export interface Workload {
   /** true, or why this peer cannot run it ("n/a: …"). */
   applies(peer: Peer): true | string;
   run(ctx: RunContext): Promise<Metrics>;
+  /** After the last repetition (what the workload kept across runs, e.g. a database of its own). */
+  teardown?(): Promise<void>;
 }

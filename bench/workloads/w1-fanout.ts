@@ -13,7 +13,7 @@ import { call } from "../lib/ipc.js";
 import { startCluster, sleep } from "../lib/cluster.js";
 import { countNotifies } from "../lib/database.js";
 import type { Metrics, MetricDef, RunContext, Workload } from "../lib/context.js";
-import type { Peer } from "../peers.js";
+import { isOurs, type Peer } from "../peers.js";
 
 interface Summary {
   clients: number;
@@ -45,7 +45,7 @@ const metrics: MetricDef[] = [
 
 /** NOTIFY channels of each Postgres peer on namespace "/" (ours: the log channel and the cluster bus). */
 function channelsOf(peer: Peer): string[] {
-  if (peer.id === "ours") return ["socket.io:socket_io:log", "socket.io#/"];
+  if (isOurs(peer)) return ["socket.io:socket_io:log", "socket.io#/"];
   if (peer.id === "upstream-pg") return ["socket.io#/"];
   return [];
 }
@@ -53,7 +53,7 @@ function channelsOf(peer: Peer): string[] {
 async function run(ctx: RunContext, split: boolean): Promise<Metrics> {
   const { w1Events: events, w1ClientsPerNode } = ctx.sizes;
   const cluster = await startCluster(ctx, 2);
-  const profile = ctx.cpuProfDir !== undefined && ctx.peer.id === "ours";
+  const profile = ctx.cpuProfDir !== undefined && isOurs(ctx.peer);
   try {
     const { nodes, clients } = cluster;
     const clientsPerNode = (w1ClientsPerNode * 2) / nodes.length;
@@ -69,7 +69,7 @@ async function run(ctx: RunContext, split: boolean): Promise<Metrics> {
 
     const usageBefore = await cluster.usage();
     const commitsBefore = ctx.peer.postgres ? await ctx.db.commits() : 0;
-    const appendsBefore = ctx.peer.id === "ours" ? await ctx.db.ourAppends() : 0;
+    const appendsBefore = isOurs(ctx.peer) ? await ctx.db.ourAppends() : 0;
     const half = Math.floor(events / 2);
     const expect = split ? { 0: half, 1: events - half } : { 0: events };
     const burst = async (epoch: number, count: number, halfCount: number) => {
@@ -100,7 +100,7 @@ async function run(ctx: RunContext, split: boolean): Promise<Metrics> {
     const seconds = (waited.lastAt - Math.min(...starts.map((s) => s.startedAt))) / 1000;
     const usage = await cluster.usage();
 
-    const appendsTimed = ctx.peer.id === "ours" ? (await ctx.db.ourAppends()) - appendsBefore : 0;
+    const appendsTimed = isOurs(ctx.peer) ? (await ctx.db.ourAppends()) - appendsBefore : 0;
 
     // An untimed burst of a fifth of the size, with a LISTEN connection counting the NOTIFYs.
     const counted = Math.max(200, Math.floor(events / 5));
@@ -108,7 +108,7 @@ async function run(ctx: RunContext, split: boolean): Promise<Metrics> {
     let logNotifyCount = 0;
     let appendsCounted = 0;
     if (ctx.peer.postgres) {
-      const appendsBeforeCounted = ctx.peer.id === "ours" ? await ctx.db.ourAppends() : 0;
+      const appendsBeforeCounted = isOurs(ctx.peer) ? await ctx.db.ourAppends() : 0;
       const notifies = await countNotifies(ctx.db.url, channelsOf(ctx.peer));
       const e2 = ctx.nextEpoch();
       await call(clients, "arm", { epoch: e2, expect: { all: split ? { 0: Math.floor(counted / 2), 1: counted - Math.floor(counted / 2) } : { 0: counted } } });
@@ -117,7 +117,7 @@ async function run(ctx: RunContext, split: boolean): Promise<Metrics> {
       await sleep(200);
       notifyCount = notifies.count();
       logNotifyCount = notifies.count("socket.io:socket_io:log");
-      if (ctx.peer.id === "ours") appendsCounted = (await ctx.db.ourAppends()) - appendsBeforeCounted;
+      if (isOurs(ctx.peer)) appendsCounted = (await ctx.db.ourAppends()) - appendsBeforeCounted;
       await notifies.stop();
     }
     await cluster.stop();
@@ -129,8 +129,8 @@ async function run(ctx: RunContext, split: boolean): Promise<Metrics> {
     // autocommit `SELECT pg_notify(...)`, so its write transactions are its NOTIFYs.
     const notifiesPer1000 = ctx.peer.postgres ? (notifyCount / counted) * 1000 : null;
     const writeTxPer1000 =
-      ctx.peer.id === "ours" ? (appendsTimed / events) * 1000 : ctx.peer.id === "upstream-pg" ? notifiesPer1000 : null;
-    const logNotifiesPerWriteTx = ctx.peer.id === "ours" && appendsCounted ? logNotifyCount / appendsCounted : null;
+      isOurs(ctx.peer) ? (appendsTimed / events) * 1000 : ctx.peer.id === "upstream-pg" ? notifiesPer1000 : null;
+    const logNotifiesPerWriteTx = isOurs(ctx.peer) && appendsCounted ? logNotifyCount / appendsCounted : null;
     const cpuMs = usage.reduce((n, u, i) => n + (u?.cpuMs ?? 0) - (usageBefore[i]?.cpuMs ?? 0), 0);
     return {
       deliveriesPerSec: waited.complete ? (totalClients * events) / seconds : null,

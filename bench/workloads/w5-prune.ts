@@ -9,13 +9,15 @@
  */
 import pg from "pg";
 import { migrate } from "../../src/index.js";
-import { Pruner } from "../../src/pruner.js";
+import { openSessionConnection } from "../../src/direct-connection.js";
+import { PRUNER_APPLICATION_NAME, Pruner } from "../../src/pruner.js";
 import { LogQueries } from "../../src/sql/log-queries.js";
 import { PruneQueries } from "../../src/sql/prune-queries.js";
 import { qualifiedName, quoteIdentifier } from "../../src/sql/identifiers.js";
 import { nowMs } from "../lib/ipc.js";
 import { sleep } from "../lib/cluster.js";
 import type { Metrics, RunContext, Workload } from "../lib/context.js";
+import { isOurs } from "../peers.js";
 import { percentile } from "../receipts.js";
 
 async function run(ctx: RunContext): Promise<Metrics> {
@@ -64,7 +66,7 @@ async function run(ctx: RunContext): Promise<Metrics> {
 
     const errors: Error[] = [];
     const pruner = new Pruner(
-      prunePool,
+      () => openSessionConnection(prunePool, undefined, PRUNER_APPLICATION_NAME),
       new PruneQueries(schema, qualifiedName(schema, "socket_io_attachments")),
       { retentionMs: () => 60_000, attachmentsMaxAgeMs: 30_000, batchSize: 5000 },
       (err) => errors.push(err),
@@ -114,6 +116,6 @@ export const w5: Workload = {
     { key: "sizeAfterMb", label: "log table size after (MiB, no VACUUM FULL)", digits: 0 },
     { key: "rowsLeft", label: "rows left (the writer's)" },
   ],
-  applies: (peer) => (peer.id === "ours" ? true : "n/a: ours only"),
+  applies: (peer) => (isOurs(peer) ? true : "n/a: ours only"),
   run,
 };

@@ -226,7 +226,14 @@ function renderCluster(cluster) {
     row.dataset.state = node.state;
     if (node.name === demo.node) row.classList.add("mine");
     cell(row, node.name);
-    cell(row, node.url.replace("http://", ""));
+    const address = cell(row, node.url.replace("http://", ""));
+    // Each node serves its own Prometheus metrics (its counters are per process).
+    const metrics = document.createElement("a");
+    metrics.className = "metrics";
+    metrics.href = `${node.url}/metrics`;
+    metrics.target = "_blank";
+    metrics.textContent = "metrics";
+    address.append(" ", metrics);
     cell(row, node.state).className = `state ${node.state}`;
     cell(row, node.sockets);
     cell(row, node.restarts);
@@ -297,6 +304,8 @@ async function main() {
   $("drop").addEventListener("click", dropConnection);
   $("move").addEventListener("click", () => moveTo($("move-target").value));
   $("restart-mine").addEventListener("click", () => demo.node && restartNode(demo.node));
+  $("emit-worker").addEventListener("click", () => api("/api/emit/worker", { method: "POST" }).catch(() => {}));
+  $("emit-rollback").addEventListener("click", () => api("/api/emit/rollback", { method: "POST" }).catch(() => {}));
   $("crash-mine").addEventListener("click", () => demo.node && crashNode(demo.node));
   $("offline").addEventListener("click", () => {
     if (demo.offlineTimer) comeBack();

@@ -37,7 +37,8 @@ export function renderPrune(outcome: PruneOutcome, target: string): string {
     `${outcome.dryRun ? "dry run on" : "pruned"} schema "${outcome.schema}" on ${target}: ${verb} ` +
       `${count(outcome.logEntries, "log entry", "log entries")}, ${count(outcome.sessions, "expired session")}, ` +
       `${count(outcome.attachments, "attachment")}, ${count(outcome.writers, "idle writer")}` +
-      (outcome.namespaceRows > 0 ? `, ${count(outcome.namespaceRows, "unused namespace row")}` : ""),
+      (outcome.namespaceRows > 0 ? `, ${count(outcome.namespaceRows, "unused namespace row")}` : "") +
+      (outcome.stagedEvents > 0 ? `, ${count(outcome.stagedEvents, "staged event")} never logged` : ""),
   ];
   if (outcome.namespaces.length > 0) {
     lines.push(

@@ -21,7 +21,7 @@ export function renderStatus(status: RecoveryStatus, target: string): string {
   } else {
     lines.push(
       table(
-        ["NAME", "HEAD", "OLDEST", "OLDEST AGE", "ENTRIES", "BYTES", "RETENTION", "SESSIONS", "WRITERS"],
+        ["NAME", "HEAD", "OLDEST", "OLDEST AGE", "ENTRIES", "BYTES", "RETENTION", "SESSIONS", "SESSION LAG", "CONNECTED", "WRITERS"],
         status.namespaces.map((n) => [
           n.name,
           String(n.head),
@@ -31,9 +31,11 @@ export function renderStatus(status: RecoveryStatus, target: string): string {
           formatBytes(n.entryBytes),
           n.retentionMs === null ? "none stored" : formatDuration(n.retentionMs),
           String(n.sessions),
+          n.sessionLag === null ? "-" : String(n.sessionLag),
+          String(n.connectedSockets),
           String(n.writers),
         ]),
-        [1, 2, 3, 4, 5, 7, 8],
+        [1, 2, 3, 4, 5, 7, 8, 9, 10],
       ),
     );
   }
@@ -44,6 +46,9 @@ export function renderStatus(status: RecoveryStatus, target: string): string {
   if (s.earliestExpiresAt !== null && s.latestExpiresAt !== null) {
     lines.push(`  expiry: earliest ${s.earliestExpiresAt} (${relative(Date.parse(s.earliestExpiresAt) - now)}), latest ${s.latestExpiresAt} (${relative(Date.parse(s.latestExpiresAt) - now)})`);
   }
+
+  lines.push("", "Nodes");
+  lines.push(`  ${status.nodes.alive} alive, ${status.nodes.dead} dead (heartbeat late or declared dead: their sockets are restorable elsewhere)`);
 
   lines.push("", "Tables");
   lines.push(
@@ -86,7 +91,9 @@ export function statusCommand(ctx: CliContext): Command {
       .description(
         `Shows one deployment at a glance: migration state, for each namespace its
 head offset, oldest retained entry and its age, entry count and bytes, stored
-retention, sessions and writers; stored sessions and their expiry spread;
+retention, sessions, session lag (entries the furthest-behind stored session
+missed: what its restore would read), connected sockets and writers; stored
+sessions and their expiry spread; nodes alive and dead;
 table and index sizes; the last pruning pass. Read-only, one snapshot.
 
 Fails (exit 1) when the schema is missing, lacks migrations, or was migrated

@@ -163,11 +163,16 @@ export class LogQueries {
   }
 
   private async runAppend(values: unknown[]): Promise<AppendResult | "unregistered"> {
-    const { rows } = await this.pool.query<{ from_offset: string | null; applied_before: boolean | null }>({
-      ...(this.appendStatementName === undefined ? {} : { name: this.appendStatementName }),
-      text: this.appendSql,
-      values,
-    });
+    let rows: Array<{ from_offset: string | null; applied_before: boolean | null }>;
+    try {
+      ({ rows } = await this.pool.query<{ from_offset: string | null; applied_before: boolean | null }>({
+        ...(this.appendStatementName === undefined ? {} : { name: this.appendStatementName }),
+        text: this.appendSql,
+        values,
+      }));
+    } catch (err) {
+      throw this.appendStatementName === undefined ? err : explainLostPreparedStatement(err);
+    }
     const row = rows[0];
     if (!row) {
       throw new Error(
@@ -251,6 +256,23 @@ export class LogQueries {
 
 /** Who reads a range of the log: the sequencer (gap fills, catch-up) or a restore's replay. */
 export type ReadPurpose = "delivery" | "replay";
+
+/**
+ * pg prepares a named statement once per client connection; behind a pooler
+ * in transaction mode the next transaction may run on another server
+ * connection, which has not prepared it (26000) or already has (42P05).
+ * Said plainly, since the append is retried and would fail alike forever.
+ */
+function explainLostPreparedStatement(err: unknown): unknown {
+  const code = typeof err === "object" && err !== null && "code" in err ? err.code : undefined;
+  if (code !== "26000" && code !== "42P05") return err;
+  return new Error(
+    "socket.io-postgres-recovery: the log append's prepared statement was not found on the server connection (or was there already): " +
+      "the pool seems to go through a pooler that does not keep prepared statements (PgBouncer in transaction mode before 1.21, " +
+      "or without max_prepared_statements); set the option preparedStatements: false",
+    { cause: err },
+  );
+}
 
 /**
  * A prepared statement's name: Postgres cuts names at 63 bytes, so the name

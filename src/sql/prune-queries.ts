@@ -2,7 +2,7 @@
  * SQL of pruning. Every DELETE is bounded (`limit` rows) and runs as its own
  * short transaction, so writers never wait long behind a prune.
  */
-import type { PoolClient } from "pg";
+import type { ClientBase } from "pg";
 import { qualifiedName } from "./identifiers.js";
 
 export class PruneQueries {
@@ -12,6 +12,7 @@ export class PruneQueries {
   private readonly maintenance: string;
   private readonly writers: string;
   private readonly nodes: string;
+  private readonly staged: string;
   private readonly expiredSessions: string;
   private readonly lockKey: string;
 
@@ -28,6 +29,7 @@ export class PruneQueries {
     this.maintenance = qualifiedName(schema, "maintenance");
     this.writers = qualifiedName(schema, "log_writers");
     this.nodes = qualifiedName(schema, "nodes");
+    this.staged = qualifiedName(schema, "staged_events");
     this.expiredSessions = qualifiedName(schema, "expired_sessions");
     this.lockKey = `socket.io-postgres-recovery:prune:${schema}`;
   }
@@ -37,7 +39,7 @@ export class PruneQueries {
   }
 
   /** One pruner per schema at a time: a session-level advisory lock, not waited for. */
-  async tryLock(client: PoolClient): Promise<boolean> {
+  async tryLock(client: ClientBase): Promise<boolean> {
     const { rows } = await client.query<{ locked: boolean }>(
       "SELECT pg_try_advisory_lock(hashtext($1)) AS locked",
       [this.lockKey],
@@ -45,7 +47,7 @@ export class PruneQueries {
     return rows[0]?.locked === true;
   }
 
-  async unlock(client: PoolClient): Promise<void> {
+  async unlock(client: ClientBase): Promise<void> {
     await client.query("SELECT pg_advisory_unlock(hashtext($1))", [this.lockKey]);
   }
 
@@ -53,7 +55,7 @@ export class PruneQueries {
    * Waits up to `timeoutMs` for the same lock (the CLI: a node's pass is short).
    * False when it is still held by then.
    */
-  async lock(client: PoolClient, timeoutMs: number): Promise<boolean> {
+  async lock(client: ClientBase, timeoutMs: number): Promise<boolean> {
     await client.query("SELECT set_config('lock_timeout', $1, false)", [`${timeoutMs}ms`]);
     let locked: boolean;
     try {
@@ -68,7 +70,7 @@ export class PruneQueries {
   }
 
   /** Every namespace with the retention its nodes stored (null: none stored yet). */
-  async listNamespaces(client: PoolClient): Promise<Array<{ id: number; name: string; retentionMs: number | null }>> {
+  async listNamespaces(client: ClientBase): Promise<Array<{ id: number; name: string; retentionMs: number | null }>> {
     const { rows } = await client.query<{ id: number; name: string; retention_ms: string | null }>(
       `SELECT id, name, retention_ms::text AS retention_ms FROM ${this.namespaces} ORDER BY name`,
     );
@@ -80,7 +82,7 @@ export class PruneQueries {
    * retention. Entries are appended in offset order at commit time, so age
    * follows offset: fewer than `limit` deleted means nothing older is left.
    */
-  async pruneLog(client: PoolClient, namespaceId: number, retentionMs: number, limit: number): Promise<number> {
+  async pruneLog(client: ClientBase, namespaceId: number, retentionMs: number, limit: number): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.log} AS l
        USING (SELECT "offset" FROM ${this.log} WHERE namespace_id = $1 ORDER BY "offset" LIMIT $3) AS oldest
@@ -92,7 +94,7 @@ export class PruneQueries {
   }
 
   /** The namespace's writers (adapters of past processes, mostly) idle for longer than `idleMs`. */
-  async pruneWriters(client: PoolClient, namespaceId: number, idleMs: number, limit: number): Promise<number> {
+  async pruneWriters(client: ClientBase, namespaceId: number, idleMs: number, limit: number): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.writers} WHERE writer_id IN (
          SELECT writer_id FROM ${this.writers}
@@ -115,7 +117,7 @@ export class PruneQueries {
    * delete, waiting on the row lock, then sees the fresh mark and keeps it)
    * or finds it gone and creates a new row.
    */
-  async pruneNamespace(client: PoolClient, namespaceId: number, idleMs: number): Promise<boolean> {
+  async pruneNamespace(client: ClientBase, namespaceId: number, idleMs: number): Promise<boolean> {
     const result = await client.query(
       `DELETE FROM ${this.namespaces} AS n WHERE n.id = $1 AND ${this.unused("n")}`,
       [namespaceId, idleMs],
@@ -144,7 +146,7 @@ export class PruneQueries {
    * conditions are repeated on the deleted row itself, so a row a restore took
    * meanwhile (this delete waited for its lock) is judged as it is now.
    */
-  async pruneSessions(client: PoolClient, limit: number): Promise<{ deleted: number; announced: number }> {
+  async pruneSessions(client: ClientBase, limit: number): Promise<{ deleted: number; announced: number }> {
     const { rows } = await client.query<{ deleted: number; announced: number }>(
       `WITH doomed AS (
          (SELECT pid_hash FROM ${this.sessions} WHERE expires_at < now() LIMIT $1)
@@ -181,7 +183,7 @@ export class PruneQueries {
    * Announcements of expired sessions older than `maxAgeMs`, but never the
    * newest: the next ids continue from it, and a node's cursor stays valid.
    */
-  async pruneExpiryAnnouncements(client: PoolClient, maxAgeMs: number, limit: number): Promise<number> {
+  async pruneExpiryAnnouncements(client: ClientBase, maxAgeMs: number, limit: number): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.expiredSessions} WHERE id IN (
          SELECT id FROM ${this.expiredSessions}
@@ -194,7 +196,7 @@ export class PruneQueries {
   }
 
   /** Rows of dead nodes that no skeleton names any more. */
-  async pruneNodes(client: PoolClient): Promise<number> {
+  async pruneNodes(client: ClientBase): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.nodes} n
         WHERE n.heartbeat_at < now() - n.dead_after_ms * interval '1 millisecond'
@@ -203,7 +205,7 @@ export class PruneQueries {
     return result.rowCount ?? 0;
   }
 
-  async pruneAttachments(client: PoolClient, maxAgeMs: number, limit: number): Promise<number> {
+  async pruneAttachments(client: ClientBase, maxAgeMs: number, limit: number): Promise<number> {
     const result = await client.query(
       `DELETE FROM ${this.attachments} WHERE id IN (
          SELECT id FROM ${this.attachments} WHERE created_at < now() - $1 * interval '1 millisecond'
@@ -213,10 +215,31 @@ export class PruneQueries {
     return result.rowCount ?? 0;
   }
 
+  /**
+   * Staged events (createEmitter, emit()) written longer than `retentionMs`
+   * ago and still not moved into a log: no node served their namespace
+   * meanwhile (a dynamic namespace nobody connected to). A client whose
+   * session is that old cannot recover anyway. SKIP LOCKED: a row a node is
+   * moving right now is left to it.
+   */
+  async pruneStaged(client: ClientBase, retentionMs: number, limit: number): Promise<number> {
+    const result = await client.query(
+      `DELETE FROM ${this.staged} WHERE id IN (
+         SELECT id FROM ${this.staged} WHERE created_at < now() - $1 * interval '1 millisecond'
+         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+      [retentionMs, limit],
+    );
+    return result.rowCount ?? 0;
+  }
+
   // ---- counting what a pass would delete (dry run; same conditions, no batches)
 
+  async countStaged(client: ClientBase, retentionMs: number): Promise<number> {
+    return this.count(client, `SELECT count(*) AS n FROM ${this.staged} WHERE created_at < now() - $1 * interval '1 millisecond'`, [retentionMs]);
+  }
+
   /** Entries older than the retention: what the batched pruneLog loop removes. */
-  async countLog(client: PoolClient, namespaceId: number, retentionMs: number): Promise<number> {
+  async countLog(client: ClientBase, namespaceId: number, retentionMs: number): Promise<number> {
     return this.count(
       client,
       `SELECT count(*) AS n FROM ${this.log}
@@ -225,7 +248,7 @@ export class PruneQueries {
     );
   }
 
-  async countWriters(client: PoolClient, namespaceId: number, idleMs: number): Promise<number> {
+  async countWriters(client: ClientBase, namespaceId: number, idleMs: number): Promise<number> {
     return this.count(
       client,
       `SELECT count(*) AS n FROM ${this.writers}
@@ -235,11 +258,11 @@ export class PruneQueries {
   }
 
   /** Whether `pruneNamespace` would delete the row now. */
-  async countNamespace(client: PoolClient, namespaceId: number, idleMs: number): Promise<boolean> {
+  async countNamespace(client: ClientBase, namespaceId: number, idleMs: number): Promise<boolean> {
     return (await this.count(client, `SELECT count(*) AS n FROM ${this.namespaces} AS n WHERE n.id = $1 AND ${this.unused("n")}`, [namespaceId, idleMs])) > 0;
   }
 
-  async countSessions(client: PoolClient): Promise<number> {
+  async countSessions(client: ClientBase): Promise<number> {
     return this.count(
       client,
       `SELECT (SELECT count(*) FROM ${this.sessions} WHERE expires_at < now())
@@ -250,7 +273,7 @@ export class PruneQueries {
     );
   }
 
-  async countAttachments(client: PoolClient, maxAgeMs: number): Promise<number> {
+  async countAttachments(client: ClientBase, maxAgeMs: number): Promise<number> {
     return this.count(
       client,
       `SELECT count(*) AS n FROM ${this.attachments} WHERE created_at < now() - $1 * interval '1 millisecond'`,
@@ -258,12 +281,12 @@ export class PruneQueries {
     );
   }
 
-  private async count(client: PoolClient, sql: string, params: unknown[]): Promise<number> {
+  private async count(client: ClientBase, sql: string, params: unknown[]): Promise<number> {
     const { rows } = await client.query<{ n: string }>(sql, params);
     return Number(rows[0]?.n ?? 0);
   }
 
-  async recordRun(client: PoolClient, startedAt: Date, result: string): Promise<void> {
+  async recordRun(client: ClientBase, startedAt: Date, result: string): Promise<void> {
     await client.query(
       `INSERT INTO ${this.maintenance} (task, last_started_at, last_finished_at, last_result)
        VALUES ('prune', $1, now(), $2)

@@ -16,7 +16,14 @@ export interface NamespaceStatusRow {
   entries: string;
   entry_bytes: string;
   sessions: string;
+  session_lag: string | null;
+  connected: string;
   writers: string;
+}
+
+export interface NodesStatusRow {
+  alive: string;
+  dead: string;
 }
 
 export interface SessionsStatusRow {
@@ -66,6 +73,7 @@ export class StatusQueries {
   private readonly sessions: string;
   private readonly writers: string;
   private readonly maintenance: string;
+  private readonly nodes: string;
 
   constructor(private readonly schema: string) {
     this.namespaces = qualifiedName(schema, "namespaces");
@@ -73,6 +81,7 @@ export class StatusQueries {
     this.sessions = qualifiedName(schema, "sessions");
     this.writers = qualifiedName(schema, "log_writers");
     this.maintenance = qualifiedName(schema, "maintenance");
+    this.nodes = qualifiedName(schema, "nodes");
   }
 
   async databaseNow(client: PoolClient): Promise<Date> {
@@ -92,6 +101,10 @@ export class StatusQueries {
               totals.entries::text AS entries, totals.bytes::text AS entry_bytes,
               (SELECT count(*) FROM ${this.sessions} s
                 WHERE s.namespace_id = n.id AND s.state IN (${WAITING}))::text AS sessions,
+              (SELECT n.head - min(s.last_offset) FROM ${this.sessions} s
+                WHERE s.namespace_id = n.id AND s.state IN (${WAITING}) AND s.expires_at > now())::text AS session_lag,
+              (SELECT count(*) FROM ${this.sessions} s
+                WHERE s.namespace_id = n.id AND s.state = 'connected')::text AS connected,
               (SELECT count(*) FROM ${this.writers} w WHERE w.namespace_id = n.id)::text AS writers
          FROM ${this.namespaces} n
          LEFT JOIN LATERAL (
@@ -105,6 +118,16 @@ export class StatusQueries {
         ORDER BY n.name`,
     );
     return rows;
+  }
+
+  /** Nodes by liveness as the adapters judge it (node-liveness.ts): a heartbeat within dead_after_ms, not declared dead. */
+  async nodesRow(client: PoolClient): Promise<NodesStatusRow> {
+    const { rows } = await client.query<NodesStatusRow>(
+      `SELECT count(*) FILTER (WHERE alive)::text AS alive, count(*) FILTER (WHERE NOT alive)::text AS dead
+         FROM (SELECT NOT declared_dead AND heartbeat_at > now() - dead_after_ms * interval '1 millisecond' AS alive
+                 FROM ${this.nodes}) n`,
+    );
+    return rows[0]!;
   }
 
   async sessionsRow(client: PoolClient): Promise<SessionsStatusRow> {
