@@ -407,6 +407,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     sequencer.offer(payloads.map((payload, i) => decodePacket(from + i, payload)));
   }
 
+  /** Emits `session-expired` (sid): the pruning pass deleted that session as expired, once per node. */
+  onSessionExpired(sid: string): void {
+    this.emit("session-expired", sid);
+  }
+
   onListenerReconnected(): void {
     // The database may be another one now (a failover, a restart): tell it what this node delivered,
     // and learn the gaps before reading on (catching up across an unknown gap would overflow the buffer).

@@ -8,6 +8,7 @@ import { PostgresRecoveryAdapter } from "./adapter.js";
 import { NO_METRICS, recoveryMetrics } from "./metrics.js";
 import { NodeContext } from "./node-context.js";
 import { OptionsError, resolveOptions, type PostgresRecoveryAdapterOptions } from "./options.js";
+import { loadApi } from "./tracing.js";
 
 export { PostgresRecoveryAdapter } from "./adapter.js";
 export type { OutageEndedEvent, OutageStartedEvent, RefusedEvent, RestoredEvent } from "./adapter.js";
@@ -20,6 +21,9 @@ export type { Primary, PrimaryOptions } from "./node-cluster.js";
 export type { DeadBy } from "./sql/session-queries.js";
 export type { PostgresRecoveryAdapterOptions, RecoveryOptions, UpstreamCompatibleOptions } from "./options.js";
 export { LISTENER_APPLICATION_NAME } from "./listener.js";
+export { OperatorNotice } from "./operator-events.js";
+export type { OperatorEvent } from "./operator-events.js";
+export { SPAN_NAMES } from "./tracing.js";
 export { migrate } from "./migrate.js";
 export { collectStatus, SchemaNotReadyError } from "./status.js";
 export type {
@@ -53,6 +57,7 @@ export function createAdapter(
     throw new OptionsError("socket.io-postgres-recovery: createAdapter(pool, options) needs a pg.Pool as its first argument");
   }
   const opts = resolveOptions(options);
+  loadApi();
   // Registered now (prom-client missing is an error of this call), shared by every node given this registry.
   const metrics = opts.metrics ? recoveryMetrics(opts.metrics) : NO_METRICS;
   let context: NodeContext | undefined;

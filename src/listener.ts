@@ -14,6 +14,7 @@
 import pg from "pg";
 import { debug } from "./debug.js";
 import type { ConnectionResource } from "./liveness-lock.js";
+import { operatorNotice } from "./operator-events.js";
 import { quoteIdentifier } from "./sql/identifiers.js";
 
 /** Postgres' application_name of the listener connection, for operators (and tests) to find it. */
@@ -41,6 +42,8 @@ export class Listener {
   private retryTimer: NodeJS.Timeout | undefined;
   private failures = 0;
   private connectedOnce = false;
+  /** When the connection in use was lost (undefined while one works): the replacement says how long it took. */
+  private lostAt: number | undefined;
   private closed = false;
   private readyWaiters: Array<() => void> = [];
 
@@ -119,10 +122,18 @@ export class Listener {
       .then((client) => {
         this.client = client;
         this.connecting = undefined;
+        const attempts = this.failures + 1;
         this.failures = 0;
         const reconnected = this.connectedOnce;
         this.connectedOnce = true;
         debug("listener connected (%d channels)", this.channels.size);
+        if (reconnected && this.lostAt !== undefined) {
+          const downForMs = Date.now() - this.lostAt;
+          this.opts.onError(
+            operatorNotice({ event: "listener-replaced", downForMs, attempts }, `LISTEN connection replaced after ${downForMs} ms; reading what was missed from the tables`),
+          );
+        }
+        this.lostAt = undefined;
         for (const resolve of this.readyWaiters.splice(0)) resolve();
         if (reconnected) this.opts.onReconnected();
       })
@@ -131,7 +142,12 @@ export class Listener {
         if (this.closed) return;
         this.failures++;
         const delay = Math.min(100 * 2 ** (this.failures - 1), 2000);
-        this.opts.onError(new Error(`socket.io-postgres-recovery: LISTEN connection failed; retrying in ${delay} ms`, { cause: err }));
+        // Said at the first failure; the retries go to debug (a database away for minutes would report every 2 s).
+        if (this.failures === 1) {
+          this.opts.onError(new Error("socket.io-postgres-recovery: LISTEN connection failed; retrying (every 2 s at most; said once until it connects)", { cause: err }));
+        } else {
+          debug("LISTEN connection attempt %d failed: %s; retrying in %d ms", this.failures, err instanceof Error ? err.message : String(err), delay);
+        }
         this.retryTimer = setTimeout(() => this.connect(), delay);
         this.retryTimer.unref();
       });
@@ -178,9 +194,11 @@ export class Listener {
   private replace(client: pg.Client, cause: unknown): void {
     if (client !== this.client) return;
     this.client = undefined;
+    this.lostAt = Date.now();
     this.opts.resource?.lost();
     this.opts.onLost?.();
-    this.opts.onError(new Error("socket.io-postgres-recovery: LISTEN connection lost; reconnecting", { cause }));
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    this.opts.onError(operatorNotice({ event: "listener-lost", reason }, "LISTEN connection lost; reconnecting", cause));
     destroy(client);
     this.connect();
   }

@@ -22,9 +22,11 @@ import { inlineForNotify, type LoggedPacket } from "./codec.js";
 import { debug } from "./debug.js";
 import { isTransientDatabaseError } from "./errors.js";
 import type { NodeContext } from "./node-context.js";
+import { operatorNotice } from "./operator-events.js";
 import { OutageMonitor } from "./outage.js";
 import type { PreparedPacket } from "./payload.js";
 import type { Sequencer } from "./sequencer.js";
+import { SPAN_NAMES, traced } from "./tracing.js";
 
 /** Payload of the adapter's "outage-started" event. */
 export interface OutageStartedEvent {
@@ -197,11 +199,12 @@ export class LogWriter {
     this.unloggedPackets = 0;
     this.host.emit("outage-started", { failingForMs, lastError });
     this.ctx.reportError(
-      new Error(
-        `socket.io-postgres-recovery: the log of "${this.host.nspName}" has been unwritable for ${failingForMs} ms` +
+      operatorNotice(
+        { event: "outage-started", namespace: this.host.nspName, failingForMs, ...(lastError ? { lastError: lastError.message } : {}) },
+        `the log of "${this.host.nspName}" has been unwritable for ${failingForMs} ms` +
           (lastError ? "" : " (the write hangs)") +
           "; delivering new events to this node's sockets only, unlogged, until a write succeeds",
-        lastError ? { cause: lastError } : undefined,
+        lastError,
       ),
     );
     for (const item of this.batcher.take(() => true)) this.deliverUnlogged(item.packet);
@@ -210,6 +213,12 @@ export class LogWriter {
   private endOutage(): void {
     debug("outage of %s ended: %d events delivered unlogged", this.host.nspName, this.unloggedPackets);
     this.host.emit("outage-ended", { unloggedPackets: this.unloggedPackets });
+    this.ctx.reportError(
+      operatorNotice(
+        { event: "outage-ended", namespace: this.host.nspName, unloggedPackets: this.unloggedPackets },
+        `the log of "${this.host.nspName}" is writable again; ${this.unloggedPackets} event(s) were delivered unlogged meanwhile`,
+      ),
+    );
   }
 
   private deliverUnlogged(packet: LoggedPacket): void {
@@ -220,7 +229,19 @@ export class LogWriter {
 
   // ---- the append -------------------------------------------------------------
 
-  private async append(items: QueuedEntry[], attempt: number): Promise<number[]> {
+  /** One attempt of a batch, traced (see tracing.ts). */
+  private append(items: QueuedEntry[], attempt: number): Promise<number[]> {
+    let bytes = 0;
+    for (const item of items) bytes += item.payload.length;
+    const attributes = { "socketio.namespace": this.host.nspName, "socketio.recovery.batch_size": items.length, "socketio.recovery.batch_bytes": bytes, "socketio.recovery.attempt": attempt };
+    return traced(SPAN_NAMES.append, attributes, async (span) => {
+      const offsets = await this.appendOnce(items, attempt);
+      span.set({ "socketio.recovery.first_offset": offsets[0] ?? 0 });
+      return offsets;
+    });
+  }
+
+  private async appendOnce(items: QueuedEntry[], attempt: number): Promise<number[]> {
     this.outage.writeStarted();
     await this.host.started();
     const id = this.host.namespaceId();

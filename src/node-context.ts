@@ -19,11 +19,13 @@ import { NodeLiveness } from "./node-liveness.js";
 import type { ResolvedOptions } from "./options.js";
 import { NAMESPACE_ACTIVITY_INTERVAL_MS, PRUNER_APPLICATION_NAME, Pruner, type PruneReport } from "./pruner.js";
 import { Semaphore } from "./semaphore.js";
+import { ExpiryFeed } from "./session-expiry.js";
 import { SkeletonWriter } from "./session-durability.js";
 import { SessionStore } from "./session-store.js";
 import { checkTablesAtStart } from "./startup-check.js";
 import { boundedQueries } from "./sql/bounded-queries.js";
 import { LivenessQueries } from "./sql/liveness-queries.js";
+import { ExpiryQueries } from "./sql/expiry-queries.js";
 import { LogQueries } from "./sql/log-queries.js";
 import { PruneQueries } from "./sql/prune-queries.js";
 import { SessionQueries } from "./sql/session-queries.js";
@@ -47,6 +49,8 @@ export interface NamespaceMember {
   onRevived(): Promise<void>;
   /** The database incarnation this namespace last reconciled with ("*": nothing to tell; see failover-guard.ts). */
   reconciledIncarnation(): string | undefined;
+  /** The pruning pass deleted this namespace's session `sid` as expired (see session-expiry.ts). */
+  onSessionExpired(sid: string): void;
 }
 
 /** How long a node's registration waits for the listener's first attempt at the liveness lock. */
@@ -67,6 +71,8 @@ export class NodeContext {
   /** Restores reading the table at once, over all namespaces of this node. */
   readonly restoreReads: Semaphore;
   private readonly pruner: Pruner;
+  /** Announcements of expired sessions, read once each (`session-expired`). */
+  private readonly expiry: ExpiryFeed;
   private readonly members = new Map<string, NamespaceMember>();
   /** Cluster ids of this node's adapters: messages from them are our own. */
   private readonly ownUids = new Set<string>();
@@ -134,6 +140,7 @@ export class NodeContext {
         this.liveness.beatNow();
         metrics.listenerReconnected();
         for (const member of this.members.values()) member.onListenerReconnected();
+        this.expiry.onReconnected();
       },
       onLost: () => {
         for (const member of this.members.values()) member.onListenerLost();
@@ -149,7 +156,7 @@ export class NodeContext {
         await this.attachments.name().catch(() => undefined);
         return openSessionConnection(pool, opts.directConnection, PRUNER_APPLICATION_NAME);
       },
-      new PruneQueries(opts.schema, () => this.attachments.current),
+      new PruneQueries(opts.schema, () => this.attachments.current, opts.logChannel),
       {
         retentionMs: () => {
           let longest: number | undefined;
@@ -165,6 +172,12 @@ export class NodeContext {
       },
       report,
     );
+    this.expiry = new ExpiryFeed(new ExpiryQueries(db, opts.schema), {
+      active: () => [...this.members.values()].some((m) => m.retentionMs() !== undefined),
+      deliver: (namespace, sid) => this.members.get(namespace)?.onSessionExpired(sid),
+      pollIntervalMs: opts.pruneIntervalMs,
+      onError: report,
+    });
     checkTablesAtStart(db, opts.schema, this.attachments, report);
     this.listener.start();
     void this.listener.listen(opts.logChannel);
@@ -185,6 +198,8 @@ export class NodeContext {
   add(member: NamespaceMember): void {
     this.members.set(member.nspName, member);
     this.ownUids.add(member.serverUid());
+    // The first namespace with recovery starts the feed at the newest announcement, once LISTEN is in place.
+    if (member.retentionMs() !== undefined) void this.listener.ready().then(() => this.expiry.start());
   }
 
   bindNamespaceId(id: number, member: NamespaceMember): void {
@@ -238,6 +253,7 @@ export class NodeContext {
         // After the sessions: its row gone (or marked dead), this node's remaining skeletons are restorable at once.
         ["leaving the nodes table", () => this.liveness.stop()],
         ["the pruning pass", () => this.pruner.stop()],
+        ["reading expired sessions", () => this.expiry.stop()],
         ["publishing cluster messages", () => this.bus.idle()],
         ["closing the LISTEN connection", () => this.listener.close()],
       ];
@@ -281,6 +297,10 @@ export class NodeContext {
       if (channel === this.opts.logChannel) {
         if (payload.startsWith("s|")) {
           this.sessions.onWritten(payload.slice(2));
+          return;
+        }
+        if (payload.startsWith("x|")) {
+          this.expiry.onNotified(payload.slice(2));
           return;
         }
         const [id, from, count, inline, jumpedFrom] = payload.split("|");

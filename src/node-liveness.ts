@@ -13,8 +13,8 @@
  * lock (liveness-lock.ts) is gone at once. The row publishes the lock's key;
  * the node registers after its first attempt to take the lock.
  */
-import { debug } from "./debug.js";
 import { asError } from "./errors.js";
+import { operatorNotice } from "./operator-events.js";
 import type { LivenessQueries, Reconciled } from "./sql/liveness-queries.js";
 
 export interface NodeLivenessOptions {
@@ -103,9 +103,16 @@ export class NodeLiveness {
       const alive = await this.queries.heartbeat(this.opts.nodeId, this.opts.reconciled?.(), this.opts.lockKey());
       this.failing = false;
       if (alive || this.stopped) return;
-      debug("node %s was declared dead; registering again and dropping what was taken", this.opts.nodeId);
-      await this.queries.register(this.opts.nodeId, this.opts.deadAfterMs, this.opts.lockKey());
+      const { nodeId } = this.opts;
+      this.opts.onError(
+        operatorNotice(
+          { event: "node-declared-dead", nodeId },
+          `this node (${nodeId}) was declared dead by another node (its heartbeat was older than nodeDeadAfterMs, or its liveness lock was released: a pause, a partition or a lost connection); registering again and dropping the sockets restored elsewhere`,
+        ),
+      );
+      await this.queries.register(nodeId, this.opts.deadAfterMs, this.opts.lockKey());
       await this.opts.onRevived();
+      this.opts.onError(operatorNotice({ event: "node-revived", nodeId }, `this node (${nodeId}) registered again after it was declared dead`));
     } catch (err) {
       // Once per failure streak (a database outage would otherwise report it every interval).
       if (this.failing) return;

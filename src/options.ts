@@ -74,7 +74,10 @@ export interface UpstreamCompatibleOptions {
    * Receives every error that happens in the background (a failed write, a
    * lost listener connection, a refused restore because the database did not
    * answer). Without it, errors go to the `socket.io-postgres-recovery` debug
-   * channel. It must not throw.
+   * channel. It must not throw. State changes worth an operator's attention
+   * (outage started/ended, listener lost/replaced, pruning refused/resumed,
+   * node declared dead/revived) arrive as an `OperatorNotice`, whose `event`
+   * holds a typed record (docs/events-and-traces.md).
    * @default undefined
    */
   errorHandler?: (err: Error) => void;

@@ -29,6 +29,12 @@ export interface PruneOptions {
   batchSize?: number;
   /** How long to wait for a node's pass under way (ms). @default 10000 */
   lockTimeoutMs?: number;
+  /**
+   * The nodes' `channelPrefix`: expired sessions are announced on their log
+   * channel. With another prefix the nodes still find them, at their next
+   * poll (`pruneIntervalMs`). @default "socket.io"
+   */
+  channelPrefix?: string;
 }
 
 export interface PruneOutcome extends PrunePassReport {
@@ -46,7 +52,9 @@ export async function prune(pool: pg.Pool, options: PruneOptions = {}): Promise<
     fallbackSchema: given?.schema === undefined && table === "socket_io_attachments" ? schema : undefined,
   };
   const attachments = await new AttachmentsTable(pool, spec, () => undefined).name();
-  const queries = new PruneQueries(schema, attachments);
+  const logChannel = `${options.channelPrefix ?? "socket.io"}:${schema}:log`;
+  // A channel Postgres cannot take (no node could listen to it either): the nodes' poll finds the announcements.
+  const queries = new PruneQueries(schema, attachments, Buffer.byteLength(logChannel) <= 63 ? logChannel : undefined);
   const plan: PrunePlan = {
     retentionMs: (namespace) => namespace.storedRetentionMs ?? undefined,
     sessions: true,

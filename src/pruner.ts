@@ -8,7 +8,9 @@ import type { ClientBase } from "pg";
 import type { SessionConnection } from "./direct-connection.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
+import { operatorNotice } from "./operator-events.js";
 import type { PruneQueries } from "./sql/prune-queries.js";
+import { SPAN_NAMES, traced } from "./tracing.js";
 
 /** Postgres' application_name of a pass's own connection (with `directConnection`). */
 export const PRUNER_APPLICATION_NAME = "socket.io-postgres-recovery:pruner";
@@ -87,6 +89,14 @@ export const WRITER_IDLE_MS = 60 * 60 * 1000;
 export const NAMESPACE_IDLE_MS = 60 * 60 * 1000;
 export const NAMESPACE_ACTIVITY_INTERVAL_MS = 5 * 60 * 1000;
 
+/**
+ * How long an announcement of an expired session is kept for nodes to read:
+ * they read it within moments (NOTIFY), after a listener reconnect, or at
+ * their next poll (`pruneIntervalMs`); a node cut off longer misses it and
+ * says so (see `session-expiry.ts`).
+ */
+export const EXPIRY_ANNOUNCEMENTS_KEPT_MS = 60 * 60 * 1000;
+
 /** Each namespace with the retention the plan gives it. */
 async function planned(client: ClientBase, queries: PruneQueries, plan: PrunePlan) {
   return (await queries.listNamespaces(client)).map((row) => {
@@ -122,11 +132,26 @@ async function drain(batchSize: number, step: () => Promise<number>): Promise<nu
  * Every delete is bounded and its own short transaction. Records the run in
  * the `maintenance` table (`source` says who ran it).
  */
-export async function runPrunePass(
+export function runPrunePass(client: ClientBase, queries: PruneQueries, plan: PrunePlan, source: string): Promise<PrunePassReport> {
+  return traced(SPAN_NAMES.prune, { "socketio.recovery.prune_source": source }, async (span) => {
+    const report = await runUntracedPrunePass(client, queries, plan, source, (announced) => span.set({ "socketio.recovery.expired_announced": announced }));
+    span.set({
+      "socketio.recovery.deleted_log_entries": report.logEntries,
+      "socketio.recovery.deleted_sessions": report.sessions,
+      "socketio.recovery.deleted_attachments": report.attachments,
+      "socketio.recovery.deleted_writers": report.writers,
+      "socketio.recovery.deleted_namespace_rows": report.namespaceRows,
+    });
+    return report;
+  });
+}
+
+async function runUntracedPrunePass(
   client: ClientBase,
   queries: PruneQueries,
   plan: PrunePlan,
   source: string,
+  expiredAnnounced: (count: number) => void,
 ): Promise<PrunePassReport> {
   const startedAt = new Date();
   const { batchSize } = plan;
@@ -167,7 +192,15 @@ export async function runPrunePass(
     report.stagedEvents = await drain(batchSize, () => queries.pruneStaged(client, stagedRetention, batchSize));
   }
   if (plan.sessions) {
-    report.sessions = await drain(batchSize, () => queries.pruneSessions(client, batchSize));
+    // Each batch announces the sessions it expired, in its own transaction (see `session-expiry.ts`).
+    let announced = 0;
+    report.sessions = await drain(batchSize, async () => {
+      const batch = await queries.pruneSessions(client, batchSize);
+      announced += batch.announced;
+      return batch.deleted;
+    });
+    expiredAnnounced(announced);
+    await drain(batchSize, () => queries.pruneExpiryAnnouncements(client, EXPIRY_ANNOUNCEMENTS_KEPT_MS, batchSize));
     await queries.pruneNodes(client);
   }
   const { logEntries, sessions, attachments, writers, namespaceRows, stagedEvents } = report;
@@ -224,9 +257,32 @@ export class Pruner {
   start(intervalMs: number): void {
     this.timer = setInterval(() => {
       if (this.running) return;
-      this.pruneNow().catch((err: unknown) => this.onError(asError(err)));
+      this.pruneNow().then(
+        (report) => this.passSucceeded(report),
+        (err: unknown) => this.passFailed(asError(err)),
+      );
     }, intervalMs);
     this.timer.unref();
+  }
+
+  /** Scheduled passes that failed in a row: the first is reported, the others go to debug. */
+  private failedPasses = 0;
+
+  private passFailed(err: Error): void {
+    this.failedPasses++;
+    if (this.failedPasses > 1) {
+      debug("prune: pass %d in a row failed: %s", this.failedPasses, err.message);
+      return;
+    }
+    const reason = err.cause instanceof Error ? err.cause.message : err.message;
+    this.onError(operatorNotice({ event: "pruning-refused", reason }, `pruning failed: ${reason} (said once until a pass runs again)`, err));
+  }
+
+  private passSucceeded(report: PruneReport): void {
+    if (!report.ran || this.failedPasses === 0) return;
+    const failedPasses = this.failedPasses;
+    this.failedPasses = 0;
+    this.onError(operatorNotice({ event: "pruning-resumed", failedPasses }, `pruning runs again after ${failedPasses} failed pass(es)`));
   }
 
   async stop(): Promise<void> {

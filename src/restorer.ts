@@ -27,6 +27,7 @@ import { hashPid } from "./session-store.js";
 import type { SocketLedger } from "./socket-ledger.js";
 import type { DeadBy, SessionRecord, TakenSession } from "./sql/session-queries.js";
 import { Stitcher, type PendingRestore } from "./stitch.js";
+import { SPAN_NAMES, traced, type TraceSpan } from "./tracing.js";
 
 /** Socket.IO treats a falsy restore result as "not restored"; its type says Session. */
 const NOT_RESTORED = null as unknown as Session;
@@ -80,7 +81,8 @@ interface RestoreAttempt {
   abandoned: boolean;
 }
 
-type RestoreOutcome = { session: Session; replayed: number; deadBy?: DeadBy } | { refused: string };
+/** `source`: where the replay came from, the ring of recent entries or the table. */
+type RestoreOutcome = { session: Session; replayed: number; source: "memory" | "table"; deadBy?: DeadBy } | { refused: string };
 
 export class Restorer {
   private readonly stitcher: Stitcher;
@@ -117,20 +119,26 @@ export class Restorer {
    * (`io.of(nsp).adapter.on("restore-refused", ({ reason }) => …)`), for
    * dashboards and logs; the client just gets a new session.
    */
-  private refused(reason: string, startedAt: number): Session {
+  private refused(reason: string, startedAt: number, span?: TraceSpan): Session {
     debug("restore refused: %s", reason);
     this.ctx.metrics.refused(this.host.nspName, reason, (performance.now() - startedAt) / 1000);
+    span?.set({ "socketio.recovery.outcome": "refused", "socketio.recovery.refusal_reason": reason });
     this.host.emit("restore-refused", { reason });
     return NOT_RESTORED;
   }
 
-  async restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
+  /** Traced (see tracing.ts): outcome, replay size and source as attributes. */
+  restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
+    return traced(SPAN_NAMES.restore, { "socketio.namespace": this.host.nspName }, (span) => this.restoreTraced(pid, offset, span));
+  }
+
+  private async restoreTraced(pid: PrivateSessionId, offset: string, span: TraceSpan): Promise<Session> {
     const startedAt = performance.now();
-    if (this.host.closing()) return this.refused("this node is closing", startedAt);
-    if (this.host.inOutage()) return this.refused("this node cannot write to the database (outage mode)", startedAt);
+    if (this.host.closing()) return this.refused("this node is closing", startedAt, span);
+    if (this.host.inOutage()) return this.refused("this node cannot write to the database (outage mode)", startedAt, span);
     const parsed = parseOffset(offset);
     if (parsed === undefined || typeof pid !== "string" || pid.length === 0 || pid.length > 256) {
-      return this.refused("malformed pid or offset", startedAt);
+      return this.refused("malformed pid or offset", startedAt, span);
     }
     const timeoutMs = this.ctx.opts.restoreTimeoutMs;
     let timer: NodeJS.Timeout | undefined;
@@ -141,9 +149,10 @@ export class Restorer {
     const restoring = this.restore(pid, parsed, Date.now() + timeoutMs, attempt);
     try {
       const outcome = await Promise.race([restoring, timeout]);
-      if ("refused" in outcome) return this.refused(outcome.refused, startedAt);
+      if ("refused" in outcome) return this.refused(outcome.refused, startedAt, span);
       debug("restoring %s with %d missed packets%s", outcome.session.sid, outcome.replayed, outcome.deadBy ? ` (its node found dead by ${outcome.deadBy})` : "");
       this.ctx.metrics.restored(this.host.nspName, (performance.now() - startedAt) / 1000, outcome.replayed);
+      span.set({ "socketio.recovery.outcome": "recovered", "socketio.recovery.replay_size": outcome.replayed, "socketio.recovery.replay_source": outcome.source });
       this.host.emit("session-restored", {
         sid: outcome.session.sid,
         replayed: outcome.replayed,
@@ -154,7 +163,8 @@ export class Restorer {
       // The restore may go on in the background: from now on it must leave no trace (see restore()).
       attempt.abandoned = true;
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: a restore in "${this.host.nspName}" failed; the client gets a new session`, { cause: asError(err) }));
-      return this.refused(`failed: ${asError(err).message}`, startedAt);
+      span.fail(err);
+      return this.refused(`failed: ${asError(err).message}`, startedAt, span);
     } finally {
       clearTimeout(timer);
       restoring.catch(() => undefined);
@@ -256,8 +266,9 @@ export class Restorer {
       pending = this.stitcher.open(taken, offset, membership, upTo);
       // Bounded in count and bytes: a replay over either limit is refused below, so no more is read.
       const { maxReplayEntries, maxReplayBytes } = this.ctx.opts;
+      const recent = this.sequencer.recentRange(offset, upTo);
       const entries =
-        this.sequencer.recentRange(offset, upTo) ??
+        recent ??
         (
           await this.ctx.restoreReads.run(deadline, () =>
             this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes, "replay"),
@@ -280,7 +291,7 @@ export class Restorer {
       // (never written) leaves this node's skeleton of the same generation in the table.
       this.host.taken(stored.sid, pid, stored.generation, stored.fromQueue === true);
       const session: Session = { sid: stored.sid, pid, rooms: [...joinedAt.keys()], data: contents.data, missedPackets: [] };
-      return { session, replayed: plan.entries.length, ...(stored.deadBy ? { deadBy: stored.deadBy } : {}) };
+      return { session, replayed: plan.entries.length, source: recent ? "memory" : "table", ...(stored.deadBy ? { deadBy: stored.deadBy } : {}) };
     } catch (err) {
       // Failed or timed out: nothing was restored, so the session goes back. A pid still restores at most once.
       this.putBack(taken);

@@ -246,3 +246,22 @@ export const stagedEvents = pgTable(
     check("staged_events_one_payload", sql`(${t.payload} IS NULL) <> (${t.packet} IS NULL)`),
   ],
 );
+
+/**
+ * Announcements of expired sessions (`session-expired`): the pruning pass
+ * inserts one row per session it deletes as expired, in the same statement as
+ * the delete, and NOTIFYs the log channel. Every node reads the rows after its
+ * own cursor in `id` order, on the NOTIFY and after its listener reconnected,
+ * so each is delivered once per node even when a NOTIFY was missed. `id` is
+ * dense (the previous maximum plus one): only the pass holding the schema's
+ * prune lock inserts, so a reader that finds a hole knows rows were pruned
+ * before it read them. Kept for an hour (the newest row always).
+ */
+export const expiredSessions = pgTable("expired_sessions", {
+  id: bigint("id", { mode: "number" }).primaryKey(),
+  /** The namespace's name (its row may be pruned later). */
+  namespace: text("namespace").notNull(),
+  /** The public socket id: never the pid nor its hash. */
+  sid: text("sid").notNull(),
+  expiredAt: timestamp("expired_at", { withTimezone: true }).notNull().defaultNow(),
+});

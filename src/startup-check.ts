@@ -11,7 +11,7 @@ import type { Queryable } from "./sql/bounded-queries.js";
 import { qualifiedName } from "./sql/identifiers.js";
 
 /** The tables of `schema` every node uses (log, sessions, pruning). */
-const SCHEMA_TABLES = ["namespaces", "log_entries", "log_writers", "log_gaps", "sessions", "maintenance"];
+const SCHEMA_TABLES = ["namespaces", "log_entries", "log_writers", "log_gaps", "sessions", "maintenance", "expired_sessions"];
 
 export function checkTablesAtStart(pool: Queryable, schema: string, attachments: AttachmentsTable, report: (err: Error) => void): void {
   // Reported by the attachments table itself (it names the option).

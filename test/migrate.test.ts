@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { knownMigrations, migrate, migrationStatus, MIGRATIONS_TABLE } from "../src/migrate.js";
 import { createTestDatabase, type TestDatabase } from "./helpers/database.js";
 
-const TABLES = ["log_entries", "log_gaps", "log_writers", "maintenance", "namespaces", "nodes", "sessions", "socket_io_attachments", "staged_events"];
+const TABLES = ["expired_sessions", "log_entries", "log_gaps", "log_writers", "maintenance", "namespaces", "nodes", "sessions", "socket_io_attachments", "staged_events"];
 
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {

@@ -140,6 +140,8 @@ describe("the packed tarball", () => {
     expect(files).toContain("./dist/index.d.ts");
     expect(files).toContain("./migrations/meta/_journal.json");
     expect(files.filter((f) => f.startsWith("./src/") || f.startsWith("./test/"))).toEqual([]);
+    // The optional peer is not installed: the consumers below log (and so trace) a broadcast without it.
+    await expect(stat(path.join(dir, "consumer", "node_modules", "@opentelemetry", "api"))).rejects.toThrow(/ENOENT/);
   });
 
   it.each(Object.keys(CONSUMERS))("%s: createAdapter(pool) from the installed package logs a broadcast", async (file) => {

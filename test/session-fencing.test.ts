@@ -116,10 +116,10 @@ describe("session fencing", () => {
     const client = await pool.connect();
     try {
       // Alive: nothing goes.
-      expect(await prune.pruneSessions(client, 100)).toBe(0);
+      expect((await prune.pruneSessions(client, 100)).deleted).toBe(0);
       await pool.query(`UPDATE socket_io.nodes SET heartbeat_at = now() - interval '2 seconds' WHERE node_id = 'node-e'`);
       // Dead 2 s ago: p4 (500 ms of life) is gone, p5 (60 s) stays and keeps the node's row.
-      expect(await prune.pruneSessions(client, 100)).toBe(1);
+      expect((await prune.pruneSessions(client, 100)).deleted).toBe(1);
       expect(await row("p4")).toBeUndefined();
       expect(await prune.pruneNodes(client)).toBe(0);
       await pool.query(`DELETE FROM socket_io.sessions WHERE pid_hash = $1`, [hashPid("p5")]);

@@ -14,12 +14,15 @@ export class PruneQueries {
   private readonly nodes: string;
   private readonly gaps: string;
   private readonly staged: string;
+  private readonly expiredSessions: string;
   private readonly lockKey: string;
 
   constructor(
     schema: string,
     /** The attachments table's qualified name (a function: the node resolves it at start). */
     private readonly attachmentsTable: string | (() => string),
+    /** Where expired sessions are announced (the nodes' log channel); undefined: not notified, nodes find them at their next poll. */
+    private readonly logChannel?: string,
   ) {
     this.namespaces = qualifiedName(schema, "namespaces");
     this.log = qualifiedName(schema, "log_entries");
@@ -29,6 +32,7 @@ export class PruneQueries {
     this.nodes = qualifiedName(schema, "nodes");
     this.gaps = qualifiedName(schema, "log_gaps");
     this.staged = qualifiedName(schema, "staged_events");
+    this.expiredSessions = qualifiedName(schema, "expired_sessions");
     this.lockKey = `socket.io-postgres-recovery:prune:${schema}`;
   }
 
@@ -154,18 +158,60 @@ export class PruneQueries {
    * Sessions past expiry, and skeletons of dead nodes whose sockets' sessions
    * would have expired by now (`ttl_ms` after the node's last heartbeat): a
    * skeleton's own `expires_at` is infinite while its node lives.
+   *
+   * In the same statement, every deleted session that was not restored
+   * (state other than `taken`) is announced: a row in `expired_sessions`
+   * (dense ids after the current maximum: only the holder of the prune lock
+   * inserts) and a NOTIFY `x|<last id>` on the log channel, both committed
+   * with the delete or not at all (see `session-expiry.ts`). The expiry
+   * conditions are repeated on the deleted row itself, so a row a restore took
+   * meanwhile (this delete waited for its lock) is judged as it is now.
    */
-  async pruneSessions(client: ClientBase, limit: number): Promise<number> {
-    const result = await client.query(
-      `DELETE FROM ${this.sessions} WHERE pid_hash IN (
+  async pruneSessions(client: ClientBase, limit: number): Promise<{ deleted: number; announced: number }> {
+    const { rows } = await client.query<{ deleted: number; announced: number }>(
+      `WITH doomed AS (
          (SELECT pid_hash FROM ${this.sessions} WHERE expires_at < now() LIMIT $1)
          UNION ALL
          (SELECT s.pid_hash FROM ${this.nodes} n
             JOIN ${this.sessions} s ON s.node_id = n.node_id AND s.state = 'connected'
-           WHERE n.heartbeat_at < now() - n.dead_after_ms * interval '1 millisecond'
-             AND n.heartbeat_at + COALESCE(s.ttl_ms, 0) * interval '1 millisecond' < now()
-           LIMIT $1))`,
-      [limit],
+           WHERE ${deadSkeletonExpired("n", "s")}
+           LIMIT $1)
+       ), deleted AS (
+         DELETE FROM ${this.sessions} s WHERE s.pid_hash IN (SELECT pid_hash FROM doomed)
+           AND (s.expires_at < now()
+                OR (s.state = 'connected' AND EXISTS (
+                      SELECT 1 FROM ${this.nodes} n WHERE n.node_id = s.node_id AND ${deadSkeletonExpired("n", "s")})))
+         RETURNING s.namespace_id, s.sid, s.state
+       ), expired AS (
+         SELECT ns.name, d.sid, row_number() OVER (ORDER BY ns.name, d.sid) AS ord
+           FROM deleted d JOIN ${this.namespaces} ns ON ns.id = d.namespace_id
+          WHERE d.state <> 'taken'
+       ), announced AS (
+         INSERT INTO ${this.expiredSessions} (id, namespace, sid)
+         SELECT (SELECT COALESCE(max(id), 0) FROM ${this.expiredSessions}) + ord, name, sid FROM expired
+         RETURNING id
+       )
+       SELECT (SELECT count(*) FROM deleted)::int AS deleted,
+              (SELECT count(*) FROM announced)::int AS announced,
+              CASE WHEN $2::text IS NOT NULL AND EXISTS (SELECT 1 FROM announced)
+                   THEN pg_notify($2, 'x|' || (SELECT max(id) FROM announced)) END AS notified`,
+      [limit, this.logChannel ?? null],
+    );
+    return { deleted: rows[0]?.deleted ?? 0, announced: rows[0]?.announced ?? 0 };
+  }
+
+  /**
+   * Announcements of expired sessions older than `maxAgeMs`, but never the
+   * newest: the next ids continue from it, and a node's cursor stays valid.
+   */
+  async pruneExpiryAnnouncements(client: ClientBase, maxAgeMs: number, limit: number): Promise<number> {
+    const result = await client.query(
+      `DELETE FROM ${this.expiredSessions} WHERE id IN (
+         SELECT id FROM ${this.expiredSessions}
+          WHERE expired_at < now() - $1 * interval '1 millisecond'
+            AND id < (SELECT max(id) FROM ${this.expiredSessions})
+          ORDER BY id LIMIT $2)`,
+      [maxAgeMs, limit],
     );
     return result.rowCount ?? 0;
   }
@@ -243,8 +289,7 @@ export class PruneQueries {
       `SELECT (SELECT count(*) FROM ${this.sessions} WHERE expires_at < now())
             + (SELECT count(*) FROM ${this.nodes} n
                  JOIN ${this.sessions} s ON s.node_id = n.node_id AND s.state = 'connected'
-                WHERE n.heartbeat_at < now() - n.dead_after_ms * interval '1 millisecond'
-                  AND n.heartbeat_at + COALESCE(s.ttl_ms, 0) * interval '1 millisecond' < now()) AS n`,
+                WHERE ${deadSkeletonExpired("n", "s")}) AS n`,
       [],
     );
   }
@@ -271,4 +316,10 @@ export class PruneQueries {
       [startedAt, result],
     );
   }
+}
+
+/** Node `n` is dead and skeleton `s` of one of its sockets outlived its ttl after the last heartbeat. */
+function deadSkeletonExpired(n: string, s: string): string {
+  return `${n}.heartbeat_at < now() - ${n}.dead_after_ms * interval '1 millisecond'
+             AND ${n}.heartbeat_at + COALESCE(${s}.ttl_ms, 0) * interval '1 millisecond' < now()`;
 }
