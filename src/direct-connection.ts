@@ -15,6 +15,7 @@
  * assumed to reach Postgres directly, as without a pooler).
  */
 import pg from "pg";
+import { guardCheckedOut } from "./sql/guard-client.js";
 
 /** Settings of every direct connection the node opens. */
 export function directConnectionConfig(pool: pg.Pool, configured: Readonly<pg.ClientConfig> | undefined): pg.ClientConfig {
@@ -41,9 +42,13 @@ export async function openSessionConnection(
 ): Promise<SessionConnection> {
   if (configured === undefined) {
     const client = await pool.connect();
+    const unguard = guardCheckedOut(client);
     return {
       client,
-      release: async (err) => client.release(err),
+      release: async (err) => {
+        const lost = unguard();
+        client.release(err ?? lost);
+      },
     };
   }
   const client = new pg.Client({

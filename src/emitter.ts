@@ -29,6 +29,7 @@ import { normalizeWithParser, preparePacket } from "./payload.js";
 import { LogQueries } from "./sql/log-queries.js";
 import { beginLockingTransaction, StagingQueries, timedClient } from "./sql/staging-queries.js";
 import { moveStagedLocked } from "./staged-events.js";
+import { guardCheckedOut } from "./sql/guard-client.js";
 
 export type { EmitterOptions } from "./emitter-options.js";
 
@@ -127,6 +128,7 @@ class EmitterCore {
     const batch = attempt === 1 ? (this.batchNumbers.get(nsp) ?? 0) + 1 : this.batchNumbers.get(nsp)!;
     this.batchNumbers.set(nsp, batch);
     const client = await this.pool.connect();
+    const unguard = guardCheckedOut(client);
     const db = timedClient(client, this.opts.queryTimeoutMs);
     let failure: Error | undefined;
     try {
@@ -157,7 +159,8 @@ class EmitterCore {
       throw failure;
     } finally {
       // A failed client may be inside a transaction: discarded, the server rolls it back.
-      client.release(failure);
+      const lost = unguard();
+      client.release(failure ?? lost);
     }
   }
 }

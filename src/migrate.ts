@@ -21,6 +21,7 @@ import { migrate as drizzleMigrate } from "drizzle-orm/node-postgres/migrator";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import { isValidIdentifier, qualifiedName, quoteIdentifier } from "./sql/identifiers.js";
+import { guardCheckedOut } from "./sql/guard-client.js";
 
 /** The journal table, inside the target schema. */
 export const MIGRATIONS_TABLE = "__drizzle_migrations";
@@ -201,6 +202,7 @@ export async function migrate(pool: pg.Pool, options: MigrateOptions = {}): Prom
   } catch (err) {
     throw new Error(`${PREFIX} migrate cannot connect to the database: ${messageOf(err)}`, { cause: err });
   }
+  const unguard = guardCheckedOut(client);
 
   let failure: Error | undefined;
   let locked = false;
@@ -259,7 +261,8 @@ export async function migrate(pool: pg.Pool, options: MigrateOptions = {}): Prom
       }
     }
     // A client that failed may hold the lock or odd settings: destroy it (the server drops the lock).
-    client.release(failure);
+    const lost = unguard();
+    client.release(failure ?? lost);
   }
 }
 

@@ -9,6 +9,7 @@ import { previewPrunePass, runPrunePass, type PrunePassReport, type PrunePlan } 
 import { requireMigratedSchema } from "./schema-ready.js";
 import { AttachmentsTable, type AttachmentsTableSpec } from "./attachments-table.js";
 import { PruneQueries } from "./sql/prune-queries.js";
+import { guardCheckedOut } from "./sql/guard-client.js";
 
 const PREFIX = "socket.io-postgres-recovery:";
 
@@ -64,6 +65,7 @@ export async function prune(pool: pg.Pool, options: PruneOptions = {}): Promise<
   const dryRun = options.dryRun === true;
   const lockTimeoutMs = options.lockTimeoutMs ?? 10_000;
   const client = await pool.connect();
+  const unguard = guardCheckedOut(client);
   let broken: Error | undefined;
   try {
     if (dryRun) return { schema, dryRun, ...(await previewPrunePass(client, queries, plan)) };
@@ -82,6 +84,7 @@ export async function prune(pool: pg.Pool, options: PruneOptions = {}): Promise<
     broken = err instanceof Error ? err : new Error(String(err));
     throw err;
   } finally {
-    client.release(broken);
+    const lost = unguard();
+    client.release(broken ?? lost);
   }
 }

@@ -8,6 +8,7 @@ import type { Pool } from "pg";
 import { decodeLoggedPacket, encodePacket, inlineForNotify, type LogEntry, type LoggedPacket } from "./codec.js";
 import type { Queryable } from "./sql/bounded-queries.js";
 import { beginLockingTransaction, timedClient, type StagedRow, type StagingQueries } from "./sql/staging-queries.js";
+import { guardCheckedOut } from "./sql/guard-client.js";
 
 /** What one move did, under the namespace's lock, in the caller's transaction. */
 export interface MovedBatch {
@@ -76,6 +77,7 @@ export async function moveStaged(
   settings: MoveSettings & { queryTimeoutMs: number | undefined },
 ): Promise<MovedBatch & { namespaceId: number | undefined }> {
   const client = await pool.connect();
+  const unguard = guardCheckedOut(client);
   const db = timedClient(client, settings.queryTimeoutMs);
   let failure: unknown;
   try {
@@ -94,7 +96,8 @@ export async function moveStaged(
     failure = err;
     throw err;
   } finally {
-    client.release(failure === undefined ? undefined : failure instanceof Error ? failure : new Error(String(failure)));
+    const lost = unguard();
+    client.release(failure === undefined ? lost : failure instanceof Error ? failure : new Error(String(failure)));
   }
 }
 

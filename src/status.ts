@@ -8,6 +8,7 @@
 import type pg from "pg";
 import { requireMigratedSchema } from "./schema-ready.js";
 import { StatusQueries } from "./sql/status-queries.js";
+import { guardCheckedOut } from "./sql/guard-client.js";
 
 export { SchemaNotReadyError, type SchemaNotReadyReason } from "./schema-ready.js";
 
@@ -130,6 +131,7 @@ export async function collectStatus(pool: pg.Pool, options: StatusOptions = {}):
   const schema = migrations.schema;
   const queries = new StatusQueries(schema);
   const client = await pool.connect();
+  const unguard = guardCheckedOut(client);
   let broken: Error | undefined;
   try {
     // One snapshot: the counts, sizes and ages agree with each other.
@@ -192,6 +194,7 @@ export async function collectStatus(pool: pg.Pool, options: StatusOptions = {}):
     broken = err instanceof Error ? err : new Error(String(err));
     throw err;
   } finally {
-    client.release(broken);
+    const lost = unguard();
+    client.release(broken ?? lost);
   }
 }
