@@ -119,9 +119,14 @@ export class Listener {
   private connect(): void {
     if (this.closed || this.connecting) return;
     this.connecting = this.openClient()
-      .then((client) => {
+      .then(({ client, listened }) => {
         this.client = client;
         this.connecting = undefined;
+        // Added between openClient's last look and now (a microtask apart): listen to them too.
+        const late = [...this.channels].filter((c) => !listened.has(c));
+        if (late.length > 0) {
+          client.query(late.map((c) => `LISTEN ${quoteIdentifier(c)}`).join("; ")).catch((err: unknown) => this.replace(client, err));
+        }
         const attempts = this.failures + 1;
         this.failures = 0;
         const reconnected = this.connectedOnce;
@@ -153,7 +158,7 @@ export class Listener {
       });
   }
 
-  private async openClient(): Promise<pg.Client> {
+  private async openClient(): Promise<{ client: pg.Client; listened: ReadonlySet<string> }> {
     const client = new pg.Client({
       ...this.opts.connection,
       application_name: LISTENER_APPLICATION_NAME,
@@ -168,22 +173,26 @@ export class Listener {
     });
     try {
       await client.connect();
+      // Before the LISTEN loop: whatever is awaited after the loop's last look would miss the
+      // channels added meanwhile (listen() while connecting only waits for ready()), and their
+      // cluster traffic would never reach this node.
+      await this.opts.resource?.acquire(client);
       // Notifications sent before LISTEN returns may be missed, which is why a
       // reconnect is followed by reading the table (onReconnected). Channels
-      // added while this runs are picked up by the loop.
+      // added or removed while this runs are picked up by the loop: it ends only
+      // after a look that finds nothing to do, with no await after it.
       const listened = new Set<string>();
       for (;;) {
         if (this.closed) throw new Error("closed while connecting");
         const missing = [...this.channels].filter((c) => !listened.has(c));
-        if (missing.length === 0) break;
-        await client.query(missing.map((c) => `LISTEN ${quoteIdentifier(c)}`).join("; "));
+        const removed = [...listened].filter((c) => !this.channels.has(c));
+        if (missing.length === 0 && removed.length === 0) break;
+        const statements = [...missing.map((c) => `LISTEN ${quoteIdentifier(c)}`), ...removed.map((c) => `UNLISTEN ${quoteIdentifier(c)}`)];
+        await client.query(statements.join("; "));
         missing.forEach((c) => listened.add(c));
+        removed.forEach((c) => listened.delete(c));
       }
-      // Channels removed meanwhile (unlisten() while connecting).
-      const removed = [...listened].filter((c) => !this.channels.has(c));
-      if (removed.length > 0) await client.query(removed.map((c) => `UNLISTEN ${quoteIdentifier(c)}`).join("; "));
-      await this.opts.resource?.acquire(client);
-      return client;
+      return { client, listened };
     } catch (err) {
       await endQuietly(client);
       throw err;

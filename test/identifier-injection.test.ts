@@ -149,6 +149,9 @@ describe("identifier injection", () => {
           await waitFor(() => got.length === 1);
           expect(got[0]!.args[0]).toEqual({ nsp });
           // Non-logged cluster traffic of that namespace (its channel is `socket.io#<nsp>`).
+          // node0 counts node1 in that namespace once a heartbeat crossed its channel (node1's first one
+          // may go out before node0 hears on it; the next comes within heartbeatInterval).
+          await waitFor(async () => (await cluster.node(0).io.of(nsp).adapter.serverCount()) === 2, { timeout: 12_000, message: `node1 heard in ${nsp}` });
           expect((await cluster.node(0).io.of(nsp).fetchSockets()).map((s) => s.id)).toEqual([sid]);
         }
       } finally {
