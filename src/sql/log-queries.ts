@@ -47,6 +47,33 @@ export interface GapsRead {
  */
 export const JUMP_FLOOR_SQL = "((extract(epoch FROM now()) + 3600) * 1000000)::bigint";
 
+/**
+ * The part of an append shared by every writer of the log (nodes, and the
+ * emitter's moves of staged rows): move the head by `$2` entries, jumping on
+ * the first write into another database incarnation (log-gaps.ts), record the
+ * jump as a gap, insert the payloads `$3` of namespace `$1` at the new
+ * offsets. `bumpedWhere` narrows the head update (an append's retry check).
+ * Yields the CTEs `bumped (head, jumped_from)`, `gap` and `inserted`.
+ */
+export function bumpAndInsertCtes(tables: { namespaces: string; gaps: string; log: string }, bumpedWhere = ""): string {
+  return `bumped AS (
+         UPDATE ${tables.namespaces}
+         SET head = CASE WHEN incarnation = pg_postmaster_start_time() THEN head ELSE GREATEST(head, ${JUMP_FLOOR_SQL}) END + $2,
+             jumped_from = CASE WHEN incarnation = pg_postmaster_start_time() THEN NULL ELSE head END,
+             incarnation = pg_postmaster_start_time()
+         WHERE id = $1${bumpedWhere}
+         RETURNING head, jumped_from
+       ), gap AS (
+         INSERT INTO ${tables.gaps} (namespace_id, after_offset, through_offset)
+         SELECT $1, jumped_from, head - $2 FROM bumped WHERE jumped_from IS NOT NULL AND head - $2 > jumped_from
+         ON CONFLICT DO NOTHING
+       ), inserted AS (
+         INSERT INTO ${tables.log} (namespace_id, "offset", payload)
+         SELECT $1, bumped.head - $2 + entry.ord, entry.payload
+         FROM bumped, unnest($3::bytea[]) WITH ORDINALITY AS entry(payload, ord)
+       )`;
+}
+
 /** Typed access to the log tables of one schema. */
 export class LogQueries {
   private readonly namespaces: string;
@@ -226,22 +253,7 @@ export class LogQueries {
   private appendText(): string {
     return `WITH writer AS (
          SELECT last_batch, last_from FROM ${this.writers} WHERE writer_id = $6 FOR UPDATE
-       ), bumped AS (
-         UPDATE ${this.namespaces}
-         SET head = CASE WHEN incarnation = pg_postmaster_start_time() THEN head ELSE GREATEST(head, ${JUMP_FLOOR_SQL}) END + $2,
-             jumped_from = CASE WHEN incarnation = pg_postmaster_start_time() THEN NULL ELSE head END,
-             incarnation = pg_postmaster_start_time()
-         WHERE id = $1 AND (SELECT last_batch FROM writer) < $7
-         RETURNING head, jumped_from
-       ), gap AS (
-         INSERT INTO ${this.gaps} (namespace_id, after_offset, through_offset)
-         SELECT $1, jumped_from, head - $2 FROM bumped WHERE jumped_from IS NOT NULL AND head - $2 > jumped_from
-         ON CONFLICT DO NOTHING
-       ), inserted AS (
-         INSERT INTO ${this.log} (namespace_id, "offset", payload)
-         SELECT $1, bumped.head - $2 + entry.ord, entry.payload
-         FROM bumped, unnest($3::bytea[]) WITH ORDINALITY AS entry(payload, ord)
-       ), recorded AS (
+       ), ${bumpAndInsertCtes({ namespaces: this.namespaces, gaps: this.gaps, log: this.log }, " AND (SELECT last_batch FROM writer) < $7")}, recorded AS (
          UPDATE ${this.writers} SET last_batch = $7, last_from = bumped.head - $2 + 1, updated_at = now()
          FROM bumped WHERE writer_id = $6
        )

@@ -13,7 +13,7 @@
 import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from "pg";
 import type { Queryable } from "./bounded-queries.js";
 import { qualifiedName } from "./identifiers.js";
-import { JUMP_FLOOR_SQL } from "./log-queries.js";
+import { bumpAndInsertCtes } from "./log-queries.js";
 
 /** A staged row as the move takes it: exactly one of `payload` and `packet` is set. */
 export interface StagedRow {
@@ -111,21 +111,7 @@ export class StagingQueries {
     const { rows } = await db.query<{ from_offset: string }>(
       // The head jumps like the append's on the first write into another database incarnation (see
       // LogQueries.append and log-gaps.ts): a failover that lost commits never has their offsets reused.
-      `WITH bumped AS (
-         UPDATE ${this.namespaces}
-         SET head = CASE WHEN incarnation = pg_postmaster_start_time() THEN head ELSE GREATEST(head, ${JUMP_FLOOR_SQL}) END + $2,
-             jumped_from = CASE WHEN incarnation = pg_postmaster_start_time() THEN NULL ELSE head END,
-             incarnation = pg_postmaster_start_time()
-         WHERE id = $1 RETURNING head, jumped_from
-       ), gap AS (
-         INSERT INTO ${this.gaps} (namespace_id, after_offset, through_offset)
-         SELECT $1, jumped_from, head - $2 FROM bumped WHERE jumped_from IS NOT NULL AND head - $2 > jumped_from
-         ON CONFLICT DO NOTHING
-       ), inserted AS (
-         INSERT INTO ${this.log} (namespace_id, "offset", payload)
-         SELECT $1, bumped.head - $2 + entry.ord, entry.payload
-         FROM bumped, unnest($3::bytea[]) WITH ORDINALITY AS entry(payload, ord)
-       )
+      `WITH ${bumpAndInsertCtes({ namespaces: this.namespaces, gaps: this.gaps, log: this.log })}
        SELECT (bumped.head - $2 + 1)::text AS from_offset,
               pg_notify($4, concat_ws('|', $1::text, (bumped.head - $2 + 1)::text, $2::text, $5::text, bumped.jumped_from::text))
        FROM bumped`,
