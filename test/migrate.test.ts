@@ -18,6 +18,8 @@ async function database(label: string, migrated = false): Promise<TestDatabase> 
 
 function pool(db: TestDatabase, max = 2): pg.Pool {
   const p = new pg.Pool({ connectionString: db.url, max });
+  // The database may be dropped before the pool ends (cleanups): its idle clients are then terminated.
+  p.on("error", () => undefined);
   cleanups.push(() => p.end());
   return p;
 }
