@@ -16,6 +16,10 @@ export interface Sizes {
   w5Rows: number;
   /** W8: how long the sockets stay idle while statements are counted. */
   w8IdleMs: number;
+  /** SOAK: minutes at the steady rate (`--soak-minutes N` overrides). */
+  soakMinutes: number;
+  /** SOAK: seconds of the probe that measures the maximum rate first. */
+  soakProbeSeconds: number;
 }
 
 export const FULL: Sizes = {
@@ -31,6 +35,8 @@ export const FULL: Sizes = {
   w4Missed: 10_000,
   w5Rows: 1_000_000,
   w8IdleMs: 30_000,
+  soakMinutes: 10,
+  soakProbeSeconds: 15,
 };
 
 /** `--quick`: the same workloads, smaller, under ~3 minutes in all. */
@@ -42,6 +48,8 @@ export const QUICK: Sizes = {
   w3Clients: 200,
   w5Rows: 200_000,
   w8IdleMs: 15_000,
+  soakMinutes: 2,
+  soakProbeSeconds: 8,
 };
 
 export interface RunContext {
@@ -75,6 +83,18 @@ export interface Workload {
   /** true, or why this peer cannot run it ("n/a: …"). */
   applies(peer: Peer): true | string;
   run(ctx: RunContext): Promise<Metrics>;
+  /** Long workloads: once per run, not once per repetition. */
+  oncePerRun?: boolean;
+  /** Why it is left out of a run without `--only` naming it (e.g. it takes many minutes). */
+  onRequestOnly?: string;
+  /** What the metrics table cannot hold (e.g. per-minute series): appended to the report and its JSON. */
+  appendix?(): Appendix | undefined;
   /** After the last repetition (what the workload kept across runs, e.g. a database of its own). */
   teardown?(): Promise<void>;
+}
+
+/** A workload's own section of the report. */
+export interface Appendix {
+  markdown: string;
+  data: unknown;
 }
