@@ -4,7 +4,7 @@
  *
  *   npm run bench -- [--quick] [--reps N] [--only W1,W2,EMIT] [--peers ours,redis-streams] [--cpu-prof] [--self-check] [--soak-minutes N]
  *
- * SOAK (workloads/soak.ts, 10 minutes; --quick: 2) runs only when --only names it.
+ * SOAK (workloads/soak.ts, 10 minutes; --quick: 4) runs only when --only names it.
  *
  * EMIT is the emitters' throughput (workloads/emitters.ts): ours (direct and
  * transactional), @socket.io/postgres-emitter, and redis-streams' XADD per emit.

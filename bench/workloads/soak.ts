@@ -3,9 +3,9 @@
  * maxDisconnectionDuration 1 minute, logged broadcasts at half the maximum
  * rate, clients dropping and recovering all along.
  *
- * 1. Probe (soakProbeSeconds): each node emits rounds of PROBE_ROUND events at
- *    once (its own source), the next round once every client got the last;
- *    the maximum is the events of all rounds over the probe's time.
+ * 1. Probe (at most ~soakProbeSeconds): the same paced emission in steps of
+ *    rising rate, no churn; the maximum is the last rate whose events all
+ *    arrived with p99 under PROBE_P99_MS (see `probeMaximum`).
  * 2. Soak (soakMinutes): each node emits maximum / 2 / 3 events per second on
  *    a fixed schedule. Half of the clients churn: every second CHURN_PER_SECOND
  *    of them close their transport and reconnect after 1–5 s to a node at
@@ -37,7 +37,12 @@ const CLIENTS_PER_NODE = 10;
 const MAX_DISCONNECTION_MS = 60_000;
 /** The adapter's default, passed explicitly so that the pruning bound below is known. */
 const PRUNE_INTERVAL_MS = 60_000;
-const PROBE_ROUND = 500;
+const PROBE_FIRST_RATE = 200;
+const PROBE_GROWTH = 1.5;
+const PROBE_STEP_MS = 4000;
+const PROBE_DRAIN_MS = 2000;
+/** Live: a step whose p99 (steady clients) stays under this. */
+const PROBE_P99_MS = 1000;
 const CHURN_PER_SECOND = 1;
 const POLL_MS = 2000;
 /** Flat: the last minute at most this × the reference minute (see `verdicts`). */
@@ -72,6 +77,13 @@ interface ChurnStats {
   refusedClients: number[];
 }
 
+interface ProbeStep {
+  rate: number;
+  p99Ms: number | null;
+  complete: boolean;
+  live: boolean;
+}
+
 interface MinuteRow {
   minute: number;
   tables: TableSize[];
@@ -92,6 +104,7 @@ interface MinuteRow {
 
 interface SoakResult {
   probeEventsPerSec: number;
+  probeSteps: ProbeStep[];
   rateEventsPerSec: number;
   retentionMs: number;
   pruneIntervalMs: number;
@@ -104,23 +117,36 @@ interface SoakResult {
 
 let lastResult: SoakResult | undefined;
 
-/** Closed loop at full rate: what this cluster and client process absorb (events/s, all nodes). */
-async function probeMaximum(ctx: RunContext, nodes: BenchNode[], clients: BenchNode["child"], seconds: number): Promise<number> {
-  const epoch = ctx.nextEpoch();
-  await call(clients, "arm", { epoch, expect: {} });
-  let sent = 0;
+/**
+ * The highest rate this cluster keeps live: the same paced emission as the soak, in steps of
+ * PROBE_STEP_MS from PROBE_FIRST_RATE, each PROBE_GROWTH × the last, until a step's events are
+ * not all delivered within PROBE_DRAIN_MS after it or its p99 exceeds PROBE_P99_MS (or the time
+ * is up). Bursts measure a higher figure (group commit turns them into a few large appends) that
+ * paced traffic cannot hold: half of it built a backlog within two minutes here.
+ */
+async function probeMaximum(ctx: RunContext, nodes: BenchNode[], clients: BenchNode["child"], steady: number[], seconds: number): Promise<{ max: number; steps: ProbeStep[] }> {
+  const steps: ProbeStep[] = [];
+  let max = 0;
   const started = Date.now();
-  for (let round = 1; Date.now() - started < seconds * 1000; round++) {
-    const upTo = round * PROBE_ROUND;
-    await call(clients, "expect", { expect: { all: Object.fromEntries(nodes.map((_, i) => [i, upTo])) } });
-    await Promise.all(
-      nodes.map((n, i) => call(n.child, "emit-burst", { epoch, sources: [{ source: i, count: PROBE_ROUND, startSeq: upTo - PROBE_ROUND + 1 }] })),
-    );
-    const waited = await call<{ complete: boolean }>(clients, "wait", { timeoutMs: 30_000 }, 40_000);
-    if (!waited.complete) throw new Error("SOAK: a probe round was not delivered within 30 s");
-    sent += PROBE_ROUND * nodes.length;
+  for (let rate = PROBE_FIRST_RATE; Date.now() - started < seconds * 1000; rate *= PROBE_GROWTH) {
+    const epoch = ctx.nextEpoch();
+    await call(clients, "arm", { epoch, expect: {} });
+    const t0 = Date.now();
+    await Promise.all(nodes.map((n, i) => call(n.child, "pace-start", { epoch, source: i, perSecond: rate / nodes.length })));
+    await sleep(PROBE_STEP_MS);
+    const last = await Promise.all(nodes.map((n) => call<number>(n.child, "pace-stop")));
+    const emitted = last.reduce((a, b) => a + b, 0) / ((Date.now() - t0) / 1000);
+    await call(clients, "expect", { expect: { all: Object.fromEntries(last.map((seq, i) => [i, seq])) } });
+    const { complete } = await call<{ complete: boolean }>(clients, "wait", { timeoutMs: PROBE_DRAIN_MS }, PROBE_DRAIN_MS + 10_000);
+    const latency = await call<Latency>(clients, "take-latencies", { clients: steady });
+    const live = complete && (latency.p99 ?? Infinity) <= PROBE_P99_MS;
+    steps.push({ rate: emitted, p99Ms: latency.p99 ?? null, complete, live });
+    log(`SOAK probe: ${emitted.toFixed(0)} events/s, p99 ${latency.p99?.toFixed(1)} ms, ${complete ? "all delivered" : "not all delivered"}`);
+    if (!live) break;
+    max = emitted;
   }
-  return sent / ((Date.now() - started) / 1000);
+  if (max === 0) throw new Error(`SOAK: not even ${PROBE_FIRST_RATE} events/s kept p99 under ${PROBE_P99_MS} ms`);
+  return { max, steps };
 }
 
 /** Reads the database's figures: table sizes, the log, the prune record. */
@@ -189,7 +215,7 @@ async function run(ctx: RunContext): Promise<Metrics> {
     const churning = Array.from({ length: total }, (_, i) => i).filter((i) => i % 2 === 1);
     const sampler = databaseSampler(db);
 
-    const probeEventsPerSec = await probeMaximum(ctx, nodes, clients, soakProbeSeconds);
+    const { max: probeEventsPerSec, steps: probeSteps } = await probeMaximum(ctx, nodes, clients, steady, soakProbeSeconds);
     const rate = probeEventsPerSec / 2;
     log(`SOAK: probe ${probeEventsPerSec.toFixed(0)} events/s; soaking at ${rate.toFixed(0)} events/s for ${soakMinutes} min`);
 
@@ -246,6 +272,7 @@ async function run(ctx: RunContext): Promise<Metrics> {
     const retentionMs = await sampler.retentionMs();
     const result: SoakResult = {
       probeEventsPerSec,
+      probeSteps,
       rateEventsPerSec: last.reduce((a, b) => a + b, 0) / soakSeconds,
       retentionMs,
       pruneIntervalMs: PRUNE_INTERVAL_MS,
@@ -354,6 +381,8 @@ function appendix(): Appendix | undefined {
   const f = (x: number | null | undefined, d = 0) => (x === null || x === undefined || Number.isNaN(x) ? "–" : x.toFixed(d));
   const lines = [
     `### SOAK per minute (ours)`,
+    ``,
+    `Probe (events/s, p99 ms): ${r.probeSteps.map((p) => `${f(p.rate)} → ${f(p.p99Ms)}${p.live ? "" : p.complete ? " (p99 over the limit)" : " (not all delivered)"}`).join("; ")}.`,
     ``,
     `Probe maximum ${f(r.probeEventsPerSec)} events/s; soaked at ${f(r.rateEventsPerSec)} events/s. Retention ${r.retentionMs / 1000} s, prune interval ${r.pruneIntervalMs / 1000} s, reference minute for sizes ${r.referenceMinute}. Server: ${r.autovacuum}.`,
     ``,
