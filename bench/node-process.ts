@@ -265,7 +265,7 @@ async function main(): Promise<void> {
     statements: () => ({ ...statements }),
     usage: () => {
       const cpu = process.cpuUsage();
-      return { maxRssMb: process.resourceUsage().maxRSS / 1024, rssMb: process.memoryUsage.rss() / 2 ** 20, cpuMs: (cpu.user + cpu.system) / 1000, errors };
+      return { maxRssMb: process.resourceUsage().maxRSS / 1024, rssMb: process.memoryUsage.rss() / 2 ** 20, heapUsedMb: process.memoryUsage().heapUsed / 2 ** 20, cpuMs: (cpu.user + cpu.system) / 1000, errors };
     },
     // CPU profile of a window (not of the process' startup): bench/profile-summary.ts reads it.
     "profile-start": async () => {

@@ -13,6 +13,8 @@ export interface BenchNode {
 export interface NodeUsage {
   maxRssMb: number;
   rssMb: number;
+  /** V8 heap in use (without a forced GC): tells a growing heap from an RSS the allocator has not given back. */
+  heapUsedMb: number;
   cpuMs: number;
   errors: string[];
 }

@@ -93,6 +93,7 @@ interface MinuteRow {
   oldestAgeMaxS: number | null;
   latency: Latency;
   rssMb: number[];
+  heapUsedMb: number[];
   prunePasses: number;
   pruneMsTotal: number;
   pruneMsMax: number;
@@ -264,6 +265,7 @@ async function run(ctx: RunContext): Promise<Metrics> {
         oldestAgeS: await sampler.oldestAgeS(),
         latency: await call<Latency>(clients, "take-latencies", { clients: steady }),
         rssMb: usage.map((u) => u?.rssMb ?? NaN),
+        heapUsedMb: usage.map((u) => u?.heapUsedMb ?? NaN),
         churn: await call<ChurnStats>(clients, "churn-stats"),
         emitted: emitted.reduce((a, b) => a + b, 0),
       });
@@ -399,13 +401,13 @@ function appendix(): Appendix | undefined {
     ``,
     `Probe maximum ${f(r.probeEventsPerSec)} events/s; soaked at ${f(r.rateEventsPerSec)} events/s. Retention ${r.retentionMs / 1000} s, prune interval ${r.pruneIntervalMs / 1000} s, reference minute for sizes ${r.referenceMinute}. Server: ${r.autovacuum}.`,
     ``,
-    `| min | log rows | oldest entry (s, end / max) | all tables (KiB) | log_entries total / heap / idx (KiB) | log live / dead | log autovacuums | p50 / p99 (ms) | latencies | RSS per node (MiB) | prune passes / ms / entries | dropped / recovered / refused | load |`,
-    `|---|---|---|---|---|---|---|---|---|---|---|---|---|`,
+    `| min | log rows | oldest entry (s, end / max) | all tables (KiB) | log_entries total / heap / idx (KiB) | log live / dead | log autovacuums | p50 / p99 (ms) | latencies | RSS per node (MiB) | V8 heap used per node (MiB) | prune passes / ms / entries | dropped / recovered / refused | load |`,
+    `|---|---|---|---|---|---|---|---|---|---|---|---|---|---|`,
   ];
   r.minutes.forEach((m, i) => {
     const log = m.tables.find((t) => t.table === "socket_io.log_entries");
     lines.push(
-      `| ${m.minute} | ${m.logRows} | ${f(m.oldestAgeS)} / ${f(m.oldestAgeMaxS)} | ${kib(schemaBytes(m))} | ${log ? `${kib(log.totalBytes)} / ${kib(log.heapBytes)} / ${kib(log.indexBytes)}` : "–"} | ${log ? `${log.live} / ${log.dead}` : "–"} | ${log?.autovacuums ?? "–"} | ${f(m.latency.p50, 1)} / ${f(m.latency.p99, 1)} | ${m.latency.n} | ${m.rssMb.map((x) => f(x)).join(" / ")} | ${m.prunePasses} / ${f(m.pruneMsTotal)} / ${m.prunedEntries} | ${m.churn.dropped} / ${m.churn.recovered} / ${m.churn.refused} | ${r.loadavg[i]} |`,
+      `| ${m.minute} | ${m.logRows} | ${f(m.oldestAgeS)} / ${f(m.oldestAgeMaxS)} | ${kib(schemaBytes(m))} | ${log ? `${kib(log.totalBytes)} / ${kib(log.heapBytes)} / ${kib(log.indexBytes)}` : "–"} | ${log ? `${log.live} / ${log.dead}` : "–"} | ${log?.autovacuums ?? "–"} | ${f(m.latency.p50, 1)} / ${f(m.latency.p99, 1)} | ${m.latency.n} | ${m.rssMb.map((x) => f(x)).join(" / ")} | ${m.heapUsedMb.map((x) => f(x)).join(" / ")} | ${m.prunePasses} / ${f(m.pruneMsTotal)} / ${m.prunedEntries} | ${m.churn.dropped} / ${m.churn.recovered} / ${m.churn.refused} | ${r.loadavg[i]} |`,
     );
   });
   const tables = r.minutes[0]?.tables.map((t) => t.table) ?? [];
