@@ -88,9 +88,11 @@ async function adapterFor(): Promise<ServerOptions["adapter"] | undefined> {
 }
 
 /** Statements our adapter sent on its pool (W7 reads them): all, and those that write rows. */
-const statements = { all: 0, writes: 0, sessionWrites: 0, replayReads: 0, replayRows: 0, replayBytes: 0 };
+const statements = { all: 0, writes: 0, sessionWrites: 0, clusterNotifies: 0, replayReads: 0, replayRows: 0, replayBytes: 0 };
 const WRITE = /\b(INSERT\s+INTO|DELETE\s+FROM|UPDATE\s+\S+(\s+AS\s+\w+)?\s+SET)\b/i;
 const SESSION_WRITE = /INSERT\s+INTO\s+\S*"sessions"/i;
+
+const writeKinds = new Map<string, number>();
 
 /** Counts every statement on the pool's connections (each is its own transaction: the adapter runs autocommit). */
 function countStatements(pool: pg.Pool): void {
@@ -100,8 +102,18 @@ function countStatements(pool: pg.Pool): void {
       const first = args[0];
       const text = typeof first === "string" ? first : ((first as { text?: string } | undefined)?.text ?? "");
       statements.all++;
-      if (WRITE.test(text)) statements.writes++;
+      if (WRITE.test(text)) {
+        statements.writes++;
+        // Which statements write (G-NSP shows them per step): the first words of each.
+        const kind = text.replace(/\/\*.*?\*\//g, "").replace(/\s+/g, " ").trim().slice(0, 70);
+        writeKinds.set(kind, (writeKinds.get(kind) ?? 0) + 1);
+      }
       if (SESSION_WRITE.test(text)) statements.sessionWrites++;
+      // Cluster messages (heartbeats, …): one pg_notify per element of the batch's channel array (G-NSP).
+      if (text.includes("pg_notify(m.channel")) {
+        const values = (Array.isArray(args[1]) ? args[1] : (first as { values?: unknown[] } | undefined)?.values) as unknown[] | undefined;
+        statements.clusterNotifies += Array.isArray(values?.[0]) ? values[0].length : 1;
+      }
       // A restore's read of the log (G-PRIV, G-RESTORE): how many rows and bytes it brought back.
       // pool.query() passes a callback; a client's own query() returns a promise.
       const replay = text.includes("replay read");
@@ -322,6 +334,7 @@ async function main(): Promise<void> {
       refusals: Object.fromEntries(refusals),
     }),
     statements: () => ({ ...statements }),
+    "write-kinds": () => Object.fromEntries(writeKinds),
     usage: () => {
       const cpu = process.cpuUsage();
       return { maxRssMb: process.resourceUsage().maxRSS / 1024, cpuMs: (cpu.user + cpu.system) / 1000, errors };

@@ -23,6 +23,7 @@ const TABLES = ["namespaces", "log_writers", "sessions", "log_entries"] as const
 interface Statements {
   all: number;
   writes: number;
+  clusterNotifies: number;
 }
 
 async function run(ctx: RunContext): Promise<Metrics> {
@@ -60,11 +61,15 @@ async function run(ctx: RunContext): Promise<Metrics> {
       const mem = await memory();
       const ch = await channels();
       const r = await rows();
+      const kinds0 = await call<Record<string, number>>(nodes[0]!.child, "write-kinds");
       const s0 = await statements();
       const c0 = await ctx.db.commits();
       await sleep(IDLE_MS);
       const s1 = await statements();
       const c1 = await ctx.db.commits();
+      const kinds1 = await call<Record<string, number>>(nodes[0]!.child, "write-kinds");
+      const grew = Object.entries(kinds1).map(([k, v]) => [k, v - (kinds0[k] ?? 0)] as const).filter(([, d]) => d > 0);
+      process.stderr.write(`[G-NSP] ${target} namespaces, node 0's row-writing statements while idle: ${JSON.stringify(Object.fromEntries(grew))}\n`);
       const perNode = (f: (i: number) => number) => nodes.reduce((sum, _, i) => sum + f(i), 0) / nodes.length;
       const m = (key: string, v: number | null) => (metrics[`${key}@${target}`] = v);
       m("rssKbPerNsp", perNode((i) => ((mem[i]!.rssMb - base.memory[i]!.rssMb) * 1024) / target));
@@ -73,6 +78,7 @@ async function run(ctx: RunContext): Promise<Metrics> {
       for (const t of TABLES) m(`rows_${t}_PerNsp`, (r[t]! - base.rows[t]!) / target);
       m("stmtsPerNodeSec", perNode((i) => (s1[i]!.all - s0[i]!.all) / (IDLE_MS / 1000)));
       m("writesPerNodeSec", perNode((i) => (s1[i]!.writes - s0[i]!.writes) / (IDLE_MS / 1000)));
+      m("clusterNotifiesPerNodeSec", perNode((i) => (s1[i]!.clusterNotifies - s0[i]!.clusterNotifies) / (IDLE_MS / 1000)));
       m("commitsPerSec", (c1 - c0) / (IDLE_MS / 1000));
       process.stderr.write(`[G-NSP] ${target} namespaces: ${JSON.stringify(Object.fromEntries(Object.entries(metrics).filter(([k]) => k.endsWith(`@${target}`))))}\n`);
     }
@@ -93,6 +99,7 @@ const STEP_METRICS: Array<[string, string, number]> = [
   ["rows_log_entries_PerNsp", "log_entries rows / namespace", 2],
   ["stmtsPerNodeSec", "statements / node / s while idle", 1],
   ["writesPerNodeSec", "row-writing statements / node / s while idle", 2],
+  ["clusterNotifiesPerNodeSec", "cluster NOTIFYs (heartbeats) / node / s while idle", 1],
   ["commitsPerSec", "all Postgres transactions / s while idle (pg_stat_database)", 1],
 ];
 
