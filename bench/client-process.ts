@@ -206,9 +206,19 @@ serve({
     return Promise.all(
       chosen.map(
         (c) =>
-          new Promise<{ ms: number; recovered: boolean }>((resolve) => {
+          new Promise<{ ms: number; recovered: boolean; failed?: boolean }>((resolve) => {
             const started = nowMs();
-            c.socket.once("connect", () => resolve({ ms: nowMs() - started, recovered: c.socket.recovered }));
+            // Without reconnection, a refused connection (e.g. the middleware timed out) ends the attempt.
+            const failed = (): void => {
+              c.socket.off("connect", connected);
+              resolve({ ms: nowMs() - started, recovered: false, failed: true });
+            };
+            const connected = (): void => {
+              c.socket.off("connect_error", failed);
+              resolve({ ms: nowMs() - started, recovered: c.socket.recovered });
+            };
+            c.socket.once("connect", connected);
+            c.socket.once("connect_error", failed);
             c.socket.connect();
           }),
       ),

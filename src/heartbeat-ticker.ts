@@ -30,6 +30,8 @@ export interface HeartbeatMember {
 export class HeartbeatTicker {
   /** Each member's last publish (any message), performance.now() ms. */
   private readonly lastPublish = new Map<HeartbeatMember, number>();
+  /** Closed members: a message published after the close must not bring their heartbeats back. */
+  private readonly forgotten = new WeakSet<HeartbeatMember>();
   private readonly tickMs: number;
   private timer: NodeJS.Timeout | undefined;
 
@@ -39,6 +41,7 @@ export class HeartbeatTicker {
 
   /** The member published a message: its next heartbeat is due a full interval (less a tick) from now. */
   published(member: HeartbeatMember): void {
+    if (this.forgotten.has(member)) return;
     this.lastPublish.set(member, performance.now());
     if (!this.timer) {
       this.timer = setInterval(() => this.tick(), this.tickMs);
@@ -46,8 +49,9 @@ export class HeartbeatTicker {
     }
   }
 
-  /** The member closed: no more heartbeats for it. */
+  /** The member closed: no more heartbeats for it, whatever it publishes later. */
   forget(member: HeartbeatMember): void {
+    this.forgotten.add(member);
     this.lastPublish.delete(member);
     if (this.lastPublish.size === 0) this.stop();
   }

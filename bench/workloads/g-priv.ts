@@ -59,7 +59,7 @@ async function run(ctx: RunContext): Promise<Metrics> {
     await sleep(awayMs);
     const s0 = await call<Statements>(target.child, "statements");
     const atReconnect = await call<{ emitted: number; seconds: number }>(origin.child, "private-progress");
-    const back = await call<Array<{ ms: number; recovered: boolean }>>(clients, "reconnect-timed", { clients: dropped, url: target.url }, 60_000);
+    const back = await call<Array<{ ms: number; recovered: boolean; failed?: boolean }>>(clients, "reconnect-timed", { clients: dropped, url: target.url }, 60_000);
     await sleep(AFTER_MS);
     const stopped = await call<{ last: number[]; emitted: number; seconds: number }>(origin.child, "private-stop");
     await call(clients, "expect", { expect: Object.fromEntries(rooms.map((room, i) => [room, { [i]: { from: 1, to: stopped.last[i]! } }])) });
@@ -67,8 +67,15 @@ async function run(ctx: RunContext): Promise<Metrics> {
     // A dropped socket that did not recover got a new session (fail closed): what it missed is not
     // counted as lost. Lost / duplicated are over the others: never dropped, or dropped and recovered.
     const notRecovered = new Set(dropped.filter((_, k) => !back[k]!.recovered));
+    // (A failed reconnection is not recovered either: it is left out the same way.)
     const kept = Array.from({ length: n }, (_, i) => i).filter((i) => !notRecovered.has(i));
-    const summary = await call<{ lost: number; duplicated: number; reordered: number; clientsWithLoss: number }>(clients, "summary", { clients: kept });
+    type Summary = { lost: number; duplicated: number; reordered: number; clientsWithLoss: number; received: number; expected: number };
+    const summary = await call<Summary>(clients, "summary", { clients: kept });
+    // Apart: the sockets never dropped, and those that recovered (which one a problem lies with).
+    const droppedSet = new Set(dropped);
+    const stayed = await call<Summary>(clients, "summary", { clients: kept.filter((i) => !droppedSet.has(i)) });
+    const recoveredOnes = await call<Summary>(clients, "summary", { clients: kept.filter((i) => droppedSet.has(i)) });
+    process.stderr.write(`[G-PRIV] never dropped: ${JSON.stringify(stayed)}\n[G-PRIV] recovered: ${JSON.stringify(recoveredOnes)}\n`);
     const restore = await call<{ count: number; restored: number; p50Ms: number | null; p99Ms: number | null; refusals: Record<string, number> }>(target.child, "restore-stats");
     if (Object.keys(restore.refusals).length) process.stderr.write(`[${ctx.peer.id}] G-PRIV refusals: ${JSON.stringify(restore.refusals)}\n`);
     const s1 = await call<Statements>(target.child, "statements");
@@ -81,6 +88,7 @@ async function run(ctx: RunContext): Promise<Metrics> {
       targetRate: n * hz,
       rateReached: rate,
       recoveredPct: (100 * back.filter((b) => b.recovered).length) / drop,
+      connectFailed: back.filter((b) => b.failed).length,
       restores: restore.count,
       restoreP50Ms: restore.p50Ms,
       restoreP99Ms: restore.p99Ms,
@@ -93,6 +101,10 @@ async function run(ctx: RunContext): Promise<Metrics> {
       kbReadPerTableRestore: reads ? (s1.replayBytes - s0.replayBytes) / 1024 / reads : null,
       complete: waited.complete ? 1 : 0,
       lost: summary.lost,
+      lostStayed: stayed.lost,
+      reorderedStayed: stayed.reordered,
+      lostRecovered: recoveredOnes.lost,
+      reorderedRecovered: recoveredOnes.reordered,
       duplicated: summary.duplicated,
       reordered: summary.reordered,
     };
@@ -108,6 +120,7 @@ export const gPriv: Workload = {
     { key: "targetRate", label: "target events / s (sockets × per-socket rate)" },
     { key: "rateReached", label: "events / s node 0 reached", better: "higher" },
     { key: "recoveredPct", label: "dropped sockets recovered (%)", better: "higher", digits: 1 },
+    { key: "connectFailed", label: "dropped sockets whose reconnection failed (connect_error)" },
     { key: "restores", label: "restoreSession calls on node 1" },
     { key: "restoreP50Ms", label: "restoreSession p50 (ms)", better: "lower", digits: 1 },
     { key: "restoreP99Ms", label: "restoreSession p99 (ms)", better: "lower", digits: 1 },
@@ -122,6 +135,10 @@ export const gPriv: Workload = {
     { key: "lost", label: "lost (sockets never dropped, or recovered)" },
     { key: "duplicated", label: "duplicated" },
     { key: "reordered", label: "reordered" },
+    { key: "lostStayed", label: "of which lost, sockets never dropped" },
+    { key: "reorderedStayed", label: "of which reordered, sockets never dropped" },
+    { key: "lostRecovered", label: "of which lost, recovered sockets" },
+    { key: "reorderedRecovered", label: "of which reordered, recovered sockets" },
   ],
   applies: (peer) => (isOurs(peer) ? true : "n/a: counts our adapter's replay reads"),
   run,

@@ -99,7 +99,7 @@ async function level(ctx: RunContext, entries: number, sessions: number): Promis
       });
       const { port } = await call<{ port: number }>(target, "info");
       const url = `http://127.0.0.1:${port}`;
-      const back = await call<Array<{ ms: number; recovered: boolean }>>(clients, "reconnect-timed", { clients: everyone, url }, 60_000);
+      const back = await call<Array<{ ms: number; recovered: boolean; failed?: boolean }>>(clients, "reconnect-timed", { clients: everyone, url }, 60_000);
       const waited = await call<{ complete: boolean }>(clients, "wait", { timeoutMs: 20_000 }, 30_000);
       const summary = await call<{ lost: number; duplicated: number }>(clients, "summary", {});
       const restore = await call<{ p50Ms: number | null; p99Ms: number | null; maxMs: number | null }>(target, "restore-stats");
