@@ -16,6 +16,16 @@ export interface Sizes {
   w5Rows: number;
   /** W8: how long the sockets stay idle while statements are counted. */
   w8IdleMs: number;
+  /** G-NSP: namespace counts measured in turn (each step adds to the previous). */
+  gNspSteps: number[];
+  /** G-PRIV: sockets, each receiving gPrivHz private events per second; gPrivDrop of them drop for gPrivAwayMs. */
+  gPrivSockets: number;
+  gPrivHz: number;
+  gPrivDrop: number;
+  gPrivAwayMs: number;
+  /** G-RESTORE: stored sessions and log entries put in the tables before each point, and the clients restoring. */
+  gRestoreLevels: Array<{ sessions: number; entries: number }>;
+  gRestoreClients: number;
   /** SOAK: minutes at the steady rate (`--soak-minutes N` overrides). */
   soakMinutes: number;
   /** SOAK: at most this many seconds of rising-rate steps measure the maximum first (a step under way ends). */
@@ -35,6 +45,17 @@ export const FULL: Sizes = {
   w4Missed: 10_000,
   w5Rows: 1_000_000,
   w8IdleMs: 30_000,
+  gNspSteps: [100, 500, 2000],
+  gPrivSockets: 2000,
+  gPrivHz: 5,
+  gPrivDrop: 200,
+  gPrivAwayMs: 2000,
+  gRestoreLevels: [
+    { sessions: 1_000, entries: 10_000 },
+    { sessions: 10_000, entries: 1_000_000 },
+    { sessions: 100_000, entries: 10_000_000 },
+  ],
+  gRestoreClients: 50,
   soakMinutes: 10,
   soakProbeSeconds: 40,
 };
@@ -48,6 +69,13 @@ export const QUICK: Sizes = {
   w3Clients: 200,
   w5Rows: 200_000,
   w8IdleMs: 15_000,
+  gNspSteps: [50, 200, 500],
+  gPrivSockets: 500,
+  gPrivDrop: 50,
+  gRestoreLevels: [
+    { sessions: 1_000, entries: 10_000 },
+    { sessions: 10_000, entries: 100_000 },
+  ],
   // The shortest run where every target is judged (the size reference is minute 3, see workloads/soak.ts).
   soakMinutes: 4,
   soakProbeSeconds: 30,
