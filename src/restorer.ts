@@ -303,7 +303,7 @@ export class Restorer {
 
   /** A taken session that was not used goes back, as it was. */
   private putBack(record: SessionRecord): void {
-    this.ctx.sessions.persist(record);
+    void this.ctx.sessions.persist(record);
   }
 }
 

@@ -93,8 +93,12 @@ export class SessionStore {
     });
   }
 
-  /** Queues a session; a failure is reported to the error handler (the session is then not restorable). */
-  persist(record: SessionRecord): void {
+  /**
+   * Queues a session; a failure is reported to the error handler (the session
+   * is then not restorable). Resolves once the write settled (committed, or
+   * given up); never rejects.
+   */
+  persist(record: SessionRecord): Promise<void> {
     const key = keyOf(record.pidHash, record.namespaceId);
     // Newer than every write made for this session so far (skeletons, an earlier attempt).
     const versioned = { ...record, version: nextVersion() };
@@ -109,6 +113,7 @@ export class SessionStore {
     void write.finally(() => {
       if (this.written.get(key) === write) this.written.delete(key);
     });
+    return write;
   }
 
   /** This node's id in the `nodes` table, which its session writes and takes name. */
