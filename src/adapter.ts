@@ -348,7 +348,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         const pending = (this.nsp as unknown as NamespaceInternals)._preConnectSockets?.get(id);
         (pending ?? this.namespace.sockets.get(id))?.conn.close();
       },
-      taken: (sid, pid, generation, durable) => this.durability?.expectRestored(sid, pid, generation, durable),
+      taken: (sid, pid, generation, durable, skeleton) => this.durability?.expectRestored(sid, pid, generation, durable, skeleton),
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };
   }

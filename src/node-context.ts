@@ -120,6 +120,7 @@ export class NodeContext {
       maxPending: opts.maxPendingWrites,
       onError: report,
       written: (count) => metrics.sessionsWritten(count),
+      takeAsSkeleton: () => opts.crashSafety && this.liveness.isRegistered,
     });
     this.attachments = new AttachmentsTable(db, opts.attachmentsTable, report);
     this.bus = new ClusterBus(db, {

@@ -63,6 +63,8 @@ interface Expected {
   readonly generation: number;
   /** Whether a row a crash-restore could use already holds this socket's membership. */
   readonly durable: boolean;
+  /** That row is this socket's skeleton as restored (the take left it so), with this `socket.data`. */
+  readonly skeleton: { readonly data: unknown } | undefined;
   readonly at: number;
 }
 
@@ -299,9 +301,14 @@ export class SessionDurability {
     });
   }
 
-  /** A restore took the session of `sid` in `generation`; its socket connects next. */
-  expectRestored(sid: SocketId, pid: string, generation: number, durable: boolean): void {
-    this.expected.set(sid, { pidHash: hashPid(pid), generation, durable, at: Date.now() });
+  /**
+   * A restore took the session of `sid` in `generation`; its socket connects
+   * next. With `skeleton`, the take left the row as that socket's skeleton
+   * (its restored rooms and data, this node, this generation): the socket
+   * connects durable, and is written only when it changes.
+   */
+  expectRestored(sid: SocketId, pid: string, generation: number, durable: boolean, skeleton?: { readonly data: unknown }): void {
+    this.expected.set(sid, { pidHash: hashPid(pid), generation, durable, skeleton, at: Date.now() });
   }
 
   /**
@@ -318,6 +325,16 @@ export class SessionDurability {
         ? new TrackedSocket(this, id, expected.pidHash, expected.generation, expected.durable)
         : new TrackedSocket(this, id, hashPid(pid), 0, false);
       this.sockets.set(id, socket);
+      if (expected?.skeleton && !membership) {
+        // Connecting with its restored rooms, which its row holds already: nothing to write. Its
+        // data is compared with the restored one at the next checkpoint.
+        try {
+          socket.lastData = encodeData(expected.skeleton.data);
+          return;
+        } catch {
+          // Not encodable as stored (cannot happen for decoded data): written as any new socket.
+        }
+      }
     }
     socket.changeSeq++;
     if (membership) {
