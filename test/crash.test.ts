@@ -9,7 +9,7 @@ import type pg from "pg";
 import { describe, expect, it } from "vitest";
 import { decodeSession } from "../src/codec.js";
 import { collectStatus } from "../src/index.js";
-import { Cluster, comeBack, goOffline, moveTo, recordEvents, recoveryFields, spawnNode, waitFor, waitForSession, type WhoAmI } from "./helpers/cluster.js";
+import { Cluster, comeBack, goOffline, logHead, moveTo, recordEvents, recoveryFields, spawnNode, waitFor, waitForHead, waitForSession, type WhoAmI } from "./helpers/cluster.js";
 import { History, logOffsets, type ClientHandle } from "./helpers/history.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
@@ -277,6 +277,58 @@ describe("crash", () => {
     await waitFor(() => got.some((r) => r.args[0] === "after"), { message: () => `"after" (got ${JSON.stringify(got.map((r) => r.args[0]))})` });
     expect(got.map((r) => r.args[0])).toEqual([...(before === undefined ? [] : [before]), "to-all", "after"]);
     expect(await markerLogged()).toBe(0);
+  });
+
+  it("a take leaves the restored socket's skeleton: no first write, restorable at once; a restore refused after its take leaves a fence", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, adapter: CRASH_OPTIONS });
+    const [first, second] = [cluster.node(0), cluster.node(1)];
+    const row = async (sid: string) =>
+      (
+        await first.pool.query<{ state: string; generation: string; version: string; payload: Buffer }>(
+          `SELECT state, generation::text, version::text, payload FROM socket_io.sessions WHERE sid = $1`,
+          [sid],
+        )
+      ).rows[0];
+
+    // The second node registers its liveness row with its first socket (a take before that is a fence).
+    const resident = await cluster.connect(second);
+    await skeletonsWritten(first.pool, [resident.id!]);
+    // Restored on the second node: the row is its skeleton at once (the session's rooms, next generation, version 0).
+    const socket = await cluster.connect(first, { rooms: ["r"] });
+    const got = recordEvents(socket);
+    const sid = socket.id!;
+    await skeletonsWritten(first.pool, [sid]);
+    goOffline(socket);
+    await waitForSession(first.pool, sid);
+    const before = (await row(sid))!;
+    expect(await comeBack(socket, second)).toBe(true);
+    const taken = (await row(sid))!;
+    expect(taken).toMatchObject({ state: "connected", generation: String(Number(before.generation) + 1), version: "0" });
+    expect(decodeSession(taken.payload).rooms.map(([room]) => room).sort()).toEqual(["r", sid].sort());
+    // Three checkpoint intervals, with traffic through its room: no write (nothing changed).
+    for (let i = 0; i < 3; i++) {
+      second.io.to("r").emit("ev", i);
+      await new Promise((resolve) => setTimeout(resolve, CRASH_OPTIONS.checkpointIntervalMs));
+    }
+    await waitFor(() => got.length === 3, { message: "the events through its restored room" });
+    expect((await row(sid))!.version).toBe("0");
+    // A change is written over it, in the same generation.
+    await socket.timeout(3000).emitWithAck("join", "s");
+    await waitFor(async () => (await row(sid))!.version !== "0", { message: "the skeleton rewritten after a join" });
+    expect((await row(sid))!.generation).toBe(taken.generation);
+
+    // Refused after its take (an offset past the session's last one): the row becomes a fence.
+    const other = await cluster.connect(first, { rooms: ["r"] });
+    const otherSid = other.id!;
+    await skeletonsWritten(first.pool, [otherSid]);
+    goOffline(other);
+    await waitForSession(first.pool, otherSid);
+    const head = await logHead(first.pool);
+    for (let i = 0; i < 3; i++) first.io.to("elsewhere").emit("ev", i);
+    await waitForHead(first.pool, head + 3);
+    recoveryFields(other)._lastOffset = `o${head + 3}`;
+    expect(await comeBack(other, second)).toBe(false);
+    await waitFor(async () => (await row(otherSid))?.state === "taken", { message: "the refused restore's row to be a fence" });
   });
 
   it("at rest a connected socket costs no write; a change of socket.data costs one at the next checkpoint", async () => {
