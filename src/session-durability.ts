@@ -115,7 +115,6 @@ export class TrackedSocket {
   }
 }
 
-/** A write or a removal of one skeleton, built when its batch is written. */
 /** A room change in the order it was made, until it is durable or its socket settled. */
 interface RoomChange {
   readonly socket: TrackedSocket;
@@ -125,6 +124,7 @@ interface RoomChange {
   readonly epoch: number;
 }
 
+/** A write or a removal of one skeleton, built when its batch is written. */
 type SkeletonWrite =
   | { readonly socket: TrackedSocket; readonly seq: number; readonly record: SessionRecord; readonly data: Buffer }
   | { readonly socket: TrackedSocket; readonly remove: true };
