@@ -199,6 +199,48 @@ serve({
     );
     return chosen.map((c) => c.socket.recovered);
   },
+  /** Like reconnect, with each client's time from connect() to connected and whether it recovered. */
+  "reconnect-timed": async ({ clients: indices, url }: { clients: number[]; url?: string }) => {
+    const chosen = selected(indices);
+    if (url) for (const c of chosen) (c.socket.io as unknown as { uri: string }).uri = url;
+    return Promise.all(
+      chosen.map(
+        (c) =>
+          new Promise<{ ms: number; recovered: boolean; failed?: boolean }>((resolve) => {
+            const started = nowMs();
+            // Without reconnection, a refused connection (e.g. the middleware timed out) ends the attempt.
+            const failed = (): void => {
+              c.socket.off("connect", connected);
+              resolve({ ms: nowMs() - started, recovered: false, failed: true });
+            };
+            const connected = (): void => {
+              c.socket.off("connect_error", failed);
+              resolve({ ms: nowMs() - started, recovered: c.socket.recovered });
+            };
+            c.socket.once("connect", connected);
+            c.socket.once("connect_error", failed);
+            c.socket.connect();
+          }),
+      ),
+    );
+  },
+  /** A new client presenting a given private session id and offset (a session filled in by SQL): whether it recovered. */
+  "restore-as": async ({ url, pid, offset }: { url: string; pid: string; offset: string }) => {
+    const socket = connect(url, { transports: ["websocket"], forceNew: true, reconnection: false, autoConnect: false });
+    const internals = socket as unknown as { _pid?: string; _lastOffset?: string };
+    internals._pid = pid;
+    internals._lastOffset = offset;
+    const recovered = await new Promise<boolean>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("restore-as: not connected within 30 s")), 30_000);
+      socket.once("connect", () => {
+        clearTimeout(timer);
+        resolve(socket.recovered);
+      });
+      socket.connect();
+    });
+    socket.close();
+    return recovered;
+  },
   inject: ({ dropAt, dupAt }: { dropAt?: number; dupAt?: number }) => {
     inject.dropAt = dropAt ?? -1;
     inject.dupAt = dupAt ?? -1;

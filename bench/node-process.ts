@@ -8,6 +8,8 @@
  * about 100 bytes of JSON, so clients can account for each one.
  */
 import { writeFileSync } from "node:fs";
+import v8 from "node:v8";
+import vm from "node:vm";
 import { createServer } from "node:http";
 import { Session } from "node:inspector";
 import type { AddressInfo } from "node:net";
@@ -86,9 +88,11 @@ async function adapterFor(): Promise<ServerOptions["adapter"] | undefined> {
 }
 
 /** Statements our adapter sent on its pool (W7 reads them): all, and those that write rows. */
-const statements = { all: 0, writes: 0, sessionWrites: 0 };
+const statements = { all: 0, writes: 0, sessionWrites: 0, clusterNotifies: 0, replayReads: 0, replayRows: 0, replayBytes: 0 };
 const WRITE = /\b(INSERT\s+INTO|DELETE\s+FROM|UPDATE\s+\S+(\s+AS\s+\w+)?\s+SET)\b/i;
 const SESSION_WRITE = /INSERT\s+INTO\s+\S*"sessions"/i;
+
+const writeKinds = new Map<string, number>();
 
 /** Counts every statement on the pool's connections (each is its own transaction: the adapter runs autocommit). */
 function countStatements(pool: pg.Pool): void {
@@ -98,11 +102,46 @@ function countStatements(pool: pg.Pool): void {
       const first = args[0];
       const text = typeof first === "string" ? first : ((first as { text?: string } | undefined)?.text ?? "");
       statements.all++;
-      if (WRITE.test(text)) statements.writes++;
+      if (WRITE.test(text)) {
+        statements.writes++;
+        // Which statements write (G-NSP shows them per step): the first words of each.
+        const kind = text.replace(/\/\*.*?\*\//g, "").replace(/\s+/g, " ").trim().slice(0, 70);
+        writeKinds.set(kind, (writeKinds.get(kind) ?? 0) + 1);
+      }
       if (SESSION_WRITE.test(text)) statements.sessionWrites++;
-      return query(...args);
+      // Cluster messages (heartbeats, …): one pg_notify per element of the batch's channel array (G-NSP).
+      if (text.includes("pg_notify(m.channel")) {
+        const values = (Array.isArray(args[1]) ? args[1] : (first as { values?: unknown[] } | undefined)?.values) as unknown[] | undefined;
+        statements.clusterNotifies += Array.isArray(values?.[0]) ? values[0].length : 1;
+      }
+      // A restore's read of the log (G-PRIV, G-RESTORE): how many rows and bytes it brought back.
+      // pool.query() passes a callback; a client's own query() returns a promise.
+      const replay = text.includes("replay read");
+      const tally = (r: { rows?: Array<{ payload?: Buffer }> } | undefined) => {
+        statements.replayReads++;
+        for (const row of r?.rows ?? []) {
+          statements.replayRows++;
+          statements.replayBytes += row.payload?.length ?? 0;
+        }
+      };
+      const last = args.at(-1);
+      if (replay && typeof last === "function") {
+        args[args.length - 1] = (err: unknown, r: { rows?: Array<{ payload?: Buffer }> }) => {
+          if (!err) tally(r);
+          (last as (...a: unknown[]) => void)(err, r);
+        };
+      }
+      const result = query(...args);
+      if (replay && result instanceof Promise) void result.then(tally, () => undefined);
+      return result;
     };
   });
+}
+
+function quantile(values: number[], q: number): number | null {
+  if (!values.length) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]!;
 }
 
 let profiler: Session | undefined;
@@ -161,10 +200,14 @@ async function main(): Promise<void> {
   const port = (http.address() as AddressInfo).port;
 
   let storm: { timer: NodeJS.Timeout; seqs: number[] } | undefined;
+  // G-PRIV: one private stream per room "p-<i>" (a room of one socket, as socket.emit() logs to the socket's own room).
+  let privateStreams: { timer: NodeJS.Timeout; seqs: number[]; emitted: number; startedAt: number } | undefined;
+  let dynamic = false;
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
       storm && clearInterval(storm.timer);
+      privateStreams && clearInterval(privateStreams.timer);
       await io.close();
       for (const cleanup of cleanups) await cleanup().catch(reportError);
     })());
@@ -226,15 +269,72 @@ async function main(): Promise<void> {
       return nsp.sockets.size;
     },
     sockets: () => nsp.sockets.size,
+    /** G-NSP: dynamic namespaces /t-<n>, whose sockets join their auth.room like those of "/". */
+    "dynamic-namespaces": () => {
+      if (dynamic) return null;
+      dynamic = true;
+      io.of(/^\/t-\d+$/).on("connection", (socket) => {
+        const room = (socket.handshake.auth as { room?: unknown }).room;
+        if (typeof room === "string" && !socket.recovered) void socket.join(room);
+      });
+      return null;
+    },
+    "namespace-count": () => io._nsps.size,
+    /** LISTEN channels of our node's listener (one shared by all namespaces); null for other peers. */
+    "listen-channels": () => {
+      const ctx = (nsp.adapter as unknown as { ctx?: { listener?: { channels?: Set<string> } } }).ctx;
+      return ctx?.listener?.channels?.size ?? null;
+    },
+    /** Heap and RSS after a full GC (so deltas are retained memory, not garbage). */
+    memory: () => {
+      v8.setFlagsFromString("--expose-gc");
+      (vm.runInNewContext("gc") as () => void)();
+      const m = process.memoryUsage();
+      return { rssMb: m.rss / 2 ** 20, heapUsedMb: m.heapUsed / 2 ** 20 };
+    },
+    /**
+     * G-PRIV: `perSocketHz` events per second to each of rooms p-0..p-(count-1), spread over
+     * 20 ms ticks; emitted whether or not the socket is connected (it is logged either way).
+     */
+    "private-start": ({ epoch, count, perSocketHz }: { epoch: number; count: number; perSocketHz: number }) => {
+      const tickMs = 20;
+      const perTick = (count * perSocketHz * tickMs) / 1000;
+      const seqs = new Array<number>(count).fill(0);
+      const state = { timer: undefined as unknown as NodeJS.Timeout, seqs, emitted: 0, startedAt: nowMs() };
+      let next = 0;
+      let due = 0;
+      state.timer = setInterval(() => {
+        // Catch up on ticks the loop missed, so the rate reached is what the node could sustain.
+        due = ((nowMs() - state.startedAt) / 1000) * count * perSocketHz;
+        const burst = Math.min(due - state.emitted, perTick * 50);
+        for (let k = 0; k < burst; k++) {
+          const i = next;
+          next = (next + 1) % count;
+          nsp.to(`p-${i}`).emit("b", { e: epoch, s: i, q: ++seqs[i]!, p: PADDING });
+          state.emitted++;
+        }
+      }, tickMs);
+      privateStreams = state;
+      return null;
+    },
+    "private-progress": () => (privateStreams ? { emitted: privateStreams.emitted, seconds: (nowMs() - privateStreams.startedAt) / 1000 } : null),
+    "private-stop": () => {
+      if (!privateStreams) return null;
+      clearInterval(privateStreams.timer);
+      return { last: privateStreams.seqs, emitted: privateStreams.emitted, seconds: (nowMs() - privateStreams.startedAt) / 1000 };
+    },
     "restore-stats": () => ({
       count: restores.length,
       restored: restoresRestored,
       meanMs: restores.length ? restores.reduce((a, b) => a + b, 0) / restores.length : null,
       maxMs: restores.length ? Math.max(...restores) : null,
+      p50Ms: quantile(restores, 0.5),
+      p99Ms: quantile(restores, 0.99),
       recoveredConnections,
       refusals: Object.fromEntries(refusals),
     }),
     statements: () => ({ ...statements }),
+    "write-kinds": () => Object.fromEntries(writeKinds),
     usage: () => {
       const cpu = process.cpuUsage();
       return { maxRssMb: process.resourceUsage().maxRSS / 1024, cpuMs: (cpu.user + cpu.system) / 1000, errors };

@@ -38,9 +38,14 @@ import { w5 } from "./workloads/w5-prune.js";
 import { w6 } from "./workloads/w6-crash-storm.js";
 import { w7 } from "./workloads/w7-cotenancy.js";
 import { w8 } from "./workloads/w8-at-rest.js";
+import { gNsp } from "./workloads/g-nsp.js";
+import { gPriv } from "./workloads/g-priv.js";
+import { gRestore } from "./workloads/g-restore.js";
 import { summariseProfiles } from "./profile-summary.js";
 
-const WORKLOADS: Workload[] = [w1, w1split, w2, w3, w4, w5, w6, w7, w8];
+// The growth workloads (G-…) run only when named in --only: they are long and measure our adapter alone.
+const GROWTH: Workload[] = [gNsp, gPriv, gRestore];
+const WORKLOADS: Workload[] = [w1, w1split, w2, w3, w4, w5, w6, w7, w8, ...GROWTH];
 
 const { values: args } = parseArgs({
   options: {
@@ -67,7 +72,9 @@ for (const id of only ?? []) {
   if (id.toUpperCase() !== EMITTERS_ID && !WORKLOADS.some((w) => w.id.toLowerCase() === id.toLowerCase())) usage(`unknown workload ${id}`);
 }
 const measureEmittersToo = !only || only.some((id) => id.toUpperCase() === EMITTERS_ID);
-const workloads = WORKLOADS.filter((w) => !only || only.some((id) => id.toLowerCase() === w.id.toLowerCase()));
+const workloads = WORKLOADS.filter((w) =>
+  only ? only.some((id) => id.toLowerCase() === w.id.toLowerCase()) : !GROWTH.includes(w),
+);
 let peers = (args.peers?.split(",").map((s) => s.trim()) ?? ALL_PEERS) as PeerId[];
 for (const p of peers) if (!PEERS[p]) usage(`unknown peer ${p}`);
 

@@ -98,6 +98,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   ) {
     super(nsp, { heartbeatInterval: ctx.opts.heartbeatInterval, heartbeatTimeout: ctx.opts.heartbeatTimeout });
     this.nspName = nsp.name;
+    // The node's one heartbeat timer instead of one per namespace, so that heartbeats go out batched
+    // (heartbeat-ticker.ts). scheduleHeartbeat is private in socket.io-adapter's types, hence the cast.
+    (this as unknown as { scheduleHeartbeat(): void }).scheduleHeartbeat = () => ctx.heartbeats.published(this);
     const csr = serverInternals(nsp).opts.connectionStateRecovery;
     this.mixedCluster = new MixedCluster({
       uid: this.uid,
@@ -662,6 +665,11 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     });
   }
 
+  /** Called by the node's heartbeat ticker (heartbeat-ticker.ts). */
+  heartbeat(): void {
+    this.publish({ type: MessageType.HEARTBEAT });
+  }
+
   override restoreSession(pid: PrivateSessionId, offset: string): Promise<Session> {
     return this.restorer?.restoreSession(pid, offset) ?? Promise.resolve(NOT_RESTORED);
   }
@@ -686,6 +694,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       this.unwatchMetrics();
       this.order?.close();
       super.close();
+      this.ctx.heartbeats.forget(this); // after super.close(), whose ADAPTER_CLOSE counted as a publish
       this.sequencer?.close();
       this.guard?.close();
       this.durability?.close();

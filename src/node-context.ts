@@ -12,6 +12,7 @@ import { settledBy } from "./deadline.js";
 import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import { directConnectionConfig, openSessionConnection } from "./direct-connection.js";
+import { HeartbeatTicker } from "./heartbeat-ticker.js";
 import { Listener } from "./listener.js";
 import { LivenessLock } from "./liveness-lock.js";
 import { NO_METRICS, type RecoveryMetrics } from "./metrics.js";
@@ -70,6 +71,8 @@ export class NodeContext {
   readonly attachments: AttachmentsTable;
   /** Restores reading the table at once, over all namespaces of this node. */
   readonly restoreReads: Semaphore;
+  /** The cluster heartbeats of all this node's namespaces, on one timer (batched NOTIFYs). */
+  readonly heartbeats: HeartbeatTicker;
   private readonly pruner: Pruner;
   /** Announcements of expired sessions, read once each (`session-expired`). */
   private readonly expiry: ExpiryFeed;
@@ -93,6 +96,7 @@ export class NodeContext {
     this.log = new LogQueries(db, opts.schema, { preparedStatements: opts.preparedStatements });
     this.staging = new StagingQueries(opts.schema);
     this.restoreReads = new Semaphore(opts.maxConcurrentRestoreReads, "maxConcurrentRestoreReads");
+    this.heartbeats = new HeartbeatTicker(opts.heartbeatInterval);
     // Session writes announce themselves on the log channel (payload "s|…"), which every node listens to.
     const sessionQueries = new SessionQueries(db, opts.schema, opts.logChannel);
     // Held on the LISTEN connection; only a node that writes skeletons needs it (liveness-lock.ts).
@@ -247,6 +251,7 @@ export class NodeContext {
   private close(deadline: number): Promise<void> {
     this.closing ??= (async () => {
       clearInterval(this.activityTimer);
+      this.heartbeats.stop();
       const steps: Array<[string, () => Promise<unknown>]> = [
         ["writing sessions", () => this.sessions.close(Math.max(0, deadline - Date.now()))],
         ["writing skeletons", () => this.skeletons.close(Math.max(0, deadline - Date.now()))],

@@ -16,6 +16,16 @@ export interface Sizes {
   w5Rows: number;
   /** W8: how long the sockets stay idle while statements are counted. */
   w8IdleMs: number;
+  /** G-NSP: namespace counts measured in turn (each step adds to the previous). */
+  gNspSteps: number[];
+  /** G-PRIV: sockets, each receiving gPrivHz private events per second; gPrivDrop of them drop for gPrivAwayMs. */
+  gPrivSockets: number;
+  gPrivHz: number;
+  gPrivDrop: number;
+  gPrivAwayMs: number;
+  /** G-RESTORE: stored sessions and log entries put in the tables before each point, and the clients restoring. */
+  gRestoreLevels: Array<{ sessions: number; entries: number }>;
+  gRestoreClients: number;
 }
 
 export const FULL: Sizes = {
@@ -31,6 +41,17 @@ export const FULL: Sizes = {
   w4Missed: 10_000,
   w5Rows: 1_000_000,
   w8IdleMs: 30_000,
+  gNspSteps: [100, 500, 2000],
+  gPrivSockets: 2000,
+  gPrivHz: 5,
+  gPrivDrop: 200,
+  gPrivAwayMs: 2000,
+  gRestoreLevels: [
+    { sessions: 1_000, entries: 10_000 },
+    { sessions: 10_000, entries: 1_000_000 },
+    { sessions: 100_000, entries: 10_000_000 },
+  ],
+  gRestoreClients: 50,
 };
 
 /** `--quick`: the same workloads, smaller, under ~3 minutes in all. */
@@ -42,6 +63,13 @@ export const QUICK: Sizes = {
   w3Clients: 200,
   w5Rows: 200_000,
   w8IdleMs: 15_000,
+  gNspSteps: [50, 200, 500],
+  gPrivSockets: 500,
+  gPrivDrop: 50,
+  gRestoreLevels: [
+    { sessions: 1_000, entries: 10_000 },
+    { sessions: 10_000, entries: 100_000 },
+  ],
 };
 
 export interface RunContext {
