@@ -331,6 +331,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       deliverUnlogged: (packet) => this.deliverUnlogged(packet),
       committed: (packets, from) => this.order?.committed(packets, from),
       accepted: (packet) => this.mixedCluster.relay(packet),
+      membershipEpoch: () => this.durability?.membershipEpoch ?? 0,
+      roomChangesDurable: (epoch) => this.durability?.roomChangesDurable(epoch),
       jumped: (after) => this.guard?.jumped(after),
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };
@@ -349,7 +351,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         const pending = (this.nsp as unknown as NamespaceInternals)._preConnectSockets?.get(id);
         (pending ?? this.namespace.sockets.get(id))?.conn.close();
       },
-      taken: (sid, pid, generation, durable) => this.durability?.expectRestored(sid, pid, generation, durable),
+      taken: (sid, pid, generation, durable, skeleton) => this.durability?.expectRestored(sid, pid, generation, durable, skeleton),
       emit: (event: string, payload: unknown) => this.emit(event, payload),
     };
   }
@@ -592,7 +594,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
 
   override del(id: SocketId, room: Room): Promise<void> | void {
     if (this.mustFollowEvents(id) && this.rooms.get(room)?.has(id)) {
-      return this.order?.local(() => this.leaveNow(id, room), false);
+      // With crash safety, events emitted after the leave wait until it applied: accepted before it,
+      // they would not wait for its skeleton (see LogWriter.appendOnce), and a crash that rolls the
+      // leave back would find them in the log.
+      return this.order?.local(() => this.leaveNow(id, room), this.durability !== undefined);
     }
     this.leaveNow(id, room);
   }
@@ -649,9 +654,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       payload = encodeSession({ rooms: snapshot.rooms, left: snapshot.left, data: session.data });
     } catch (err) {
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: socket.data of ${session.sid} does not serialize; its session is not stored`, { cause: err }));
+      fence?.written(Promise.resolve());
       return;
     }
-    this.ctx.sessions.persist({
+    const written = this.ctx.sessions.persist({
       pidHash: hashPid(session.pid),
       namespaceId: this.namespaceId,
       sid: session.sid,
@@ -663,6 +669,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
       payload,
       ttlMs: this.recovery.maxDisconnectionDuration,
     });
+    fence?.written(written);
   }
 
   /** Called by the node's heartbeat ticker (heartbeat-ticker.ts). */

@@ -66,6 +66,16 @@ export interface LogWriterHost {
    */
   accepted(packet: LoggedPacket): void;
   /**
+   * The number of the last room change of this namespace on this node (0
+   * without crash safety); taken when an event is accepted.
+   */
+  membershipEpoch(): number;
+  /**
+   * Resolves once the room changes up to `epoch` are durable (or settled, see
+   * SessionDurability.roomChangesDurable); undefined when they already are.
+   */
+  roomChangesDurable(epoch: number): Promise<void> | undefined;
+  /**
    * This node's append was the first into another database incarnation: the
    * head jumped over (after, through] (see log-gaps.ts).
    */
@@ -79,8 +89,11 @@ const TRANSIENT_RETRY_CAP_MS = 500;
 /** Longest wait between two attempts after any other error (a grant revoked, ...). */
 const OTHER_RETRY_CAP_MS = 2000;
 
-/** `submitted`: the packet as `submit()` got it (the host knows it by identity, see `committed`). */
-type QueuedEntry = PreparedPacket & { submitted: LoggedPacket };
+/**
+ * `submitted`: the packet as `submit()` got it (the host knows it by identity, see `committed`).
+ * `epoch`: the last room change made on this node before it was accepted (see `appendOnce`).
+ */
+type QueuedEntry = PreparedPacket & { submitted: LoggedPacket; epoch: number };
 
 export class LogWriter {
   private readonly batcher: Batcher<QueuedEntry, number>;
@@ -146,7 +159,7 @@ export class LogWriter {
     let queued: QueuedEntry;
     try {
       // Normalised once, here, to what a client decodes (JSON semantics, binary kept).
-      queued = { ...this.host.prepare(packet), submitted: packet };
+      queued = { ...this.host.prepare(packet), submitted: packet, epoch: this.host.membershipEpoch() };
     } catch (err) {
       this.ctx.reportError(new Error(`socket.io-postgres-recovery: cannot log an event of "${nspName}": its arguments do not serialize`, { cause: err }));
       return;
@@ -244,6 +257,12 @@ export class LogWriter {
   private async appendOnce(items: QueuedEntry[], attempt: number): Promise<number[]> {
     this.outage.writeStarted();
     await this.host.started();
+    // Entries accepted after a room change of this node are committed only once a skeleton holding
+    // the change has (docs/design.md, "Exactness after a crash"): a crash that rolls the change back
+    // must not find them in the log. Epochs grow along the queue: the last entry's covers the batch.
+    // Counted as the write under way: a skeleton write that cannot commit turns into outage mode.
+    const durable = this.host.roomChangesDurable(items[items.length - 1]!.epoch);
+    if (durable) await durable;
     const id = this.host.namespaceId();
     if (id === undefined) throw new Error("socket.io-postgres-recovery: the adapter closed before it started");
     const { writerId } = this.host;

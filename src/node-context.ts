@@ -124,6 +124,14 @@ export class NodeContext {
       maxPending: opts.maxPendingWrites,
       onError: report,
       written: (count) => metrics.sessionsWritten(count),
+      // Registered lazily (a node with no socket writes nothing): the first take starts it, and
+      // takes as a fence until the row exists (its restored socket then gets a first write).
+      takeAsSkeleton: () => {
+        if (!opts.crashSafety) return false;
+        if (this.liveness.isRegistered) return true;
+        void this.liveness.start();
+        return false;
+      },
     });
     this.attachments = new AttachmentsTable(db, opts.attachmentsTable, report);
     this.bus = new ClusterBus(db, {

@@ -81,6 +81,11 @@ export class NodeLiveness {
     });
   }
 
+  /** Whether the node's row exists now (registered, not stopped): a row may name it as a skeleton's node. */
+  get isRegistered(): boolean {
+    return this.timer !== undefined && !this.stopped;
+  }
+
   /** Resolves once the node's row exists (skeletons must not be written before). */
   ready(): Promise<void> {
     return this.start();

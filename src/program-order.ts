@@ -138,7 +138,10 @@ export class ProgramOrder {
 
   /**
    * An operation of this node: applied after every event issued before it is
-   * delivered here. `publishes`: its `apply` publishes it to the cluster.
+   * delivered here. `publishes`: events issued after it wait until it applied
+   * (and its publication, if `apply` returns one, committed): an operation
+   * published to the cluster, or a leave that must be in the log's order of
+   * room changes (crash safety, see LogWriter.appendOnce).
    */
   local(apply: Apply, publishes: boolean): Promise<void> {
     return this.enqueue({ ticket: this.lastSubmitted + this.queuedEvents, offset: undefined, publishes, apply });

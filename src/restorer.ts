@@ -69,9 +69,11 @@ export interface RestorerHost {
   dropConnection(id: SocketId): void;
   /**
    * The session of `sid` was taken in `generation` and its socket connects
-   * next; `durable`: a row a crash-restore could use still holds its rooms.
+   * next; `durable`: a row a crash-restore could use still holds its rooms;
+   * `skeleton`: that row is already its skeleton, with this `socket.data`
+   * (the take left it so), so it needs no first write.
    */
-  taken(sid: SocketId, pid: PrivateSessionId, generation: number, durable: boolean): void;
+  taken(sid: SocketId, pid: PrivateSessionId, generation: number, durable: boolean, skeleton: { readonly data: unknown } | undefined): void;
   emit(event: "session-restored", payload: RestoredEvent): void;
   emit(event: "restore-refused", payload: RefusedEvent): void;
 }
@@ -220,7 +222,23 @@ export class Restorer {
       this.putBack(taken);
       return { refused: "abandoned" };
     }
+    const outcome = await this.restoreTaken(pid, offset, attempt, namespaceId, stored, taken, deadline);
+    // Refused after the take, and not put back: the skeleton the take left (no socket will write
+    // it) becomes a fence, as a take without a skeleton leaves the row.
+    if ("refused" in outcome && outcome.refused !== "abandoned" && stored.skeleton) void this.ctx.sessions.fence(pidHash, stored.generation);
+    return outcome;
+  }
 
+  /** Steps 2 to 4 of a restore, once its session is taken (see restore()). */
+  private async restoreTaken(
+    pid: PrivateSessionId,
+    offset: number,
+    attempt: RestoreAttempt,
+    namespaceId: number,
+    stored: TakenSession,
+    taken: SessionRecord,
+    deadline: number,
+  ): Promise<RestoreOutcome> {
     // 2. Validity: refused here, the session is consumed (fail closed).
     const invalid = validity(stored, offset);
     if (invalid !== undefined) return { refused: invalid };
@@ -289,7 +307,8 @@ export class Restorer {
       pending = undefined;
       // Its skeleton continues in the generation taken. A session taken from this node's own queue
       // (never written) leaves this node's skeleton of the same generation in the table.
-      this.host.taken(stored.sid, pid, stored.generation, stored.fromQueue === true);
+      // A take that left the row as this socket's skeleton spares its first write (see SessionDurability.expectRestored).
+      this.host.taken(stored.sid, pid, stored.generation, stored.fromQueue === true || stored.skeleton === true, stored.skeleton === true ? { data: contents.data } : undefined);
       const session: Session = { sid: stored.sid, pid, rooms: [...joinedAt.keys()], data: contents.data, missedPackets: [] };
       return { session, replayed: plan.entries.length, source: recent ? "memory" : "table", ...(stored.deadBy ? { deadBy: stored.deadBy } : {}) };
     } catch (err) {
@@ -303,7 +322,7 @@ export class Restorer {
 
   /** A taken session that was not used goes back, as it was. */
   private putBack(record: SessionRecord): void {
-    this.ctx.sessions.persist(record);
+    void this.ctx.sessions.persist(record);
   }
 }
 

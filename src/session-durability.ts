@@ -18,6 +18,12 @@
  * never receives an entry its durable membership does not account for: a
  * change lost in a crash is rolled back as if the crash came first.
  *
+ * The log follows durable room changes too: an entry this node accepts for the
+ * log after a room change of one of its sockets is appended only once that
+ * change is settled (`membershipEpoch`, `roomChangesDurable`): a crash that
+ * rolls the change back then also finds nothing logged after it (a marker
+ * the application emitted after acknowledging a leave, say).
+ *
  * Fencing: every write carries the generation the node holds the session in.
  * A write refused because the row belongs to another node or generation
  * means the session was restored elsewhere (this node was declared dead):
@@ -57,6 +63,8 @@ interface Expected {
   readonly generation: number;
   /** Whether a row a crash-restore could use already holds this socket's membership. */
   readonly durable: boolean;
+  /** That row is this socket's skeleton as restored (the take left it so), with this `socket.data`. */
+  readonly skeleton: { readonly data: unknown } | undefined;
   readonly at: number;
 }
 
@@ -80,6 +88,12 @@ export class TrackedSocket {
   queued = false;
   /** `socket.data` could not be stored, said once. */
   reportedData = false;
+  /**
+   * No write for this socket will make its room changes durable any more, and
+   * none is needed: its row was taken elsewhere, its session at the disconnect
+   * (or its removal) settled, or the node closed. Its changes no longer hold the log.
+   */
+  settled = false;
 
   constructor(
     readonly owner: SessionDurability,
@@ -99,6 +113,15 @@ export class TrackedSocket {
   get pending(): boolean {
     return this.membershipSeq > this.durableSeq;
   }
+}
+
+/** A room change in the order it was made, until it is durable or its socket settled. */
+interface RoomChange {
+  readonly socket: TrackedSocket;
+  /** `membershipSeq` of the change. */
+  readonly seq: number;
+  /** Its number in the namespace (see `membershipEpoch`). */
+  readonly epoch: number;
 }
 
 /** A write or a removal of one skeleton, built when its batch is written. */
@@ -187,6 +210,7 @@ export class SkeletonWriter {
     }
     if (removals.length > 0) {
       await this.queries.remove(removals.map((w) => ({ pidHash: w.socket.pidHash, nodeId: this.nodeId, generation: w.socket.generation })));
+      for (const w of removals) w.socket.owner.removed(w.socket);
     }
   }
 
@@ -194,6 +218,8 @@ export class SkeletonWriter {
   async close(timeoutMs: number): Promise<void> {
     const writing = this.writing;
     this.closed = true;
+    // Nothing queued will be written: the appends waiting for it go on (see SessionDurability.settle).
+    for (const socket of this.queue) socket.owner.abandoned(socket);
     this.queue.clear();
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
@@ -211,6 +237,14 @@ export class SessionDurability {
   /** Sockets with entries held back or a pending room change. */
   private readonly pendingSockets = new Set<TrackedSocket>();
   private timer: NodeJS.Timeout | undefined;
+  /** Room changes made here so far (the last one's `epoch`). */
+  private epoch = 0;
+  /** Every room change up to this epoch is durable or settled. */
+  private durableEpoch = 0;
+  /** Room changes not known durable yet, in the order they were made. */
+  private readonly changes: RoomChange[] = [];
+  /** Appends waiting for the changes up to `epoch`, ascending. */
+  private readonly waiters: Array<{ readonly epoch: number; readonly resolve: () => void }> = [];
 
   constructor(
     private readonly host: DurabilityHost,
@@ -242,9 +276,39 @@ export class SessionDurability {
     return this.sockets.get(id)?.held[0]?.offset;
   }
 
-  /** A restore took the session of `sid` in `generation`; its socket connects next. */
-  expectRestored(sid: SocketId, pid: string, generation: number, durable: boolean): void {
-    this.expected.set(sid, { pidHash: hashPid(pid), generation, durable, at: Date.now() });
+  /**
+   * The number of the last room change made in this namespace on this node.
+   * The log writer takes it when it accepts an entry (see `roomChangesDurable`).
+   */
+  get membershipEpoch(): number {
+    return this.epoch;
+  }
+
+  /**
+   * Resolves once every room change up to `epoch` is durable (in a committed
+   * skeleton) or settled otherwise (the socket's row was taken elsewhere, its
+   * session at the disconnect or its removal settled, the node is closing);
+   * undefined when that is already so, which is always the case without room
+   * changes. An entry accepted after a change is appended only then: after a
+   * crash, the restore (by the last committed skeleton) never finds in the log
+   * something emitted after a change it rolls back.
+   */
+  roomChangesDurable(epoch: number): Promise<void> | undefined {
+    if (epoch <= this.durableEpoch) return undefined;
+    return new Promise<void>((resolve) => {
+      // Appends go out one at a time in the order entries were accepted: epochs arrive ascending.
+      this.waiters.push({ epoch, resolve });
+    });
+  }
+
+  /**
+   * A restore took the session of `sid` in `generation`; its socket connects
+   * next. With `skeleton`, the take left the row as that socket's skeleton
+   * (its restored rooms and data, this node, this generation): the socket
+   * connects durable, and is written only when it changes.
+   */
+  expectRestored(sid: SocketId, pid: string, generation: number, durable: boolean, skeleton?: { readonly data: unknown }): void {
+    this.expected.set(sid, { pidHash: hashPid(pid), generation, durable, skeleton, at: Date.now() });
   }
 
   /**
@@ -261,11 +325,22 @@ export class SessionDurability {
         ? new TrackedSocket(this, id, expected.pidHash, expected.generation, expected.durable)
         : new TrackedSocket(this, id, hashPid(pid), 0, false);
       this.sockets.set(id, socket);
+      if (expected?.skeleton && !membership) {
+        // Connecting with its restored rooms, which its row holds already: nothing to write. Its
+        // data is compared with the restored one at the next checkpoint.
+        try {
+          socket.lastData = encodeData(expected.skeleton.data);
+          return;
+        } catch {
+          // Not encodable as stored (cannot happen for decoded data): written as any new socket.
+        }
+      }
     }
     socket.changeSeq++;
     if (membership) {
       socket.membershipSeq = socket.changeSeq;
       if (socket.pending) this.pendingSockets.add(socket);
+      this.changes.push({ socket, seq: socket.membershipSeq, epoch: ++this.epoch });
     }
     this.writer.mark(socket);
   }
@@ -273,13 +348,18 @@ export class SessionDurability {
   /**
    * The socket disconnected and its session is written now: it is no longer
    * tracked (entries held back are dropped: the session's replay sends them).
-   * Returns the generation to write the session in.
+   * Returns the generation to write the session in, and `written`, to call
+   * with the session's write: until it settles, a crash would restore by the
+   * skeleton, so room changes it alone makes durable still hold the log.
    */
-  disconnected(id: SocketId): { generation: number } | undefined {
+  disconnected(id: SocketId): { generation: number; written(write: Promise<void>): void } | undefined {
     const socket = this.sockets.get(id);
     if (!socket) return undefined;
     this.forget(socket);
-    return { generation: socket.generation };
+    return {
+      generation: socket.generation,
+      written: (write) => void write.finally(() => this.settle(socket)),
+    };
   }
 
   /** The socket left the namespace for good (no session): its skeleton is deleted. */
@@ -345,6 +425,7 @@ export class SessionDurability {
     socket.durableSeq = Math.max(socket.durableSeq, seq);
     socket.durable = true;
     socket.lastData = data;
+    if (this.changes[0]?.socket === socket) this.advance();
     if (this.sockets.get(socket.id) !== socket) return;
     if (socket.pending) {
       // Its first skeleton committed while a later room change waits: from now on it is held.
@@ -356,8 +437,42 @@ export class SessionDurability {
     for (const { data: packet, offset } of held) this.host.release(socket.id, packet, offset);
   }
 
+  /** The skeleton of a socket that left for good was deleted. */
+  removed(socket: TrackedSocket): void {
+    this.settle(socket);
+  }
+
+  /** The writer closed before writing this socket's skeleton. */
+  abandoned(socket: TrackedSocket): void {
+    this.settle(socket);
+  }
+
+  /** No write will make `socket`'s changes durable any more, nor needs to: they stop holding the log. */
+  private settle(socket: TrackedSocket): void {
+    socket.settled = true;
+    this.advance();
+  }
+
+  /** Moves `durableEpoch` past the changes now durable or settled, and lets the appends waiting for them go. */
+  private advance(): void {
+    let done = 0;
+    while (done < this.changes.length) {
+      const change = this.changes[done]!;
+      if (change.socket.durableSeq < change.seq && !change.socket.settled) break;
+      done++;
+    }
+    if (done === 0) return;
+    this.changes.splice(0, done);
+    this.durableEpoch = this.changes[0] ? this.changes[0].epoch - 1 : this.epoch;
+    let ready = 0;
+    while (ready < this.waiters.length && this.waiters[ready]!.epoch <= this.durableEpoch) ready++;
+    for (const waiter of this.waiters.splice(0, ready)) waiter.resolve();
+  }
+
   /** The row belongs to another node or generation: the session was restored elsewhere. */
   taken(socket: TrackedSocket): void {
+    // Refused for good: its changes cannot become durable here (the socket is disconnected, its session lives on elsewhere).
+    this.settle(socket);
     if (this.sockets.get(socket.id) !== socket) return;
     this.forget(socket);
     this.host.reportError(new Error(`socket.io-postgres-recovery: the session of ${socket.id} was restored on another node (this node was declared dead); disconnecting it here`));
@@ -412,6 +527,9 @@ export class SessionDurability {
     clearInterval(this.timer);
     for (const socket of this.sockets.values()) socket.held.length = 0;
     this.pendingSockets.clear();
+    // Nothing will be written for this namespace any more: appends still waiting go on.
+    for (const change of this.changes) change.socket.settled = true;
+    this.advance();
   }
 }
 

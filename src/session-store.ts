@@ -13,7 +13,7 @@
  */
 import { createHash } from "node:crypto";
 import { Batcher, BatcherFullError } from "./batcher.js";
-import { isTransientDatabaseError } from "./errors.js";
+import { asError, isTransientDatabaseError } from "./errors.js";
 import { writtenKey, type SessionKey, type SessionQueries, type SessionRecord, type TakenSession, type TakeOutcome } from "./sql/session-queries.js";
 
 export function hashPid(pid: string): Buffer {
@@ -37,6 +37,11 @@ export interface SessionStoreOptions {
   onError(err: Error): void;
   /** Sessions written by one statement (for metrics). */
   written?(count: number): void;
+  /**
+   * Whether a take may leave the row as the restored socket's skeleton (this
+   * node writes skeletons and its liveness row exists), sparing its first write.
+   */
+  takeAsSkeleton?(): boolean;
 }
 
 /** A session waiting to be written, with the moment it expires (its lifetime runs from the disconnect). */
@@ -82,7 +87,7 @@ export class SessionStore {
         opts.onError(new Error("socket.io-postgres-recovery: writing sessions failed", { cause: err })),
     });
     this.takes = new Batcher<SessionKey, TakeOutcome>({
-      write: (keys) => this.queries.takeOrWait(keys),
+      write: (keys) => this.queries.takeOrWait(keys, opts.takeAsSkeleton?.() ?? false),
       maxBatchSize: opts.maxBatchSize,
       maxPending: opts.maxPending,
       // Not retried here: the restore fails closed and the client starts afresh.
@@ -93,8 +98,12 @@ export class SessionStore {
     });
   }
 
-  /** Queues a session; a failure is reported to the error handler (the session is then not restorable). */
-  persist(record: SessionRecord): void {
+  /**
+   * Queues a session; a failure is reported to the error handler (the session
+   * is then not restorable). Resolves once the write settled (committed, or
+   * given up); never rejects.
+   */
+  persist(record: SessionRecord): Promise<void> {
     const key = keyOf(record.pidHash, record.namespaceId);
     // Newer than every write made for this session so far (skeletons, an earlier attempt).
     const versioned = { ...record, version: nextVersion() };
@@ -109,6 +118,17 @@ export class SessionStore {
     void write.finally(() => {
       if (this.written.get(key) === write) this.written.delete(key);
     });
+    return write;
+  }
+
+  /** The skeleton a take left for a restore that was then refused becomes a fence (see SessionQueries.fence). */
+  async fence(pidHash: Buffer, generation: number): Promise<void> {
+    try {
+      await this.queries.fence([{ pidHash, generation }]);
+    } catch (err) {
+      // Left as a skeleton of this live node: a restore of the pid waits for its deadline and is refused.
+      this.opts.onError(new Error("socket.io-postgres-recovery: fencing a refused restore's session failed", { cause: asError(err) }));
+    }
   }
 
   /** This node's id in the `nodes` table, which its session writes and takes name. */

@@ -9,7 +9,7 @@ import type pg from "pg";
 import { describe, expect, it } from "vitest";
 import { decodeSession } from "../src/codec.js";
 import { collectStatus } from "../src/index.js";
-import { Cluster, comeBack, goOffline, moveTo, recordEvents, recoveryFields, spawnNode, waitFor, waitForSession, type WhoAmI } from "./helpers/cluster.js";
+import { Cluster, comeBack, goOffline, logHead, moveTo, recordEvents, recoveryFields, spawnNode, waitFor, waitForHead, waitForSession, type WhoAmI } from "./helpers/cluster.js";
 import { History, logOffsets, type ClientHandle } from "./helpers/history.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
@@ -221,6 +221,116 @@ describe("crash", () => {
     expect(got.map((r) => r.args[0])).toEqual(["e1", "e1b", "e3", "e5"]);
   });
 
+  it.each([
+    { variant: "a leave applied at once", before: undefined },
+    { variant: "a leave that waits for an earlier event (program order)", before: "before" },
+  ])("an entry logged after a room change waits for the change to be durable; a crash that rolls it back finds nothing after it in the log ($variant)", async ({ before }) => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1, adapter: CRASH_OPTIONS });
+    const survivor = cluster.node(0);
+    const victim = await spawnNode({ databaseUrl: db.url, name: "victim", adapter: CRASH_OPTIONS });
+    const socket = await cluster.connect(victim, { rooms: ["r"], reconnectionDelay: 100 });
+    const got = recordEvents(socket);
+    const sid = socket.id!;
+    await skeletonsWritten(survivor.pool, [sid]);
+    const markerLogged = async () => {
+      const { rows } = await survivor.pool.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM socket_io.log_entries WHERE position(convert_to('left-r', 'UTF8') IN payload) > 0`,
+      );
+      return rows[0]!.n;
+    };
+
+    // The test holds the socket's row: the victim's skeleton write of the leave waits.
+    const blocker = await survivor.pool.connect();
+    try {
+      await blocker.query("BEGIN");
+      await blocker.query(`SELECT 1 FROM socket_io.sessions WHERE sid = $1 FOR UPDATE`, [sid]);
+      // The application leaves "r" and says so to the socket, through the log.
+      await socket.timeout(3000).emitWithAck("leave-and-mark", { room: "r", marker: "left-r", before });
+      if (before !== undefined) await waitFor(() => got.some((r) => r.args[0] === before), { message: "the event before the leave" });
+      // An entry from elsewhere goes through while the marker waits (the log itself is fine).
+      survivor.io.emit("ev", "to-all");
+      await waitFor(async () => {
+        const { rows } = await survivor.pool.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM socket_io.log_entries WHERE position(convert_to('to-all', 'UTF8') IN payload) > 0`,
+        );
+        return rows[0]!.n === 1;
+      });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      // Not logged: the leave is not durable yet (without the ordering, it is logged at once).
+      expect(await markerLogged()).toBe(0);
+      moveTo(socket, survivor.url);
+      await victim.stop("SIGKILL");
+      // The victim's write still waits on the lock in Postgres: end it, so it never lands.
+      await survivor.pool.query(
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()`,
+      );
+    } finally {
+      await blocker.query("ROLLBACK").catch(() => undefined);
+      blocker.release();
+    }
+    await waitFor(() => socket.connected && socket.recovered, { timeout: 10_000, message: "recovered after the crash" });
+    // Rolled back as if the crash came before the leave: still in "r", and the marker never existed.
+    const who = (await socket.timeout(3000).emitWithAck("whoami")) as WhoAmI;
+    expect(who.rooms.sort()).toEqual(["r", sid].sort());
+    survivor.io.to("r").emit("ev", "after");
+    await waitFor(() => got.some((r) => r.args[0] === "after"), { message: () => `"after" (got ${JSON.stringify(got.map((r) => r.args[0]))})` });
+    expect(got.map((r) => r.args[0])).toEqual([...(before === undefined ? [] : [before]), "to-all", "after"]);
+    expect(await markerLogged()).toBe(0);
+  });
+
+  it("a take leaves the restored socket's skeleton: no first write, restorable at once; a restore refused after its take leaves a fence", async () => {
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, adapter: CRASH_OPTIONS });
+    const [first, second] = [cluster.node(0), cluster.node(1)];
+    const row = async (sid: string) =>
+      (
+        await first.pool.query<{ state: string; generation: string; version: string; payload: Buffer }>(
+          `SELECT state, generation::text, version::text, payload FROM socket_io.sessions WHERE sid = $1`,
+          [sid],
+        )
+      ).rows[0];
+
+    // The second node registers its liveness row with its first socket (a take before that is a fence).
+    const resident = await cluster.connect(second);
+    await skeletonsWritten(first.pool, [resident.id!]);
+    // Restored on the second node: the row is its skeleton at once (the session's rooms, next generation, version 0).
+    const socket = await cluster.connect(first, { rooms: ["r"] });
+    const got = recordEvents(socket);
+    const sid = socket.id!;
+    await skeletonsWritten(first.pool, [sid]);
+    goOffline(socket);
+    await waitForSession(first.pool, sid);
+    const before = (await row(sid))!;
+    expect(await comeBack(socket, second)).toBe(true);
+    const taken = (await row(sid))!;
+    expect(taken).toMatchObject({ state: "connected", generation: String(Number(before.generation) + 1), version: "0" });
+    expect(decodeSession(taken.payload).rooms.map(([room]) => room).sort()).toEqual(["r", sid].sort());
+    // Three checkpoint intervals, with traffic through its room: no write (nothing changed).
+    for (let i = 0; i < 3; i++) {
+      second.io.to("r").emit("ev", i);
+      await new Promise((resolve) => setTimeout(resolve, CRASH_OPTIONS.checkpointIntervalMs));
+    }
+    await waitFor(() => got.length === 3, { message: "the events through its restored room" });
+    expect((await row(sid))!.version).toBe("0");
+    // A change is written over it, in the same generation.
+    await socket.timeout(3000).emitWithAck("join", "s");
+    await waitFor(async () => (await row(sid))!.version !== "0", { message: "the skeleton rewritten after a join" });
+    expect((await row(sid))!.generation).toBe(taken.generation);
+
+    // Refused after its take (an offset past the session's last one): the row becomes a fence.
+    const other = await cluster.connect(first, { rooms: ["r"] });
+    const otherSid = other.id!;
+    await skeletonsWritten(first.pool, [otherSid]);
+    goOffline(other);
+    await waitForSession(first.pool, otherSid);
+    const head = await logHead(first.pool);
+    for (let i = 0; i < 3; i++) first.io.to("elsewhere").emit("ev", i);
+    await waitForHead(first.pool, head + 3);
+    recoveryFields(other)._lastOffset = `o${head + 3}`;
+    expect(await comeBack(other, second)).toBe(false);
+    await waitFor(async () => (await row(otherSid))?.state === "taken", { message: "the refused restore's row to be a fence" });
+  });
+
   it("at rest a connected socket costs no write; a change of socket.data costs one at the next checkpoint", async () => {
     const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1, adapter: { ...CRASH_OPTIONS, checkpointIntervalMs: 100 } });
     const pool = cluster.node(0).pool;
@@ -249,9 +359,11 @@ describe("crash", () => {
 
   it("holds entries through a room joined while the socket's first skeleton is still being written", async () => {
     // That first write was taken before the join: committed, it would make durable a membership
-    // without the room, after the client got an entry through it.
-    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1, adapter: CRASH_OPTIONS });
+    // without the room, after the client got an entry through it. The entries come from another
+    // node: this node's own, emitted after the join, are not even logged before it is durable.
+    const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, adapter: CRASH_OPTIONS });
     const node = cluster.node(0);
+    const other = cluster.node(1);
     // A peer in the room, its skeleton durable: it shows when the node delivers.
     const peer = await cluster.connect(0, { rooms: ["late"] });
     const peerGot = recordEvents(peer);
@@ -263,9 +375,9 @@ describe("crash", () => {
       const socket = await cluster.connect(0);
       const got = recordEvents(socket);
       await socket.timeout(3000).emitWithAck("join", "late");
-      node.io.to("late").emit("ev", "through-late");
-      node.io.emit("ev", "to-all");
-      node.io.to("late").emit("ev", "marker");
+      other.io.to("late").emit("ev", "through-late");
+      other.io.emit("ev", "to-all");
+      other.io.to("late").emit("ev", "marker");
       await waitFor(() => peerGot.some((r) => r.args[0] === "marker"), { message: "the node to deliver" });
       expect(got).toEqual([]);
       await blocker.query("ROLLBACK");

@@ -68,9 +68,11 @@ describe("restore bounds", () => {
       const observer = new pg.Client({ connectionString: db.url });
       await observer.connect();
       try {
-        // Every session taken: each restore is past its take, at its read or waiting for a permit.
+        // Every session taken (a take leaves the row as the restored socket's skeleton, or a fence):
+        // each restore is past its take, at its read or waiting for a permit.
         await waitFor(
-          async () => Number((await observer.query<{ n: string }>("SELECT count(*) AS n FROM socket_io.sessions WHERE state <> 'taken'")).rows[0]?.n) === 0,
+          async () =>
+            Number((await observer.query<{ n: string }>("SELECT count(*) AS n FROM socket_io.sessions WHERE state IN ('disconnected', 'orphaned')")).rows[0]?.n) === 0,
           { timeout: 10_000, message: "every session to be taken" },
         );
         await waitFor(async () => (await blockedReplayReads(observer)) >= permits, {

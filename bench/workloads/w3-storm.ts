@@ -42,6 +42,20 @@ interface RestoreStats {
   refusals: Record<string, number>;
 }
 
+interface TargetCounts {
+  all: number;
+  sessionWrites: number;
+  cpuMs: number;
+}
+
+/** Statements node 1's adapter sent on its pool so far, and its CPU time (undefined for peers that do not count). */
+async function targetCounts(child: Parameters<typeof call>[0]): Promise<TargetCounts | undefined> {
+  const statements = await call<{ all: number; sessionWrites: number }>(child, "statements").catch(() => undefined);
+  const usage = await call<{ cpuMs: number }>(child, "usage").catch(() => undefined);
+  if (!statements || !usage || statements.all === 0) return undefined;
+  return { all: statements.all, sessionWrites: statements.sessionWrites, cpuMs: usage.cpuMs };
+}
+
 /** W3, or with `crash` W6: node 0 is SIGKILLed instead of closed (it writes nothing). */
 export async function runStorm(ctx: RunContext, crash: boolean): Promise<Metrics> {
   const { w3Clients, w3Rooms, w3MissedPerRoom: missed, w3StormIntervalMs } = ctx.sizes;
@@ -61,6 +75,9 @@ export async function runStorm(ctx: RunContext, crash: boolean): Promise<Metrics
     const primed = await call<{ complete: boolean }>(clients, "wait", { timeoutMs: 30_000 }, 40_000);
     if (!primed.complete) throw new Error("W3: clients did not all get their first event");
 
+    // Counted on node 1 from here to the end of the storm (ours only): statements and CPU time per
+    // restore depend far less on the machine's load than the times do.
+    const countsBefore = await targetCounts(target.child);
     await call(clients, "redirect", { url: target.url });
     // While away: missed events as soon as the first client noticed, then the storm.
     let emitting: Promise<unknown> = Promise.resolve();
@@ -93,6 +110,9 @@ export async function runStorm(ctx: RunContext, crash: boolean): Promise<Metrics
     await call(clients, "wait", { timeoutMs: 15_000 }, 20_000);
     const summary = await call<Summary>(clients, "summary", { splitAtSeq: 1 + missed });
     const restore = await call<RestoreStats>(target.child, "restore-stats");
+    const countsAfter = await targetCounts(target.child);
+    const perRestore = (key: keyof TargetCounts) =>
+      restore.restored > 0 && countsBefore && countsAfter ? (countsAfter[key] - countsBefore[key]) / restore.restored : null;
     if (Object.keys(restore.refusals).length) process.stderr.write(`[${ctx.peer.id}] W3 refusals: ${JSON.stringify(restore.refusals)}\n`);
     const allBack = stats.reconnected === w3Clients && stats.lastReconnectAt !== null;
     const closed = await closing;
@@ -108,6 +128,9 @@ export async function runStorm(ctx: RunContext, crash: boolean): Promise<Metrics
       dupMissed: summary.duplicatedUpTo,
       dupStorm: summary.duplicatedAfter,
       reordered: summary.reordered,
+      statementsPerRestore: perRestore("all"),
+      sessionWritesPerRestore: perRestore("sessionWrites"),
+      cpuMsPerRestore: perRestore("cpuMs"),
     };
   } finally {
     await cluster.stop();
@@ -129,6 +152,9 @@ export const w3: Workload = {
     { key: "dupMissed", label: "duplicated (missed while away)" },
     { key: "dupStorm", label: "duplicated (storm-time)" },
     { key: "reordered", label: "per-room reorderings" },
+    { key: "statementsPerRestore", label: "node 1: statements on the pool / restored socket (ours)", better: "lower", digits: 2 },
+    { key: "sessionWritesPerRestore", label: "node 1: session/skeleton write statements / restored socket (ours)", better: "lower", digits: 2 },
+    { key: "cpuMsPerRestore", label: "node 1: CPU ms / restored socket", better: "lower", digits: 2 },
   ],
   applies: (peer) => (peer.recovery ? true : "n/a: no recovery"),
   run: (ctx) => runStorm(ctx, false),

@@ -60,6 +60,13 @@ export interface TakenSession {
   readonly generation: number;
   /** Taken from this node's queue before it was written (the table still holds this node's skeleton). */
   readonly fromQueue?: boolean;
+  /**
+   * The take left the row as this node's skeleton of the restored socket
+   * (`connected`, this node, `generation`), holding the session's rooms and
+   * data: no first skeleton write is needed. A restore refused after the take
+   * turns it into a fence (`fence`).
+   */
+  readonly skeleton?: boolean;
   /** A skeleton taken from a dead node: how that node was found dead. */
   readonly deadBy?: DeadBy;
 }
@@ -229,7 +236,7 @@ export class SessionQueries {
    * still holds. A taken row stays as a fence (`taken`, next generation, this
    * node) until it expires.
    */
-  async takeOrWait(keys: ReadonlyArray<SessionKey>): Promise<TakeOutcome[]> {
+  async takeOrWait(keys: ReadonlyArray<SessionKey>, asSkeleton = false): Promise<TakeOutcome[]> {
     const { rows } = await this.pool.query<{
       pid_hash: Buffer;
       namespace_id: number;
@@ -281,10 +288,15 @@ export class SessionQueries {
             OR NOT EXISTS (SELECT 1 FROM ${this.nodes} n WHERE n.node_id = cand.node_id)
        ), taken AS (
          UPDATE ${this.sessions} s
-         SET state = 'taken', generation = s.generation + 1, version = 0, node_id = $3,
-             -- A crashed skeleton lives maxDisconnectionDuration from now on; a session keeps its expiry.
-             expires_at = CASE WHEN s.state = 'disconnected' THEN s.expires_at
-                               ELSE now() + COALESCE(s.ttl_ms, 0) * interval '1 millisecond' END
+         SET state = CASE WHEN $4 AND t.live THEN 'connected' ELSE 'taken' END,
+             generation = s.generation + 1, version = 0, node_id = $3,
+             -- As the restored socket's skeleton (a node that writes skeletons, registered), like
+             -- SessionQueries.write; else a fence: a crashed skeleton lives maxDisconnectionDuration
+             -- from now on, a session keeps its expiry.
+             expires_at = CASE WHEN $4 AND t.live THEN 'infinity'::timestamptz
+                               WHEN s.state = 'disconnected' THEN s.expires_at
+                               ELSE now() + COALESCE(s.ttl_ms, 0) * interval '1 millisecond' END,
+             disconnected_at = CASE WHEN $4 AND t.live THEN now() ELSE s.disconnected_at END
          FROM takeable t WHERE s.pid_hash = t.pid_hash
          RETURNING s.pid_hash, s.generation
        )
@@ -294,7 +306,7 @@ export class SessionQueries {
               CASE WHEN c.state = 'connected'
                    THEN COALESCE((SELECT dead.why FROM dead WHERE dead.node_id = c.node_id), 'gone') END AS dead_by
        FROM cand c LEFT JOIN takeable t ON t.pid_hash = c.pid_hash LEFT JOIN taken tk ON tk.pid_hash = c.pid_hash`,
-      [keys.map((k) => k.pidHash), keys.map((k) => k.namespaceId), this.nodeId],
+      [keys.map((k) => k.pidHash), keys.map((k) => k.namespaceId), this.nodeId, asSkeleton],
     );
     const found = new Map<string, TakeOutcome>();
     for (const row of rows) {
@@ -308,6 +320,7 @@ export class SessionQueries {
               cursorOffset: Number(row.cursor_offset),
               payload: row.payload,
               live: row.live,
+              ...(asSkeleton && row.live ? { skeleton: true } : {}),
               crashed: row.crashed,
               generation: Number(row.generation),
               ...(row.dead_by === null ? {} : { deadBy: row.dead_by }),
@@ -320,6 +333,23 @@ export class SessionQueries {
       found.delete(key); // a second request for the same pid in this batch gets nothing
       return outcome ?? { taken: undefined, held: false };
     });
+  }
+
+  /**
+   * Turns the skeletons a take left for restores that were then refused into
+   * fences (`taken`), as a take without a skeleton leaves them: no socket will
+   * write them, and the pid must not restore again.
+   */
+  async fence(keys: ReadonlyArray<{ pidHash: Buffer; generation: number }>): Promise<void> {
+    if (keys.length === 0) return;
+    await this.pool.query(
+      `UPDATE ${this.sessions} s
+       SET state = 'taken', expires_at = now() + COALESCE(s.ttl_ms, 0) * interval '1 millisecond'
+       FROM unnest($1::bytea[], $2::bigint[]) AS k(pid_hash, generation)
+       WHERE s.pid_hash = k.pid_hash AND s.generation = k.generation AND s.node_id = $3
+         AND s.state = 'connected' AND s.version = 0`,
+      [keys.map((k) => k.pidHash), keys.map((k) => k.generation), this.nodeId],
+    );
   }
 
   /** Of `keys`, those whose rows another node or generation now holds (taken elsewhere). */

@@ -125,6 +125,15 @@ export function installHandlers(nsp: Namespace, nodeName: string): void {
       socket.leave(room);
       if (typeof ack === "function") ack({ rooms: [...socket.rooms] });
     });
+    // Leaves `room`, then tells the socket so through the log (to its own room): what an application
+    // does to acknowledge a leave in order with what the socket receives.
+    // `before`: an event to the socket first, which the leave then waits for (program order).
+    socket.on("leave-and-mark", (spec: { room: string; marker: string; before?: string }, ack?: (reply: object) => void) => {
+      if (spec.before !== undefined) socket.nsp.to(socket.id).emit("ev", spec.before);
+      socket.leave(spec.room);
+      socket.nsp.to(socket.id).emit("ev", spec.marker);
+      if (typeof ack === "function") ack({ rooms: [...socket.rooms] });
+    });
     socket.on("set-data", (data: unknown, ack?: (reply: object) => void) => {
       socket.data = data;
       if (typeof ack === "function") ack({ ok: true });

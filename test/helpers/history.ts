@@ -311,13 +311,17 @@ export class History {
    * window: after the client's last offset before the request, at or before
    * the offset of a marker the server emits to the socket after the join.
    *
-   * Until that marker arrives on the same connection, the change is uncertain
-   * (its upper bound is unknown): the node may die with the change applied
-   * but unacknowledged, or acknowledged but not durable, and a crash restore
-   * rolls back what was not durable (docs/design.md, "Exactness after a
-   * crash"); the marker, held until the change is durable, may then arrive by
-   * replay after the restore, which proves nothing. A marker received with no
-   * recovery in between proves the change durable: it is settled.
+   * Until that marker arrives, the change is uncertain (its upper bound is
+   * unknown): the node may die with the change applied but unacknowledged,
+   * or acknowledged but not durable, and a crash restore rolls back what was
+   * not durable (docs/design.md, "Exactness after a crash"). A marker the
+   * node that made the change emitted (its ack came on the same connection,
+   * no recovery since the request) is logged only once the change is in a
+   * committed skeleton (or session): receiving it at all, live or by a replay
+   * after a restore, proves the change durable, and settles it. A marker
+   * emitted elsewhere (the request sent again after a restore) proves nothing.
+   * (Nor for a node declared dead while it runs, whose refused write lets the
+   * marker go: no scenario here has one answer a room change.)
    */
   async join(client: ClientHandle, room: string, source = client.label): Promise<void> {
     const track = client.track;
@@ -328,8 +332,9 @@ export class History {
     await client.socket.timeout(3000).emitWithAck("join", room);
     const marker = this.record({ nsp: track.nsp, rooms: [track.sid] }, `${source}-marker`);
     await client.socket.timeout(3000).emitWithAck("self-emit", { event: EVENT, args: [{ id: marker.id, marker: "join", room }] });
+    const sameNode = track.recoveries === recoveries;
     await waitFor(() => track.received.some((r) => r.id === marker.id), { message: `join marker ${marker.id}` });
-    if (track.recoveries === recoveries) membership.from = [fromMin, { id: marker.id }];
+    if (sameNode) membership.from = [fromMin, { id: marker.id }];
   }
 
   /** Like `join`, for leaving. */
@@ -343,8 +348,9 @@ export class History {
     await client.socket.timeout(3000).emitWithAck("leave", room);
     const marker = this.record({ nsp: track.nsp, rooms: [track.sid] }, `${source}-marker`);
     await client.socket.timeout(3000).emitWithAck("self-emit", { event: EVENT, args: [{ id: marker.id, marker: "leave", room }] });
+    const sameNode = track.recoveries === recoveries;
     await waitFor(() => track.received.some((r) => r.id === marker.id), { message: `leave marker ${marker.id}` });
-    if (track.recoveries === recoveries) m.to = [toMin, { id: marker.id }];
+    if (sameNode) m.to = [toMin, { id: marker.id }];
   }
 
   /** Offsets of every emission received by anyone (and conflicts). */
