@@ -3,7 +3,9 @@
  * - the append's prepared statement name must stay unique within Postgres'
  *   63-byte names, for any two schemas sharing one pool (and one connection);
  * - a namespace's start (`namespace()`) must not take the row lock that
- *   serializes the namespace's writers when it has nothing to change.
+ *   serializes the namespace's writers when it has nothing to change;
+ * - the append moves its writer row's indexed `updated_at` at most once a
+ *   minute (a HOT update otherwise), and still moves a mark over a minute old.
  */
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -75,6 +77,38 @@ describe("starting a namespace", () => {
       expect(rows[0]!.retention_ms).toBe("120000");
     } finally {
       await writer.end();
+      await pool.end();
+    }
+  });
+});
+
+describe("the append's writer row", () => {
+  it("moves updated_at (indexed) at most once a minute, so that its update is HOT, and still marks an idle writer active", async () => {
+    const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+    pool.on("error", () => {});
+    try {
+      const log = new LogQueries(pool, "socket_io");
+      const { id } = await log.namespace("/writer-mark");
+      await log.registerWriter("mark", id);
+      const updatedAt = async (): Promise<string> =>
+        (await pool.query<{ t: string }>("SELECT updated_at::text AS t FROM socket_io.log_writers WHERE writer_id = 'mark'")).rows[0]!.t;
+      await log.append(id, "mark", 1, [Buffer.from([0x90])], "socket.io:test:log", "");
+      const marked = await updatedAt();
+      await log.append(id, "mark", 2, [Buffer.from([0x90])], "socket.io:test:log", "");
+      // Recorded (the batch), not re-marked within the minute: the indexed column is unchanged.
+      expect(await updatedAt()).toBe(marked);
+      const { rows } = await pool.query<{ last_batch: string }>("SELECT last_batch::text FROM socket_io.log_writers WHERE writer_id = 'mark'");
+      expect(rows[0]!.last_batch).toBe("2");
+      // A mark over a minute old is moved by the next append: pruning (idle retention + 1 h) never sees an active writer as idle.
+      await pool.query("UPDATE socket_io.log_writers SET updated_at = now() - interval '2 minutes' WHERE writer_id = 'mark'");
+      const old = await updatedAt();
+      await log.append(id, "mark", 3, [Buffer.from([0x90])], "socket.io:test:log", "");
+      const { rows: fresh } = await pool.query<{ recent: boolean }>(
+        "SELECT updated_at > $1::timestamptz AND updated_at >= now() - interval '10 seconds' AS recent FROM socket_io.log_writers WHERE writer_id = 'mark'",
+        [old],
+      );
+      expect(fresh[0]!.recent).toBe(true);
+    } finally {
       await pool.end();
     }
   });

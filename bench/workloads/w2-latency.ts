@@ -27,8 +27,14 @@ async function run(ctx: RunContext): Promise<Metrics> {
 
     const epoch = ctx.nextEpoch();
     await call(clients, "arm", { epoch, expect: { all: { 0: count } } });
+    // --cpu-prof: both nodes' CPU during the timed run, per event (bench/profile-summary.ts).
+    const profile = ctx.cpuProfDir !== undefined;
+    if (profile) await Promise.all(nodes.map((n) => call(n.child, "profile-start")));
     await call(nodes[0]!.child, "emit-paced", { epoch, source: 0, count, intervalMs }, count * intervalMs * 5 + 30_000);
     await call(clients, "wait", { timeoutMs: 30_000 }, 40_000);
+    if (profile) {
+      await Promise.all(nodes.map((n) => call(n.child, "profile-stop", { file: `${ctx.cpuProfDir}/${ctx.peer.id}-W2-node${n.index}.cpuprofile` })));
+    }
     const s = await call<Summary>(clients, "summary", {});
     return {
       p50: s.latency?.p50 ?? null,

@@ -192,7 +192,10 @@ export class LogQueries {
    *    where the batch went;
    * 2. bump the namespace's head: its row lock serializes the namespace's
    *    writers until commit, so offsets are dense and in commit order;
-   * 3. insert the rows, record the batch on the writer's row;
+   * 3. insert the rows, record the batch on the writer's row; its
+   *    `updated_at` (indexed, for pruning idle writers after retention + 1 h)
+   *    moves at most once a minute, so that the update is a HOT one (no
+   *    index entry, a quarter less WAL per append) on all appends but one a minute;
    * 4. NOTIFY once with `namespaceId|from|count|inline`, where `inline` is
    *    the batch itself when it fits in a NOTIFY payload, else empty
    *    (receivers then read the rows); followed by `|jumpedFrom` when the
@@ -254,7 +257,8 @@ export class LogQueries {
     return `WITH writer AS (
          SELECT last_batch, last_from FROM ${this.writers} WHERE writer_id = $6 FOR UPDATE
        ), ${bumpAndInsertCtes({ namespaces: this.namespaces, gaps: this.gaps, log: this.log }, " AND (SELECT last_batch FROM writer) < $7")}, recorded AS (
-         UPDATE ${this.writers} SET last_batch = $7, last_from = bumped.head - $2 + 1, updated_at = now()
+         UPDATE ${this.writers} SET last_batch = $7, last_from = bumped.head - $2 + 1,
+                updated_at = CASE WHEN updated_at < now() - interval '1 minute' THEN now() ELSE updated_at END
          FROM bumped WHERE writer_id = $6
        )
        SELECT (bumped.head - $2 + 1)::text AS from_offset, false AS applied_before,
