@@ -58,6 +58,40 @@ function selected(indices?: number[]): Client[] {
   return indices ? indices.map((i) => clients[i]!) : clients;
 }
 
+const churn = {
+  timer: undefined as NodeJS.Timeout | undefined,
+  away: new Set<Client>(),
+  dropped: 0,
+  recovered: 0,
+  refused: 0,
+  /** Indices of clients that came back with a fresh session at least once (they may miss events). */
+  refusedClients: new Set<number>(),
+};
+
+function comeBack(c: Client, urls: string[]): void {
+  (c.socket.io as unknown as { uri: string }).uri = urls[Math.floor(Math.random() * urls.length)]!;
+  const failed = () => {
+    c.socket.off("connect", connected);
+    setTimeout(() => comeBack(c, urls), 1000);
+  };
+  const connected = () => {
+    c.socket.off("connect_error", failed);
+    churn.away.delete(c);
+    if (c.socket.recovered) churn.recovered++;
+    else {
+      churn.refused++;
+      churn.refusedClients.add(clients.indexOf(c));
+    }
+  };
+  c.socket.once("connect", connected);
+  c.socket.once("connect_error", failed);
+  c.socket.connect();
+}
+
+function churnStats() {
+  return { dropped: churn.dropped, recovered: churn.recovered, refused: churn.refused, away: churn.away.size, refusedClients: [...churn.refusedClients] };
+}
+
 serve({
   connect: async ({ url, count, rooms, reconnection = true }: { url: string; count: number; rooms?: string[]; reconnection?: boolean }) => {
     const created: Client[] = [];
@@ -246,6 +280,47 @@ serve({
     inject.dupAt = dupAt ?? -1;
     inject.seen = 0;
     return null;
+  },
+  /**
+   * SOAK's churn: every second `perSecond` connected clients (created with reconnection: false)
+   * close their transport and reconnect, to one of `urls` at random, after minDownMs..maxDownMs.
+   */
+  "churn-start": ({ perSecond, minDownMs, maxDownMs, urls, clients: indices }: { perSecond: number; minDownMs: number; maxDownMs: number; urls: string[]; clients?: number[] }) => {
+    const pool = selected(indices);
+    churn.timer = setInterval(() => {
+      const candidates = pool.filter((c) => c.socket.connected && !churn.away.has(c));
+      for (let k = 0; k < perSecond && candidates.length; k++) {
+        const c = candidates.splice(Math.floor(Math.random() * candidates.length), 1)[0]!;
+        churn.away.add(c);
+        churn.dropped++;
+        c.socket.io.engine.close();
+        setTimeout(() => comeBack(c, urls), minDownMs + Math.random() * (maxDownMs - minDownMs));
+      }
+    }, 1000);
+    return null;
+  },
+  /** Stops dropping clients; resolves once those away are back (or after 30 s) with the counts. */
+  "churn-stop": async () => {
+    clearInterval(churn.timer);
+    const deadline = Date.now() + 30_000;
+    while (churn.away.size > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+    return churnStats();
+  },
+  "churn-stats": () => churnStats(),
+  /** Delivery latencies of `clients` (all by default) since the last call, together; every client's are forgotten. */
+  "take-latencies": ({ clients: indices }: { clients?: number[] }) => {
+    const chosen = selected(indices);
+    const n = chosen.reduce((sum, c) => sum + c.ledger.latencies.length, 0);
+    const all = new Float64Array(n);
+    let i = 0;
+    for (const c of chosen) {
+      all.set(c.ledger.latencies, i);
+      i += c.ledger.latencies.length;
+    }
+    for (const c of clients) c.ledger.latencies.length = 0;
+    all.sort();
+    const sorted = Array.from(all);
+    return n ? { n, p50: percentile(sorted, 50), p99: percentile(sorted, 99), max: sorted.at(-1) } : { n };
   },
   usage: () => {
     const cpu = process.cpuUsage();

@@ -2,7 +2,9 @@
  * One Socket.IO node for one peer adapter, in its own process, driven by
  * bench/run.ts over IPC (bench/lib/ipc.ts). Environment:
  *   PEER (see peers.ts), DATABASE_URL (Postgres peers), REDIS_URL and
- *   STREAM_NAME (redis-streams), NODE_INDEX.
+ *   STREAM_NAME (redis-streams), NODE_INDEX; optionally MAX_DISCONNECTION_MS
+ *   (default 120000), PRUNE_INTERVAL_MS and PRUNE_BATCH_SIZE (ours; the
+ *   adapter's defaults when unset).
  *
  * Every emitted event is `("b", { e: epoch, s: source, q: seq, t?: emittedAt, p: padding })`,
  * about 100 bytes of JSON, so clients can account for each one.
@@ -21,6 +23,10 @@ import { PEERS, type PeerId } from "./peers.js";
 const peer = PEERS[process.env.PEER as PeerId];
 if (!peer) throw new Error(`PEER must be one of ${Object.keys(PEERS).join(", ")}`);
 const PADDING = "x".repeat(60);
+const MAX_DISCONNECTION_MS = Number(process.env.MAX_DISCONNECTION_MS || 120_000);
+/** The adapter's own default when the variable is unset. */
+const optionalInt = (name: string) => (process.env[name] ? Number(process.env[name]) : undefined);
+const pruning = { pruneIntervalMs: optionalInt("PRUNE_INTERVAL_MS"), pruneBatchSize: optionalInt("PRUNE_BATCH_SIZE") };
 
 const cleanups: Array<() => Promise<void>> = [];
 const errors: string[] = [];
@@ -39,7 +45,7 @@ async function adapterFor(): Promise<ServerOptions["adapter"] | undefined> {
       pool.on("error", reportError);
       countStatements(pool);
       cleanups.push(() => pool.end());
-      return createAdapter(pool, { errorHandler: reportError, crashSafety: peer.crashSafety ?? true }) as unknown as ServerOptions["adapter"];
+      return createAdapter(pool, { errorHandler: reportError, crashSafety: peer.crashSafety ?? true, ...pruning }) as unknown as ServerOptions["adapter"];
     }
     case "ours-metrics": {
       const { createAdapter } = await import("../src/index.js");
@@ -157,7 +163,7 @@ async function main(): Promise<void> {
   const io = new Server(http, {
     serveClient: false,
     ...(adapter ? { adapter } : {}),
-    ...(peer.recovery ? { connectionStateRecovery: { maxDisconnectionDuration: 120_000, skipMiddlewares: true } } : {}),
+    ...(peer.recovery ? { connectionStateRecovery: { maxDisconnectionDuration: MAX_DISCONNECTION_MS, skipMiddlewares: true } } : {}),
   });
   const nsp = io.of("/");
   let recoveredConnections = 0;
@@ -203,11 +209,13 @@ async function main(): Promise<void> {
   // G-PRIV: one private stream per room "p-<i>" (a room of one socket, as socket.emit() logs to the socket's own room).
   let privateStreams: { timer: NodeJS.Timeout; seqs: number[]; emitted: number; startedAt: number } | undefined;
   let dynamic = false;
+  let paced: { timer: NodeJS.Timeout; emitted: number } | undefined;
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
       storm && clearInterval(storm.timer);
       privateStreams && clearInterval(privateStreams.timer);
+      paced && clearInterval(paced.timer);
       await io.close();
       for (const cleanup of cleanups) await cleanup().catch(reportError);
     })());
@@ -262,6 +270,26 @@ async function main(): Promise<void> {
       clearInterval(storm.timer);
       // Last seq emitted per room.
       return storm.seqs.map((next) => next - 1);
+    },
+    // SOAK: a steady rate until "pace-stop", on a fixed schedule (a late tick emits what fell due,
+    // so the rate holds on a loaded machine). Each event carries its emission time for latency.
+    "pace-start": ({ epoch, source, perSecond }: { epoch: number; source: number; perSecond: number }) => {
+      const start = nowMs();
+      let emitted = 0;
+      const timer = setInterval(() => {
+        const due = Math.floor(((nowMs() - start) * perSecond) / 1000);
+        while (emitted < due) nsp.emit("b", { e: epoch, s: source, q: ++emitted, t: nowMs(), p: PADDING });
+        paced!.emitted = emitted;
+      }, 10);
+      paced = { timer, emitted };
+      return null;
+    },
+    "pace-emitted": () => paced?.emitted ?? 0,
+    /** The last seq emitted. */
+    "pace-stop": () => {
+      if (!paced) return 0;
+      clearInterval(paced.timer);
+      return paced.emitted;
     },
     "drop-transports": () => {
       // The transport closes under the socket: Socket.IO stores its session ("transport close").
@@ -337,7 +365,7 @@ async function main(): Promise<void> {
     "write-kinds": () => Object.fromEntries(writeKinds),
     usage: () => {
       const cpu = process.cpuUsage();
-      return { maxRssMb: process.resourceUsage().maxRSS / 1024, cpuMs: (cpu.user + cpu.system) / 1000, errors };
+      return { maxRssMb: process.resourceUsage().maxRSS / 1024, rssMb: process.memoryUsage.rss() / 2 ** 20, heapUsedMb: process.memoryUsage().heapUsed / 2 ** 20, cpuMs: (cpu.user + cpu.system) / 1000, errors };
     },
     // CPU profile of a window (not of the process' startup): bench/profile-summary.ts reads it.
     "profile-start": async () => {

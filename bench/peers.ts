@@ -9,7 +9,7 @@ export type PeerId = "ours" | "ours-metrics" | "ours-no-crash-safety" | "in-memo
 export interface Peer {
   id: PeerId;
   label: string;
-  /** 1 for the in-memory adapter: workloads needing two nodes run on one (W1) or say n/a. */
+  /** 1 for the in-memory adapter: workloads needing two nodes run on one (W1) or say n/a; 3 (SOAK's count) for the others. */
   maxNodes: number;
   /** Socket.IO's connectionStateRecovery on for this peer. */
   recovery: boolean;
@@ -22,22 +22,22 @@ export interface Peer {
 }
 
 export const PEERS: Record<PeerId, Peer> = {
-  ours: { id: "ours", label: "ours (pg + recovery)", maxNodes: 2, recovery: true, offsetKind: "ours", postgres: true },
+  ours: { id: "ours", label: "ours (pg + recovery)", maxNodes: 3, recovery: true, offsetKind: "ours", postgres: true },
   // Ours with the `metrics` option (a prom-client Registry, scraped every second): its cost against "ours".
-  "ours-metrics": { id: "ours-metrics", label: "ours + metrics", maxNodes: 2, recovery: true, offsetKind: "ours", postgres: true },
+  "ours-metrics": { id: "ours-metrics", label: "ours + metrics", maxNodes: 3, recovery: true, offsetKind: "ours", postgres: true },
   // Ours with `crashSafety: false`: what crash safety costs, against "ours".
   "ours-no-crash-safety": {
     id: "ours-no-crash-safety",
     label: "ours, crashSafety: false",
-    maxNodes: 2,
+    maxNodes: 3,
     recovery: true,
     offsetKind: "ours",
     postgres: true,
     crashSafety: false,
   },
   "in-memory": { id: "in-memory", label: "in-memory (1 node)", maxNodes: 1, recovery: true, postgres: false },
-  "upstream-pg": { id: "upstream-pg", label: "upstream pg (no recovery)", maxNodes: 2, recovery: false, postgres: true },
-  "redis-streams": { id: "redis-streams", label: "redis-streams", maxNodes: 2, recovery: true, offsetKind: "redis", postgres: false },
+  "upstream-pg": { id: "upstream-pg", label: "upstream pg (no recovery)", maxNodes: 3, recovery: false, postgres: true },
+  "redis-streams": { id: "redis-streams", label: "redis-streams", maxNodes: 3, recovery: true, offsetKind: "redis", postgres: false },
 };
 
 /** The default set; "ours-metrics" and "ours-no-crash-safety" only on request (`--peers ours,ours-metrics`): they price a feature. */

@@ -30,6 +30,8 @@ export interface RunReport {
   /** Emitter throughput, every repetition (absent in reports written before it existed). */
   emitters?: EmitterThroughput[];
   workloads: WorkloadResult[];
+  /** Workloads' own sections (SOAK's per-minute series). */
+  appendices?: Array<{ id: string; markdown: string; data: unknown }>;
   durationSeconds?: number;
 }
 

@@ -2,7 +2,9 @@
  * `npm run bench`: our adapter against its peers, each Socket.IO node in its
  * own process, clients in another, loopback only.
  *
- *   npm run bench -- [--quick] [--reps N] [--only W1,W2,EMIT] [--peers ours,redis-streams] [--cpu-prof] [--self-check]
+ *   npm run bench -- [--quick] [--reps N] [--only W1,W2,EMIT] [--peers ours,redis-streams] [--cpu-prof] [--self-check] [--soak-minutes N]
+ *
+ * SOAK (workloads/soak.ts, 10 minutes; --quick: 4) runs only when --only names it.
  *
  * EMIT is the emitters' throughput (workloads/emitters.ts): ours (direct and
  * transactional), @socket.io/postgres-emitter, and redis-streams' XADD per emit.
@@ -41,11 +43,12 @@ import { w8 } from "./workloads/w8-at-rest.js";
 import { gNsp } from "./workloads/g-nsp.js";
 import { gPriv } from "./workloads/g-priv.js";
 import { gRestore } from "./workloads/g-restore.js";
+import { soak } from "./workloads/soak.js";
 import { summariseProfiles } from "./profile-summary.js";
 
 // The growth workloads (G-…) run only when named in --only: they are long and measure our adapter alone.
 const GROWTH: Workload[] = [gNsp, gPriv, gRestore];
-const WORKLOADS: Workload[] = [w1, w1split, w2, w3, w4, w5, w6, w7, w8, ...GROWTH];
+const WORKLOADS: Workload[] = [w1, w1split, w2, w3, w4, w5, w6, w7, w8, ...GROWTH, soak];
 
 const { values: args } = parseArgs({
   options: {
@@ -55,15 +58,20 @@ const { values: args } = parseArgs({
     peers: { type: "string" },
     "cpu-prof": { type: "boolean", default: false },
     "self-check": { type: "boolean", default: false },
+    "soak-minutes": { type: "string" },
   },
 });
 
 function usage(message: string): never {
-  process.stderr.write(`bench: ${message}\nusage: npm run bench -- [--quick] [--reps N] [--only ${[...WORKLOADS.map((w) => w.id), "EMIT"].join(",")}] [--peers ${ALL_PEERS.join(",")}] [--cpu-prof] [--self-check]\n`);
+  process.stderr.write(`bench: ${message}\nusage: npm run bench -- [--quick] [--reps N] [--only ${[...WORKLOADS.map((w) => w.id), "EMIT"].join(",")}] [--peers ${ALL_PEERS.join(",")}] [--cpu-prof] [--self-check] [--soak-minutes N]\n`);
   process.exit(2);
 }
 
-const sizes = args.quick ? QUICK : FULL;
+const soakMinutes = args["soak-minutes"] === undefined ? undefined : Number(args["soak-minutes"]);
+if (soakMinutes !== undefined && (!Number.isInteger(soakMinutes) || soakMinutes < 1 || soakMinutes > 120)) {
+  usage(`--soak-minutes must be an integer from 1 to 120, got ${args["soak-minutes"]}`);
+}
+const sizes = { ...(args.quick ? QUICK : FULL), ...(soakMinutes === undefined ? {} : { soakMinutes }) };
 const reps = args.reps === undefined ? (args.quick ? 1 : 3) : Number(args.reps);
 if (!Number.isInteger(reps) || reps < 1 || reps > 20) usage(`--reps must be an integer from 1 to 20, got ${args.reps}`);
 const only = args.only?.split(",").map((s) => s.trim());
@@ -73,7 +81,7 @@ for (const id of only ?? []) {
 }
 const measureEmittersToo = !only || only.some((id) => id.toUpperCase() === EMITTERS_ID);
 const workloads = WORKLOADS.filter((w) =>
-  only ? only.some((id) => id.toLowerCase() === w.id.toLowerCase()) : !GROWTH.includes(w),
+  only ? only.some((id) => id.toLowerCase() === w.id.toLowerCase()) : !GROWTH.includes(w) && !w.onRequestOnly,
 );
 let peers = (args.peers?.split(",").map((s) => s.trim()) ?? ALL_PEERS) as PeerId[];
 for (const p of peers) if (!PEERS[p]) usage(`unknown peer ${p}`);
@@ -203,8 +211,8 @@ async function main(): Promise<void> {
         for (const peerId of peers) {
           const peer = PEERS[peerId];
           const list = (result.outcomes[peerId] ??= []);
-          // W5 is long and has no peer to interleave with: once per run.
-          const applies = w.id === "W5" && rep > 0 ? "n/a: measured in repetition 1 only" : w.applies(peer);
+          // W5 and SOAK are long and have no peer to interleave with: once per run.
+          const applies = w.oncePerRun && rep > 0 ? "n/a: measured in repetition 1 only" : w.applies(peer);
           if (applies !== true) {
             list.push({ na: applies });
             continue;
@@ -240,7 +248,12 @@ async function main(): Promise<void> {
   report.machine.loadavgEnd = loadavg();
   report.durationSeconds = Math.round((Date.now() - started) / 1000);
   const profiles = profileDir ? `\n### CPU profiles of our nodes during the timed burst (repetition 1)\n\n${summariseProfiles(profileDir)}\n` : "";
-  const text = markdown(report) + `\nRun took ${report.durationSeconds} s.\n` + profiles;
+  for (const w of workloads) {
+    const appendix = w.appendix?.();
+    if (appendix) (report.appendices ??= []).push({ id: w.id, ...appendix });
+  }
+  const appendices = (report.appendices ?? []).map((a) => `\n${a.markdown}\n`).join("");
+  const text = markdown(report) + `\nRun took ${report.durationSeconds} s.\n` + profiles + appendices;
   process.stdout.write(`\n${text}`);
   mkdirSync(new URL("./results/", import.meta.url), { recursive: true });
   const stamp = report.date.replace(/[:.]/g, "-").slice(0, 19);

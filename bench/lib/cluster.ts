@@ -10,18 +10,28 @@ export interface BenchNode {
   index: number;
 }
 
+export interface NodeUsage {
+  maxRssMb: number;
+  rssMb: number;
+  /** V8 heap in use (without a forced GC): tells a growing heap from an RSS the allocator has not given back. */
+  heapUsedMb: number;
+  cpuMs: number;
+  errors: string[];
+}
+
 export interface BenchCluster {
   nodes: BenchNode[];
   clients: ChildProcess;
-  /** Peak RSS (MiB) and CPU ms of each node still running. */
-  usage(): Promise<Array<{ maxRssMb: number; cpuMs: number; errors: string[] } | null>>;
+  /** Peak and current RSS (MiB) and CPU ms of each node still running. */
+  usage(): Promise<Array<NodeUsage | null>>;
   stop(): Promise<void>;
 }
 
 /** How long after its nodes are up a workload starts (see startCluster). */
 const STEADY_AFTER_START_MS = 2500;
 
-export async function startCluster(ctx: RunContext, nodeCount: number): Promise<BenchCluster> {
+/** `nodeEnv`: extra environment of the node processes (see node-process.ts). */
+export async function startCluster(ctx: RunContext, nodeCount: number, nodeEnv: Record<string, string> = {}): Promise<BenchCluster> {
   const count = Math.min(nodeCount, ctx.peer.maxNodes);
   // Nodes and the client process start together (process start-up dominates short workloads).
   const clientsStarting = startChild("client-process.ts", {
@@ -38,6 +48,7 @@ export async function startCluster(ctx: RunContext, nodeCount: number): Promise<
           REDIS_URL: ctx.redisUrl,
           STREAM_NAME: ctx.streamName,
           NODE_INDEX: String(index),
+          ...nodeEnv,
         },
       });
       const { port } = await call<{ port: number }>(child, "info");
@@ -65,7 +76,7 @@ export async function startCluster(ctx: RunContext, nodeCount: number): Promise<
     async usage() {
       return Promise.all(
         nodes.map((n) =>
-          n.child.exitCode === null ? call<{ maxRssMb: number; cpuMs: number; errors: string[] }>(n.child, "usage").catch(() => null) : null,
+          n.child.exitCode === null ? call<NodeUsage>(n.child, "usage").catch(() => null) : null,
         ),
       );
     },

@@ -26,6 +26,10 @@ export interface Sizes {
   /** G-RESTORE: stored sessions and log entries put in the tables before each point, and the clients restoring. */
   gRestoreLevels: Array<{ sessions: number; entries: number }>;
   gRestoreClients: number;
+  /** SOAK: minutes at the steady rate (`--soak-minutes N` overrides). */
+  soakMinutes: number;
+  /** SOAK: at most this many seconds of rising-rate steps measure the maximum first (a step under way ends). */
+  soakProbeSeconds: number;
 }
 
 export const FULL: Sizes = {
@@ -52,6 +56,8 @@ export const FULL: Sizes = {
     { sessions: 100_000, entries: 10_000_000 },
   ],
   gRestoreClients: 50,
+  soakMinutes: 10,
+  soakProbeSeconds: 40,
 };
 
 /** `--quick`: the same workloads, smaller, under ~3 minutes in all. */
@@ -70,6 +76,9 @@ export const QUICK: Sizes = {
     { sessions: 1_000, entries: 10_000 },
     { sessions: 10_000, entries: 100_000 },
   ],
+  // The shortest run where every target is judged (the size reference is minute 3, see workloads/soak.ts).
+  soakMinutes: 4,
+  soakProbeSeconds: 30,
 };
 
 export interface RunContext {
@@ -103,6 +112,18 @@ export interface Workload {
   /** true, or why this peer cannot run it ("n/a: …"). */
   applies(peer: Peer): true | string;
   run(ctx: RunContext): Promise<Metrics>;
+  /** Long workloads: once per run, not once per repetition. */
+  oncePerRun?: boolean;
+  /** Why it is left out of a run without `--only` naming it (e.g. it takes many minutes). */
+  onRequestOnly?: string;
+  /** What the metrics table cannot hold (e.g. per-minute series): appended to the report and its JSON. */
+  appendix?(): Appendix | undefined;
   /** After the last repetition (what the workload kept across runs, e.g. a database of its own). */
   teardown?(): Promise<void>;
+}
+
+/** A workload's own section of the report. */
+export interface Appendix {
+  markdown: string;
+  data: unknown;
 }
