@@ -221,7 +221,7 @@ describe("status", () => {
     expect(run.stdout).toMatch(/\n  expiry: earliest \S+ \(in \d+\.\d s\), latest \S+ \(in \d+\.\d s\)\n/);
     // Only node 0 held a socket: a node registers with its first one (node-liveness.ts).
     expect(run.stdout).toMatch(/\nNodes\n  1 alive, 0 dead \(/);
-    expect(run.stdout).toMatch(/\n\s+TABLE\s+TOTAL\s+INDEXES\n\s+namespaces\s+[\d.]+ KiB\s+[\d.]+ KiB\n/);
+    expect(run.stdout).toMatch(/\n\s+TABLE\s+TOTAL\s+INDEXES\s+DEAD ROWS\n\s+namespaces\s+[\d.]+ KiB\s+[\d.]+ KiB\s+\d+\n/);
     expect(run.stdout).toMatch(
       /\nLast prune\n  finished \S+ \([\d.]+ s ago\): removed 7 log entries, 1 session, 0 attachments, 2 writers \(by adapter\)\n$/,
     );
@@ -233,6 +233,43 @@ describe("status", () => {
     expect(run.stdout).toContain("(none yet: no node with this schema has started a namespace)");
     expect(run.stdout).toContain("0 stored sessions: 0 live, 0 expired");
     expect(run.stdout).toContain("never (no pruning pass has finished on this schema)");
+  });
+
+  it("warns when vacuum would not reclaim what pruning deletes (server setting, table parameter), and counts dead rows", async () => {
+    const schema = await newSchema();
+    // The server's own setting, read independently: CI's local server runs with autovacuum off, embedded Postgres with it on.
+    const serverOn = await withClient(
+      async (c) => (await c.query<{ on: boolean }>(`SELECT current_setting('autovacuum') = 'on' AND current_setting('track_counts') = 'on' AS on`)).rows[0]!.on,
+    );
+    const statusOf = async (): Promise<RecoveryStatus> => {
+      const run = await runCliInProcess(["status", "--json", "--database-url", db.url, "--schema", schema]);
+      expectSuccess(run);
+      return JSON.parse(run.stdout) as RecoveryStatus;
+    };
+    const serverWarning = /autovacuum is off on this server/;
+    const before = await statusOf();
+    expect(before.warnings.some((w) => serverWarning.test(w))).toBe(!serverOn);
+    expect(before.warnings.some((w) => /log_entries/.test(w))).toBe(false);
+
+    await withClient(async (c) => {
+      await c.query(`ALTER TABLE ${schema}.log_entries SET (autovacuum_enabled = false)`);
+      // Dead rows: pg_stat counters are flushed when this backend's transaction ends (at most ~1 s later).
+      await c.query(`INSERT INTO ${schema}.namespaces (name) VALUES ('/dead-rows')`);
+      await c.query(`DELETE FROM ${schema}.namespaces WHERE name = '/dead-rows'`);
+    });
+    await waitFor(async () => (await statusOf()).tables.find((t) => t.name === "namespaces")!.deadRows >= 1, { timeout: 10_000, interval: 200, message: "a dead row counted" });
+    const after = await statusOf();
+    expect(after.warnings.filter((w) => /autovacuum is disabled on log_entries \(storage parameter/.test(w))).toHaveLength(1);
+    expect(after.warnings.some((w) => serverWarning.test(w))).toBe(!serverOn);
+
+    const human = await runCliInProcess(["status", "--database-url", db.url, "--schema", schema]);
+    expectSuccess(human);
+    expect(human.stdout).toContain("\nWarnings\n");
+    expect(human.stdout).toMatch(/\n {2}! autovacuum is disabled on log_entries/);
+    expect(human.stdout).toMatch(/TABLE +TOTAL +INDEXES +DEAD ROWS/);
+
+    await withClient((c) => c.query(`ALTER TABLE ${schema}.log_entries RESET (autovacuum_enabled)`));
+    expect((await statusOf()).warnings.some((w) => /log_entries/.test(w))).toBe(false);
   });
 });
 

@@ -9,7 +9,7 @@ import type pg from "pg";
 import { describe, expect, it } from "vitest";
 import { decodeSession } from "../src/codec.js";
 import { collectStatus } from "../src/index.js";
-import { Cluster, comeBack, goOffline, logHead, moveTo, recordEvents, recoveryFields, spawnNode, waitFor, waitForHead, waitForSession, type WhoAmI } from "./helpers/cluster.js";
+import { Cluster, comeBack, goOffline, logHead, moveTo, recordEvents, recoveryFields, spawnNode, waitFor, waitForHead, waitForSession, type ChildNode, type WhoAmI } from "./helpers/cluster.js";
 import { History, logOffsets, type ClientHandle } from "./helpers/history.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
@@ -17,6 +17,18 @@ const db = useClusterSuite("crash");
 
 /** Short bounds so a crash is noticed in about a second. */
 const CRASH_OPTIONS = { nodeHeartbeatIntervalMs: 200, nodeDeadAfterMs: 1000, checkpointIntervalMs: 300, restoreTimeoutMs: 5000 };
+
+/**
+ * SIGKILLs `victim` while the test holds a row lock its skeleton write waits on, then ends that
+ * write's backend: Postgres would otherwise finish it once the lock is released, and it must never land.
+ */
+async function killWithWriteBlocked(victim: ChildNode, pool: pg.Pool): Promise<void> {
+  await victim.stop("SIGKILL");
+  await pool.query(
+    `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+      WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()`,
+  );
+}
 
 /** Waits until each of `sids` has a durable skeleton (state connected). */
 async function skeletonsWritten(pool: pg.Pool, sids: string[]): Promise<void> {
@@ -199,12 +211,7 @@ describe("crash", () => {
       await waitFor(() => peerGot.some((r) => r.args[0] === "e3"), { message: "the peer to get e3" });
       expect(got.map((r) => r.args[0])).toEqual(["e1", "e1b"]);
       moveTo(socket, survivor.url);
-      await victim.stop("SIGKILL");
-      // The victim's write still waits on the lock in Postgres: end it, so it never lands.
-      await survivor.pool.query(
-        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()`,
-      );
+      await killWithWriteBlocked(victim, survivor.pool);
     } finally {
       await blocker.query("ROLLBACK").catch(() => undefined);
       blocker.release();
@@ -259,12 +266,7 @@ describe("crash", () => {
       // Not logged: the leave is not durable yet (without the ordering, it is logged at once).
       expect(await markerLogged()).toBe(0);
       moveTo(socket, survivor.url);
-      await victim.stop("SIGKILL");
-      // The victim's write still waits on the lock in Postgres: end it, so it never lands.
-      await survivor.pool.query(
-        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()`,
-      );
+      await killWithWriteBlocked(victim, survivor.pool);
     } finally {
       await blocker.query("ROLLBACK").catch(() => undefined);
       blocker.release();

@@ -14,6 +14,10 @@ export function renderStatus(status: RecoveryStatus, target: string): string {
   const applied = status.migrations.applied;
   lines.push(`schema "${status.schema}" on ${target}: up to date, ${count(applied.length, "migration")} applied (${applied.join(", ")})`);
   lines.push(`as of ${status.collectedAt} (database clock)`);
+  if (status.warnings.length > 0) {
+    lines.push("", "Warnings");
+    for (const warning of status.warnings) lines.push(`  ! ${warning}`);
+  }
 
   lines.push("", "Namespaces");
   if (status.namespaces.length === 0) {
@@ -54,9 +58,9 @@ export function renderStatus(status: RecoveryStatus, target: string): string {
   lines.push(
     table(
       // No row estimate here: pg_class.reltuples reads 0 until autovacuum first analyzes a table, which misleads.
-      ["TABLE", "TOTAL", "INDEXES"],
-      status.tables.map((t) => [t.name, formatBytes(t.totalBytes), formatBytes(t.indexBytes)]),
-      [1, 2],
+      ["TABLE", "TOTAL", "INDEXES", "DEAD ROWS"],
+      status.tables.map((t) => [t.name, formatBytes(t.totalBytes), formatBytes(t.indexBytes), String(t.deadRows)]),
+      [1, 2, 3],
     ),
   );
 
@@ -94,7 +98,8 @@ head offset, oldest retained entry and its age, entry count and bytes, stored
 retention, sessions, session lag (entries the furthest-behind stored session
 missed: what its restore would read), connected sockets and writers; stored
 sessions and their expiry spread; nodes alive and dead;
-table and index sizes; the last pruning pass. Read-only, one snapshot.
+table and index sizes and dead rows; the last pruning pass; warnings (autovacuum
+off: pruned rows are then never reclaimed). Read-only, one snapshot.
 
 Fails (exit 1) when the schema is missing, lacks migrations, or was migrated
 by a newer version.`,

@@ -40,6 +40,15 @@ export interface TableSizeRow {
   rows_estimate: string;
   total_bytes: string;
   index_bytes: string;
+  /** pg_stat_user_tables.n_dead_tup: rows deleted or updated and not yet vacuumed. */
+  dead_rows: string;
+  /** The table's own `autovacuum_enabled` storage parameter is false. */
+  autovacuum_disabled: boolean;
+}
+
+export interface VacuumSettingsRow {
+  /** `autovacuum` and `track_counts` (which autovacuum needs) are both on. */
+  autovacuum_on: boolean;
 }
 
 export interface MaintenanceRow {
@@ -150,14 +159,25 @@ export class StatusQueries {
       `SELECT t.name AS table_name,
               GREATEST(c.reltuples, 0)::bigint::text AS rows_estimate,
               pg_total_relation_size(c.oid)::text AS total_bytes,
-              pg_indexes_size(c.oid)::text AS index_bytes
+              pg_indexes_size(c.oid)::text AS index_bytes,
+              COALESCE(st.n_dead_tup, 0)::text AS dead_rows,
+              COALESCE('autovacuum_enabled=false' = ANY (c.reloptions), false) AS autovacuum_disabled
          FROM unnest($2::text[]) WITH ORDINALITY AS t(name, ord)
          JOIN pg_class c ON c.relname = t.name AND c.relkind IN ('r', 'p')
          JOIN pg_namespace ns ON ns.oid = c.relnamespace AND ns.nspname = $1
+         LEFT JOIN pg_stat_user_tables st ON st.relid = c.oid
         ORDER BY t.ord`,
       [this.schema, [...STATUS_TABLES]],
     );
     return rows;
+  }
+
+  /** Whether the server vacuums on its own: pruning deletes rows, and only vacuum makes their space reusable. */
+  async vacuumSettings(client: PoolClient): Promise<VacuumSettingsRow> {
+    const { rows } = await client.query<VacuumSettingsRow>(
+      `SELECT current_setting('autovacuum') = 'on' AND current_setting('track_counts') = 'on' AS autovacuum_on`,
+    );
+    return rows[0]!;
   }
 
   async lastPrune(client: PoolClient): Promise<MaintenanceRow | undefined> {
