@@ -317,10 +317,30 @@ serve({
       all.set(c.ledger.latencies, i);
       i += c.ledger.latencies.length;
     }
-    for (const c of clients) c.ledger.latencies.length = 0;
+    for (const c of clients) c.ledger.latencies.length = c.ledger.emittedAt.length = 0;
     all.sort();
     const sorted = Array.from(all);
     return n ? { n, p50: percentile(sorted, 50), p99: percentile(sorted, 99), max: sorted.at(-1) } : { n };
+  },
+  /**
+   * SOAK: the latencies of `clients` since the last call, by second of emission (wall clock, s;
+   * 0.1 ms), unsorted; every client's are forgotten. Polled every 2 s so this process (which
+   * receives every event) never spends long on them: sorting a minute's worth here at once
+   * (0.3–1.5 M values) held receipts back long enough to show as p99 spikes at minute ends.
+   */
+  "drain-latencies": ({ clients: indices }: { clients?: number[] }) => {
+    const bySecond = new Map<number, number[]>();
+    for (const c of selected(indices)) {
+      const { latencies, emittedAt } = c.ledger;
+      for (let k = 0; k < latencies.length; k++) {
+        const second = Math.floor(emittedAt[k]! / 1000);
+        let list = bySecond.get(second);
+        if (!list) bySecond.set(second, (list = []));
+        list.push(Math.round(latencies[k]! * 10) / 10);
+      }
+    }
+    for (const c of clients) c.ledger.latencies.length = c.ledger.emittedAt.length = 0;
+    return [...bySecond.entries()];
   },
   usage: () => {
     const cpu = process.cpuUsage();
@@ -332,3 +352,4 @@ serve({
   },
 });
 push("ready");
+

@@ -316,10 +316,20 @@ async function main(): Promise<void> {
     /** Heap and RSS after a full GC (so deltas are retained memory, not garbage). */
     memory: () => {
       v8.setFlagsFromString("--expose-gc");
-      (vm.runInNewContext("gc") as () => void)();
+      const gc = vm.runInNewContext("gc") as () => void;
+      const t0 = nowMs();
+      gc();
+      const gcMs = nowMs() - t0;
       const m = process.memoryUsage();
-      return { rssMb: m.rss / 2 ** 20, heapUsedMb: m.heapUsed / 2 ** 20 };
+      return { rssMb: m.rss / 2 ** 20, heapUsedMb: m.heapUsed / 2 ** 20, externalMb: m.external / 2 ** 20, arrayBuffersMb: m.arrayBuffers / 2 ** 20, gcMs };
     },
+    /**
+     * SOAK: sizes of every Map, Set and array reachable from the adapter within a few hops
+     * (path → size), to tell which structure grows when the heap does. Read-only reflection.
+     */
+    "structure-sizes": () => structureSizes(nsp.adapter, 5),
+    /** SOAK with SOAK_HEAP_SNAPSHOTS: a heap snapshot (blocks this node for a second or more). */
+    "heap-snapshot": ({ file }: { file: string }) => v8.writeHeapSnapshot(file),
     /**
      * G-PRIV: `perSocketHz` events per second to each of rooms p-0..p-(count-1), spread over
      * 20 ms ticks; emitted whether or not the socket is connected (it is logged either way).
@@ -399,3 +409,38 @@ main().catch((err: unknown) => {
   process.stderr.write(`node-process failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   process.exit(2);
 });
+
+/** Sizes of the Maps, Sets and arrays reachable from `root` within `depth` property hops, by path (first path seen). */
+function structureSizes(root: object, depth: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  const seen = new WeakSet<object>();
+  const visit = (value: unknown, path: string, left: number) => {
+    if (typeof value !== "object" || value === null || seen.has(value)) return;
+    seen.add(value);
+    if (value instanceof Map || value instanceof Set) out[path] = value.size;
+    else if (Array.isArray(value)) out[path] = value.length;
+    if (left === 0 || ArrayBuffer.isView(value) || value instanceof Server) return;
+    if (value instanceof Map) {
+      // Nested collections (per socket, per namespace): their summed sizes under one path.
+      let nested = 0;
+      for (const v of value.values()) if (v instanceof Map || v instanceof Set) nested += v.size;
+      else if (Array.isArray(v)) nested += v.length;
+      if (nested) out[`${path}[*]`] = nested;
+      let k = 0;
+      for (const v of value.values()) if (k++ < 3) visit(v, `${path}[v]`, left - 1);
+      return;
+    }
+    if (value instanceof Set || Array.isArray(value)) return;
+    for (const key of Object.keys(value)) {
+      let v: unknown;
+      try {
+        v = (value as Record<string, unknown>)[key];
+      } catch {
+        continue;
+      }
+      visit(v, `${path}.${key}`, left - 1);
+    }
+  };
+  visit(root, "adapter", depth);
+  return out;
+}

@@ -67,6 +67,8 @@ export class ClientLedger {
   /** Time of the last receipt of the current epoch (ms, nowMs()). */
   lastAt = 0;
   readonly latencies: number[] = [];
+  /** When each of `latencies` was emitted (payload.t, ms): SOAK buckets them by second. */
+  readonly emittedAt: number[] = [];
 
   constructor(private readonly offsetKind: OffsetKind) {}
 
@@ -82,7 +84,7 @@ export class ClientLedger {
     this.received = this.distinct = this.duplicated = this.reordered = this.regressions = 0;
     this.lastAt = 0;
     this.dupSeqs.length = 0;
-    if (!keepLatencies) this.latencies.length = 0;
+    if (!keepLatencies) this.latencies.length = this.emittedAt.length = 0;
   }
 
   /** Sets what this client should end up with: per source, a count (seqs 1..n) or a seq range. */
@@ -116,7 +118,10 @@ export class ClientLedger {
     if (payload.e !== this.epoch) return false;
     this.received++;
     this.lastAt = at;
-    if (payload.t !== undefined) this.latencies.push(at - payload.t);
+    if (payload.t !== undefined) {
+      this.latencies.push(at - payload.t);
+      this.emittedAt.push(payload.t);
+    }
     const { s, q } = payload;
     this.hashA = Math.imul(this.hashA ^ s, 0x01000193) >>> 0;
     this.hashA = Math.imul(this.hashA ^ q, 0x01000193) >>> 0;
