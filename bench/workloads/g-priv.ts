@@ -59,7 +59,11 @@ async function run(ctx: RunContext): Promise<Metrics> {
     await sleep(awayMs);
     const s0 = await call<Statements>(target.child, "statements");
     const atReconnect = await call<{ emitted: number; seconds: number }>(origin.child, "private-progress");
+    // --cpu-prof: node 1's CPU while the dropped sockets restore on it (bench/profile-summary.ts).
+    const profile = ctx.cpuProfDir !== undefined;
+    if (profile) await call(target.child, "profile-start");
     const back = await call<Array<{ ms: number; recovered: boolean; failed?: boolean }>>(clients, "reconnect-timed", { clients: dropped, url: target.url }, 60_000);
+    if (profile) await call(target.child, "profile-stop", { file: `${ctx.cpuProfDir}/${ctx.peer.id}-G-PRIV-node${target.index}.cpuprofile` });
     await sleep(AFTER_MS);
     const stopped = await call<{ last: number[]; emitted: number; seconds: number }>(origin.child, "private-stop");
     await call(clients, "expect", { expect: Object.fromEntries(rooms.map((room, i) => [room, { [i]: { from: 1, to: stopped.last[i]! } }])) });
