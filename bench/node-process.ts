@@ -27,6 +27,8 @@ const MAX_DISCONNECTION_MS = Number(process.env.MAX_DISCONNECTION_MS || 120_000)
 /** The adapter's own default when the variable is unset. */
 const optionalInt = (name: string) => (process.env[name] ? Number(process.env[name]) : undefined);
 const pruning = { pruneIntervalMs: optionalInt("PRUNE_INTERVAL_MS"), pruneBatchSize: optionalInt("PRUNE_BATCH_SIZE") };
+/** RECENT_ENTRIES: the ring of recent entries that serves restores without a read (G-PRIV experiments). */
+const tuning = { ...pruning, recentEntries: optionalInt("RECENT_ENTRIES") };
 
 const cleanups: Array<() => Promise<void>> = [];
 const errors: string[] = [];
@@ -45,7 +47,7 @@ async function adapterFor(): Promise<ServerOptions["adapter"] | undefined> {
       pool.on("error", reportError);
       countStatements(pool);
       cleanups.push(() => pool.end());
-      return createAdapter(pool, { errorHandler: reportError, crashSafety: peer.crashSafety ?? true, ...pruning }) as unknown as ServerOptions["adapter"];
+      return createAdapter(pool, { errorHandler: reportError, crashSafety: peer.crashSafety ?? true, ...tuning }) as unknown as ServerOptions["adapter"];
     }
     case "ours-metrics": {
       const { createAdapter } = await import("../src/index.js");
