@@ -107,15 +107,23 @@ export class StagingQueries {
    * nodes as every append does (`namespaceId|from|count|inline`). Runs under
    * the lock of `lockNamespace`; returns the first offset.
    */
-  async append(db: Queryable, namespaceId: number, payloads: Buffer[], logChannel: string, inline: string): Promise<number> {
+  async append(
+    db: Queryable,
+    namespaceId: number,
+    payloads: Buffer[],
+    logChannel: string,
+    inline: string,
+    /** Per payload, its room keys, as `LogQueries.append` takes them. */
+    roomKeys: ReadonlyArray<string | null> | null = null,
+  ): Promise<number> {
     const { rows } = await db.query<{ from_offset: string }>(
       // The head jumps like the append's on the first write into another database incarnation (see
       // LogQueries.append and log-gaps.ts): a failover that lost commits never has their offsets reused.
-      `WITH ${bumpAndInsertCtes({ namespaces: this.namespaces, gaps: this.gaps, log: this.log })}
+      `WITH ${bumpAndInsertCtes({ namespaces: this.namespaces, gaps: this.gaps, log: this.log }, "$6")}
        SELECT (bumped.head - $2 + 1)::text AS from_offset,
               pg_notify($4, concat_ws('|', $1::text, (bumped.head - $2 + 1)::text, $2::text, $5::text, bumped.jumped_from::text))
        FROM bumped`,
-      [namespaceId, payloads.length, payloads, logChannel, inline],
+      [namespaceId, payloads.length, payloads, logChannel, inline, roomKeys],
     );
     const row = rows[0];
     if (!row) throw new Error(`socket.io-postgres-recovery: namespace ${namespaceId} has no row; cannot append moved events`);
