@@ -9,11 +9,12 @@
  * density proof no longer rides on the entries fetched: a pruned entry of
  * another socket inside the range still refuses the restore.
  */
-import type pg from "pg";
+import pg from "pg";
 import { describe, expect, it } from "vitest";
 import { createEmitter } from "../src/index.js";
 import type { RestoredEvent } from "../src/restorer.js";
-import { Cluster, comeBack, goOffline, logHead, offsetNumber, recordEvents, recoveryFields, serverNoticed, waitFor, waitForHead, waitForSession, type ClientSocket, type Received, type TestNode } from "./helpers/cluster.js";
+import { Cluster, comeBack, goOffline, logHead, offsetNumber, recordEvents, recoveryFields, serverNoticed, takeNodeErrors, waitFor, waitForHead, waitForSession, type ClientSocket, type Received, type TestNode } from "./helpers/cluster.js";
+import { createTestDatabase } from "./helpers/database.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
 const db = useClusterSuite("replay_candidates");
@@ -226,6 +227,27 @@ describe("a restore reading the table fetches only the candidates", () => {
     expect(rows).toHaveLength(8);
     for (const [i, row] of rows.entries()) expect({ i, keys: row.keys }).toEqual({ i, keys: row.expected });
     expect(rows.map((r) => r.keys?.length ?? null)).toEqual([2, null, 2, null, 1, null, 2, null]);
+  });
+});
+
+describe("a schema migrated by an older version", () => {
+  it("a node says at start that log_entries.room_keys is missing (its appends would fail), naming the migration", async () => {
+    const fresh = await createTestDatabase("room_keys_missing", { migrated: true });
+    const setup = new pg.Pool({ connectionString: fresh.url, max: 1 });
+    let cluster: Cluster | undefined;
+    try {
+      await setup.query("ALTER TABLE socket_io.log_entries DROP COLUMN room_keys");
+      cluster = await Cluster.start({ databaseUrl: fresh.url, nodes: 1 });
+      const node = cluster.node(0);
+      await waitFor(() => node.errors.some((e) => /option "schema" \("socket_io"\): "socket_io"\."log_entries"\.room_keys \(migration 0010_room_keys\) missing: the schema was migrated by an older version/.test(e.message)), {
+        message: () => `the missing column reported (errors: ${node.errors.map((e) => e.message).join(" | ")})`,
+      });
+    } finally {
+      await cluster?.close();
+      takeNodeErrors();
+      await setup.end();
+      await fresh.drop();
+    }
   });
 });
 
