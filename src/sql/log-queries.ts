@@ -2,6 +2,7 @@
 import { createHash } from "node:crypto";
 import { decodePacket, type LogEntry } from "../codec.js";
 import type { Queryable } from "./bounded-queries.js";
+import { flattenRoomKeys } from "../room-keys.js";
 import { qualifiedName } from "./identifiers.js";
 
 export interface NamespaceRow {
@@ -52,12 +53,16 @@ export const JUMP_FLOOR_SQL = "((extract(epoch FROM now()) + 3600) * 1000000)::b
  * emitter's moves of staged rows): move the head by `$2` entries, jumping on
  * the first write into another database incarnation (log-gaps.ts), record the
  * jump as a gap, insert the payloads `$3` of namespace `$1` at the new
- * offsets, each with its room keys (`keysParam`: a text[] of int8[] literals
- * or NULLs, one per payload; see room-keys.ts). `bumpedWhere` narrows the head
- * update (an append's retry check).
+ * offsets, each with its room keys (`keysParams`: the three parameters of a
+ * `FlatRoomKeys`, see room-keys.ts; NULLs: no keys). `bumpedWhere` narrows
+ * the head update (an append's retry check).
  * Yields the CTEs `bumped (head, jumped_from)`, `gap` and `inserted`.
  */
-export function bumpAndInsertCtes(tables: { namespaces: string; gaps: string; log: string }, keysParam: string, bumpedWhere = ""): string {
+export function bumpAndInsertCtes(
+  tables: { namespaces: string; gaps: string; log: string },
+  keysParams: { keys: string; starts: string; counts: string },
+  bumpedWhere = "",
+): string {
   return `bumped AS (
          UPDATE ${tables.namespaces}
          SET head = CASE WHEN incarnation = pg_postmaster_start_time() THEN head ELSE GREATEST(head, ${JUMP_FLOOR_SQL}) END + $2,
@@ -71,8 +76,9 @@ export function bumpAndInsertCtes(tables: { namespaces: string; gaps: string; lo
          ON CONFLICT DO NOTHING
        ), inserted AS (
          INSERT INTO ${tables.log} (namespace_id, "offset", payload, room_keys)
-         SELECT $1, bumped.head - $2 + entry.ord, entry.payload, entry.keys::bigint[]
-         FROM bumped, unnest($3::bytea[], ${keysParam}::text[]) WITH ORDINALITY AS entry(payload, keys, ord)
+         SELECT $1, bumped.head - $2 + entry.ord, entry.payload,
+                CASE WHEN entry.key_count > 0 THEN (${keysParams.keys}::bigint[])[entry.key_start : entry.key_start + entry.key_count - 1] END
+         FROM bumped, unnest($3::bytea[], ${keysParams.starts}::int[], ${keysParams.counts}::int[]) WITH ORDINALITY AS entry(payload, key_start, key_count, ord)
        )`;
 }
 
@@ -221,9 +227,10 @@ export class LogQueries {
      * Per payload, its room keys (`entryRoomKeys`): null for an entry to every
      * socket. Left out, every row gets NULL (read by every restore: correct, not narrowed).
      */
-    roomKeys: ReadonlyArray<string | null> | null = null,
+    roomKeys: ReadonlyArray<readonly string[] | null> | null = null,
   ): Promise<AppendResult> {
-    const args = [namespaceId, payloads.length, payloads, channel, inline, writerId, batch, roomKeys];
+    const flat = roomKeys === null ? null : flattenRoomKeys(roomKeys);
+    const args = [namespaceId, payloads.length, payloads, channel, inline, writerId, batch, flat?.keys ?? null, flat?.starts ?? null, flat?.counts ?? null];
     let result = await this.runAppend(args);
     if (result === "unregistered") {
       // Registering waits for a registration still running elsewhere; then the row can be locked.
@@ -263,7 +270,7 @@ export class LogQueries {
   private appendText(): string {
     return `WITH writer AS (
          SELECT last_batch, last_from FROM ${this.writers} WHERE writer_id = $6 FOR UPDATE
-       ), ${bumpAndInsertCtes({ namespaces: this.namespaces, gaps: this.gaps, log: this.log }, "$8", " AND (SELECT last_batch FROM writer) < $7")}, recorded AS (
+       ), ${bumpAndInsertCtes({ namespaces: this.namespaces, gaps: this.gaps, log: this.log }, { keys: "$8", starts: "$9", counts: "$10" }, " AND (SELECT last_batch FROM writer) < $7")}, recorded AS (
          UPDATE ${this.writers} SET last_batch = $7, last_from = bumped.head - $2 + 1,
                 updated_at = CASE WHEN updated_at < now() - interval '1 minute' THEN now() ELSE updated_at END
          FROM bumped WHERE writer_id = $6
