@@ -54,7 +54,8 @@ describe("recovery refusals", () => {
     expect(refusals[0]).toMatch(/unknown pid/);
     expect(refusals[0]).not.toContain(old.pid);
     expect(await comeBack(old.socket, cluster.node(1))).toBe(true);
-    expect(restored).toEqual([{ sid: old.sid, replayed: 1, source: "memory", read: 1 }]);
+    // From node 1's ring, or from the table when the entry's NOTIFY had not reached node 1 yet: either way one entry read.
+    expect(restored).toEqual([{ sid: old.sid, replayed: 1, source: expect.stringMatching(/^(memory|table)$/), read: 1 }]);
     await expectHealthy(cluster);
   });
 
