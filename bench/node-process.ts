@@ -128,6 +128,8 @@ function countStatements(pool: pg.Pool): void {
       const tally = (r: { rows?: Array<{ payload?: Buffer }> } | undefined) => {
         statements.replayReads++;
         for (const row of r?.rows ?? []) {
+          // Entries only: the restore's read also returns one row of counts (its density proof), without a payload.
+          if (!row.payload) continue;
           statements.replayRows++;
           statements.replayBytes += row.payload?.length ?? 0;
         }

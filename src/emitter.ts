@@ -25,7 +25,8 @@ import { inlineForNotify } from "./codec.js";
 import { resolveEmitterOptions, type EmitterOptions, type ResolvedEmitterOptions } from "./emitter-options.js";
 import { isTransientDatabaseError } from "./errors.js";
 import { OptionsError } from "./options.js";
-import { normalizeWithParser, preparePacket } from "./payload.js";
+import { normalizeWithParser, preparePacket, type PreparedPacket } from "./payload.js";
+import { entryRoomKeys } from "./room-keys.js";
 import { LogQueries } from "./sql/log-queries.js";
 import { beginLockingTransaction, StagingQueries, timedClient } from "./sql/staging-queries.js";
 import { moveStagedLocked } from "./staged-events.js";
@@ -52,7 +53,7 @@ class EmitterCore {
   readonly staging: StagingQueries;
   /** This emitter's writer id prefix in `log_writers` (one writer per namespace). */
   private readonly uid = `emitter:${randomUUID()}`;
-  private readonly writers = new Map<string, Batcher<Buffer, void>>();
+  private readonly writers = new Map<string, Batcher<PreparedPacket, void>>();
   private readonly batchNumbers = new Map<string, number>();
   private closed = false;
 
@@ -64,7 +65,7 @@ class EmitterCore {
   }
 
   /** The event as stored in the log (normalised, msgpack), refused when it cannot be sent or is too big. */
-  prepare(nsp: string, event: unknown, args: unknown[], rooms: string[], except: string[]): Buffer {
+  prepare(nsp: string, event: unknown, args: unknown[], rooms: string[], except: string[]): PreparedPacket {
     if (typeof event !== "string") throw new EmitterError(`socket.io-postgres-recovery: an event name must be a string; got ${typeof event}`);
     if (RESERVED_EVENTS.has(event)) throw new EmitterError(`socket.io-postgres-recovery: "${event}" is a reserved event name`);
     if (typeof args[args.length - 1] === "function") {
@@ -81,19 +82,19 @@ class EmitterCore {
         `socket.io-postgres-recovery: cannot emit "${event}" to "${nsp}": ${prepared.payload.length} bytes exceed maxEntryBytes (${this.opts.maxEntryBytes})`,
       );
     }
-    return prepared.payload;
+    return prepared;
   }
 
   /** Appends directly (group commit per namespace); resolves once committed. */
-  direct(nsp: string, payload: Buffer): Promise<void> {
+  direct(nsp: string, prepared: PreparedPacket): Promise<void> {
     if (this.closed) return Promise.reject(new Error("socket.io-postgres-recovery: the emitter is closed"));
     let writer = this.writers.get(nsp);
     if (!writer) {
-      writer = new Batcher<Buffer, void>({
+      writer = new Batcher<PreparedPacket, void>({
         write: (items, attempt) => this.append(nsp, items, attempt),
         maxBatchSize: this.opts.maxBatchSize,
         maxBatchBytes: 64 * 1024 * 1024,
-        sizeOf: (item) => item.length,
+        sizeOf: (item) => item.payload.length,
         maxPending: this.opts.maxPendingWrites,
         // Retried while the database is away (idempotent: see append); other errors reach the caller.
         isRetryable: (err) => isTransientDatabaseError(err),
@@ -103,7 +104,7 @@ class EmitterCore {
       });
       this.writers.set(nsp, writer);
     }
-    return writer.add(payload);
+    return writer.add(prepared);
   }
 
   /** Stages in the caller's transaction, after this emitter's direct emits queued before (program order). */
@@ -123,7 +124,8 @@ class EmitterCore {
    * batch as this emitter's log writer (see LogQueries.append: a retry after
    * a lost answer finds its batch recorded), commit.
    */
-  private async append(nsp: string, payloads: Buffer[], attempt: number): Promise<void[]> {
+  private async append(nsp: string, items: PreparedPacket[], attempt: number): Promise<void[]> {
+    const payloads = items.map((item) => item.payload);
     const writerId = `${this.uid}:${nsp}`;
     const batch = attempt === 1 ? (this.batchNumbers.get(nsp) ?? 0) + 1 : this.batchNumbers.get(nsp)!;
     this.batchNumbers.set(nsp, batch);
@@ -151,7 +153,8 @@ class EmitterCore {
         if (moved.taken < settings.limit) break;
       }
       const log = new LogQueries(db, this.opts.schema, { preparedStatements: this.opts.preparedStatements });
-      await log.append(id, writerId, batch, payloads, this.opts.logChannel, inlineForNotify(payloads, this.opts.payloadThreshold));
+      const roomKeys = items.map((item) => entryRoomKeys(item.packet.rooms));
+      await log.append(id, writerId, batch, payloads, this.opts.logChannel, inlineForNotify(payloads, this.opts.payloadThreshold), roomKeys);
       await db.query("COMMIT");
       return payloads.map(() => undefined);
     } catch (err) {
@@ -226,9 +229,9 @@ export class Emitter {
    * over `maxEntryBytes`, and database errors.
    */
   async emit(event: string, ...args: unknown[]): Promise<void> {
-    const payload = this.core.prepare(this.nsp, event, args, [...this.rooms], [...this.exceptRooms]);
-    if (this.client) await this.core.staged(this.client, this.nsp, payload);
-    else await this.core.direct(this.nsp, payload);
+    const prepared = this.core.prepare(this.nsp, event, args, [...this.rooms], [...this.exceptRooms]);
+    if (this.client) await this.core.staged(this.client, this.nsp, prepared.payload);
+    else await this.core.direct(this.nsp, prepared);
   }
 
   /** Writes what is queued (for `timeoutMs` at the most) and refuses new direct emits. The pool stays yours. */

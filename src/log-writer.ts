@@ -24,6 +24,7 @@ import { isTransientDatabaseError } from "./errors.js";
 import type { NodeContext } from "./node-context.js";
 import { operatorNotice } from "./operator-events.js";
 import { OutageMonitor } from "./outage.js";
+import { entryRoomKeys } from "./room-keys.js";
 import type { PreparedPacket } from "./payload.js";
 import type { Sequencer } from "./sequencer.js";
 import { SPAN_NAMES, traced } from "./tracing.js";
@@ -281,6 +282,7 @@ export class LogWriter {
       payloads,
       this.ctx.opts.logChannel,
       inlineForNotify(payloads, this.ctx.opts.payloadThreshold),
+      items.map((item) => entryRoomKeys(item.packet.rooms)),
     );
     this.outage.writeSucceeded();
     this.ctx.metrics.appended(this.host.nspName, (performance.now() - appendStarted) / 1000, items.length);

@@ -88,6 +88,12 @@ export interface SessionEnd {
  *   less under `recovered === true`).
  * After a crash (`end` undefined) nothing is known about the range: all of it
  * is needed. `holes` are recorded gaps (log-gaps.ts): no entry is there.
+ *
+ * `density`: when `entries` are only the candidates of a table read (the
+ * entries that may be addressed to the socket), their offsets cannot prove
+ * the range dense; the read counted the needed intervals instead
+ * (`neededIntervals`) and `density.missing` is the first needed offset it
+ * found absent, or undefined when none is.
  */
 export function planReplay(
   entries: readonly LogEntry[],
@@ -97,17 +103,48 @@ export function planReplay(
   member: Membership,
   limits: ReplayLimits,
   holes: readonly Hole[] = [],
+  density?: { readonly missing: number | undefined },
 ): ReplayPlan {
   const bytes = entries.reduce((sum, entry) => sum + entry.bytes, 0);
   if (bytes > limits.maxReplayBytes) {
     return { refused: `${bytes} bytes to replay exceed maxReplayBytes (${limits.maxReplayBytes})` };
   }
-  const missing = firstMissing(entries, offset, upTo, end, holes);
+  const missing = density ? density.missing : firstMissing(entries, offset, upTo, end, holes);
   if (missing !== undefined) {
     return { refused: `entry ${missing}, which the replay after offset ${offset} needs, was pruned (retention too short for this session?)` };
   }
   const replayed = entries.filter((entry) => isAddressedTo(entry, member));
   return { entries: replayed, lastReplayed: replayed.at(-1)?.offset ?? offset };
+}
+
+/**
+ * The offsets of (offset, upTo] that the replay needs (see `planReplay`), as
+ * intervals (after, through], in order: the range without the window known
+ * not to be addressed, (lastDelivered, cursor], and without the holes.
+ * Every one of them must hold an entry.
+ */
+export function neededIntervals(
+  offset: number,
+  upTo: number,
+  end: SessionEnd | undefined,
+  holes: readonly Hole[] = [],
+): Array<[after: number, through: number]> {
+  let intervals: Array<[number, number]> = upTo > offset ? [[offset, upTo]] : [];
+  const cut = (after: number, through: number): void => {
+    const next: Array<[number, number]> = [];
+    for (const [a, t] of intervals) {
+      if (through <= a || after >= t) {
+        next.push([a, t]);
+        continue;
+      }
+      if (after > a) next.push([a, after]);
+      if (through < t) next.push([through, t]);
+    }
+    intervals = next;
+  };
+  if (end !== undefined && end.cursor > end.lastDelivered) cut(end.lastDelivered, end.cursor);
+  for (const [after, through] of holes) if (through > after) cut(after, through);
+  return intervals;
 }
 
 /** The first offset in (offset, upTo] that the replay needs and `entries` lacks, or undefined. */

@@ -21,7 +21,9 @@ import { debug } from "./debug.js";
 import { asError } from "./errors.js";
 import type { NodeContext } from "./node-context.js";
 import type { FailoverGuard } from "./failover-guard.js";
-import { planReplay, refuseRange, type Membership } from "./replay.js";
+import type { Hole } from "./log-gaps.js";
+import { neededIntervals, planReplay, refuseRange, type Membership, type SessionEnd } from "./replay.js";
+import { memberRoomKeys } from "./room-keys.js";
 import type { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
 import type { SocketLedger } from "./socket-ledger.js";
@@ -37,6 +39,14 @@ export interface RestoredEvent {
   sid: SocketId;
   /** Missed packets the restore's read found for the client (more may follow: see stitch.ts). */
   replayed: number;
+  /** Where the replay came from: this node's recent entries ("memory") or `log_entries` ("table"). */
+  source: "memory" | "table";
+  /**
+   * Log entries the restore looked at to find them: from memory, the whole
+   * range; from the table, only the candidates it fetched (entries that may
+   * be addressed to the socket: see LogQueries.replayRead).
+   */
+  read: number;
   /**
    * Restored from the skeleton of a node that died without writing the
    * session: how that node was found dead ("lock": its process is gone,
@@ -84,7 +94,7 @@ interface RestoreAttempt {
 }
 
 /** `source`: where the replay came from, the ring of recent entries or the table. */
-type RestoreOutcome = { session: Session; replayed: number; source: "memory" | "table"; deadBy?: DeadBy } | { refused: string };
+type RestoreOutcome = { session: Session; replayed: number; read: number; source: "memory" | "table"; deadBy?: DeadBy } | { refused: string };
 
 export class Restorer {
   private readonly stitcher: Stitcher;
@@ -154,10 +164,17 @@ export class Restorer {
       if ("refused" in outcome) return this.refused(outcome.refused, startedAt, span);
       debug("restoring %s with %d missed packets%s", outcome.session.sid, outcome.replayed, outcome.deadBy ? ` (its node found dead by ${outcome.deadBy})` : "");
       this.ctx.metrics.restored(this.host.nspName, (performance.now() - startedAt) / 1000, outcome.replayed);
-      span.set({ "socketio.recovery.outcome": "recovered", "socketio.recovery.replay_size": outcome.replayed, "socketio.recovery.replay_source": outcome.source });
+      span.set({
+        "socketio.recovery.outcome": "recovered",
+        "socketio.recovery.replay_size": outcome.replayed,
+        "socketio.recovery.replay_source": outcome.source,
+        "socketio.recovery.replay_read": outcome.read,
+      });
       this.host.emit("session-restored", {
         sid: outcome.session.sid,
         replayed: outcome.replayed,
+        source: outcome.source,
+        read: outcome.read,
         ...(outcome.deadBy ? { deadBy: outcome.deadBy } : {}),
       });
       return outcome.session;
@@ -282,19 +299,13 @@ export class Restorer {
       const tooLong = refuseRange(offset, upTo, this.ctx.opts, holes);
       if (tooLong) return { refused: tooLong };
       pending = this.stitcher.open(taken, offset, membership, upTo);
-      // Bounded in count and bytes: a replay over either limit is refused below, so no more is read.
-      const { maxReplayEntries, maxReplayBytes } = this.ctx.opts;
-      const recent = this.sequencer.recentRange(offset, upTo);
-      const entries =
-        recent ??
-        (
-          await this.ctx.restoreReads.run(deadline, () =>
-            this.ctx.log.range(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes, "replay"),
-          )
-        ).entries;
       // After a crash nothing is known of the session's end: every entry after the offset is needed.
       const end = stored.crashed ? undefined : { lastDelivered: stored.lastOffset, cursor: stored.cursorOffset };
-      const plan = planReplay(entries, offset, upTo, end, membership, this.ctx.opts, holes);
+      const recent = this.sequencer.recentRange(offset, upTo);
+      const read = recent
+        ? { entries: recent, density: undefined }
+        : await this.ctx.restoreReads.run(deadline, () => this.readTable(namespaceId, offset, upTo, end, membership, holes));
+      const plan = planReplay(read.entries, offset, upTo, end, membership, this.ctx.opts, holes, read.density);
       if (plan.refused !== undefined) return { refused: plan.refused };
       if (pending.overflowed) return { refused: "more was delivered during the restore than maxReplayEntries or maxReplayBytes allow" };
       if (attempt.abandoned) {
@@ -310,7 +321,13 @@ export class Restorer {
       // A take that left the row as this socket's skeleton spares its first write (see SessionDurability.expectRestored).
       this.host.taken(stored.sid, pid, stored.generation, stored.fromQueue === true || stored.skeleton === true, stored.skeleton === true ? { data: contents.data } : undefined);
       const session: Session = { sid: stored.sid, pid, rooms: [...joinedAt.keys()], data: contents.data, missedPackets: [] };
-      return { session, replayed: plan.entries.length, source: recent ? "memory" : "table", ...(stored.deadBy ? { deadBy: stored.deadBy } : {}) };
+      return {
+        session,
+        replayed: plan.entries.length,
+        read: read.entries.length,
+        source: recent ? "memory" : "table",
+        ...(stored.deadBy ? { deadBy: stored.deadBy } : {}),
+      };
     } catch (err) {
       // Failed or timed out: nothing was restored, so the session goes back. A pid still restores at most once.
       this.putBack(taken);
@@ -318,6 +335,33 @@ export class Restorer {
     } finally {
       if (pending) this.stitcher.cancel(pending);
     }
+  }
+
+  /**
+   * The replay's table read: only the candidates (entries that may be
+   * addressed to the socket, by the keys of every room it was in: see
+   * LogQueries.replayRead), with the needed intervals counted in the same
+   * snapshot to prove them dense. Bounded in count and bytes: a replay over
+   * either limit is refused by planReplay, so no more is read.
+   */
+  private async readTable(
+    namespaceId: number,
+    offset: number,
+    upTo: number,
+    end: SessionEnd | undefined,
+    membership: Membership,
+    holes: readonly Hole[],
+  ): Promise<{ entries: LogEntry[]; density: { missing: number | undefined } }> {
+    const { maxReplayEntries, maxReplayBytes } = this.ctx.opts;
+    const rooms = [...membership.joinedAt.keys(), ...(membership.left ?? []).map(([room]) => room)];
+    const needed = neededIntervals(offset, upTo, end, holes);
+    const read = await this.ctx.log.replayRead(namespaceId, offset, upTo, maxReplayEntries, maxReplayBytes, memberRoomKeys(rooms), needed);
+    const short = needed.findIndex(([after, through], i) => (read.present[i] ?? 0) < through - after);
+    if (short === -1) return { entries: read.entries, density: { missing: undefined } };
+    const [after, through] = needed[short]!;
+    // Which offset is gone, for the refusal's message; the interval's first if it cannot tell.
+    const missing = (await this.ctx.log.firstAbsent(namespaceId, after, through)) ?? after + 1;
+    return { entries: read.entries, density: { missing } };
   }
 
   /** A taken session that was not used goes back, as it was. */

@@ -95,6 +95,16 @@ export const logEntries = pgTable(
     createdAt: timestamp("created_at", { withTimezone: true }).notNull().defaultNow(),
     /** msgpack of [data, rooms, except]: see `codec.ts`. */
     payload: bytea("payload").notNull(),
+    /**
+     * Keys of the entry's rooms (`room-keys.ts`: the first 8 bytes of each
+     * name's MD5), so that a restore reading the table fetches only the
+     * entries that may be addressed to its socket. NULL: to every socket (no
+     * rooms: a broadcast to the namespace, except-rooms or not), or unknown
+     * (rows written before migration 0010, or by an older version of this
+     * package during a rolling upgrade); a NULL row is always read. A filter
+     * on it only ever narrows to a superset: `replay.ts` decides.
+     */
+    roomKeys: bigint("room_keys", { mode: "bigint" }).array(),
   },
   (t) => [primaryKey({ columns: [t.namespaceId, t.offset] })],
 );

@@ -8,6 +8,7 @@ import type { Pool } from "pg";
 import { decodeLoggedPacket, encodePacket, inlineForNotify, type LogEntry, type LoggedPacket } from "./codec.js";
 import type { Queryable } from "./sql/bounded-queries.js";
 import { beginLockingTransaction, timedClient, type StagedRow, type StagingQueries } from "./sql/staging-queries.js";
+import { entryRoomKeys } from "./room-keys.js";
 import { guardCheckedOut } from "./sql/guard-client.js";
 
 /** What one move did, under the namespace's lock, in the caller's transaction. */
@@ -56,7 +57,8 @@ export async function moveStagedLocked(
   }
   if (accepted.length === 0) return { entries: [], taken: rows.length, refused };
   const payloads = accepted.map((e) => e.payload);
-  const from = await staging.append(db, namespace.id, payloads, settings.logChannel, inlineForNotify(payloads, settings.payloadThreshold));
+  const roomKeys = accepted.map((e) => entryRoomKeys(e.packet.rooms));
+  const from = await staging.append(db, namespace.id, payloads, settings.logChannel, inlineForNotify(payloads, settings.payloadThreshold), roomKeys);
   return {
     entries: accepted.map((e, i) => ({ offset: from + i, bytes: e.payload.length, ...e.packet })),
     taken: rows.length,

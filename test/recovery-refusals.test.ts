@@ -42,9 +42,9 @@ describe("recovery refusals", () => {
   it("announces each outcome on the adapter: session-restored with the replay size, restore-refused with a reason", async () => {
     const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2 });
     const refusals: string[] = [];
-    const restored: Array<{ sid: string; replayed: number }> = [];
+    const restored: Array<{ sid: string; replayed: number; source: string; read: number }> = [];
     cluster.node(1).io.of("/").adapter.on("restore-refused", ({ reason }: { reason: string }) => refusals.push(reason));
-    cluster.node(1).io.of("/").adapter.on("session-restored", (event: { sid: string; replayed: number }) => restored.push(event));
+    cluster.node(1).io.of("/").adapter.on("session-restored", (event: { sid: string; replayed: number; source: string; read: number }) => restored.push(event));
     const old = await prepare(cluster);
     const head = await logHead(cluster.node(0).pool);
     cluster.node(0).io.to("secret-room").emit("ev", { n: 1 });
@@ -54,7 +54,7 @@ describe("recovery refusals", () => {
     expect(refusals[0]).toMatch(/unknown pid/);
     expect(refusals[0]).not.toContain(old.pid);
     expect(await comeBack(old.socket, cluster.node(1))).toBe(true);
-    expect(restored).toEqual([{ sid: old.sid, replayed: 1 }]);
+    expect(restored).toEqual([{ sid: old.sid, replayed: 1, source: "memory", read: 1 }]);
     await expectHealthy(cluster);
   });
 

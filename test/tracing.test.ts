@@ -81,8 +81,8 @@ describe("tracing", () => {
     await waitFor(() => spans(SPAN_NAMES.restore).length >= 3, { message: "three restore spans" });
     const restores = spans(SPAN_NAMES.restore).map((s) => s.attributes);
     expect(restores).toEqual([
-      { "socketio.namespace": "/", "socketio.recovery.outcome": "recovered", "socketio.recovery.replay_size": 2, "socketio.recovery.replay_source": "memory" },
-      { "socketio.namespace": "/", "socketio.recovery.outcome": "recovered", "socketio.recovery.replay_size": 1, "socketio.recovery.replay_source": "table" },
+      { "socketio.namespace": "/", "socketio.recovery.outcome": "recovered", "socketio.recovery.replay_size": 2, "socketio.recovery.replay_source": "memory", "socketio.recovery.replay_read": 2 },
+      { "socketio.namespace": "/", "socketio.recovery.outcome": "recovered", "socketio.recovery.replay_size": 1, "socketio.recovery.replay_source": "table", "socketio.recovery.replay_read": 1 },
       {
         "socketio.namespace": "/",
         "socketio.recovery.outcome": "refused",

@@ -35,7 +35,7 @@ try {
   const execMs: number[] = [];
   for (let batch = 1; batch <= 500; batch++) {
     const { rows } = await pool.query<{ "QUERY PLAN": Array<{ Plan: PlanNode; "Execution Time": number }> }>(
-      `EXPLAIN (ANALYZE, WAL, FORMAT JSON) EXECUTE probe_append(${id}, 1, ARRAY['\\x${payload}'::bytea], 'append_wal_probe', '${"x".repeat(100)}', 'probe', ${batch})`,
+      `EXPLAIN (ANALYZE, WAL, FORMAT JSON) EXECUTE probe_append(${id}, 1, ARRAY['\\x${payload}'::bytea], 'append_wal_probe', '${"x".repeat(100)}', 'probe', ${batch}, ARRAY[1234567890123456789]::bigint[], ARRAY[1], ARRAY[1])`,
     );
     const plan = rows[0]!["QUERY PLAN"][0]!;
     execMs.push(plan["Execution Time"]);

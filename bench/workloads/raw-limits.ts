@@ -12,6 +12,7 @@
 import pg from "pg";
 import { migrate } from "../../src/index.js";
 import { quoteIdentifier } from "../../src/sql/identifiers.js";
+import { entryRoomKeys } from "../../src/room-keys.js";
 import { LogQueries } from "../../src/sql/log-queries.js";
 import { nowMs } from "../lib/ipc.js";
 
@@ -108,7 +109,9 @@ export async function measureRawLimits(url: string, secondsEach: number): Promis
       let batchNo = 0;
       for (const batch of [1, 10, 100]) {
         const payloads = Array.from({ length: batch }, () => Buffer.alloc(100, 7));
-        results.push(await loop("our append", batch, secondsEach, () => log.append(id, "bench-raw", ++batchNo, payloads, "bench_raw_append", "")));
+        // Each entry to one room (a private event's shape): the append writes its room key too.
+        const keys = payloads.map((_, i) => entryRoomKeys([`p-${i}`]));
+        results.push(await loop("our append", batch, secondsEach, () => log.append(id, "bench-raw", ++batchNo, payloads, "bench_raw_append", "", keys)));
       }
       await pool.query(`DROP SCHEMA ${quoteIdentifier(schema)} CASCADE`);
     } finally {

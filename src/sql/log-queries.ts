@@ -2,6 +2,7 @@
 import { createHash } from "node:crypto";
 import { decodePacket, type LogEntry } from "../codec.js";
 import type { Queryable } from "./bounded-queries.js";
+import { flattenRoomKeys } from "../room-keys.js";
 import { qualifiedName } from "./identifiers.js";
 
 export interface NamespaceRow {
@@ -52,10 +53,16 @@ export const JUMP_FLOOR_SQL = "((extract(epoch FROM now()) + 3600) * 1000000)::b
  * emitter's moves of staged rows): move the head by `$2` entries, jumping on
  * the first write into another database incarnation (log-gaps.ts), record the
  * jump as a gap, insert the payloads `$3` of namespace `$1` at the new
- * offsets. `bumpedWhere` narrows the head update (an append's retry check).
+ * offsets, each with its room keys (`keysParams`: the three parameters of a
+ * `FlatRoomKeys`, see room-keys.ts; NULLs: no keys). `bumpedWhere` narrows
+ * the head update (an append's retry check).
  * Yields the CTEs `bumped (head, jumped_from)`, `gap` and `inserted`.
  */
-export function bumpAndInsertCtes(tables: { namespaces: string; gaps: string; log: string }, bumpedWhere = ""): string {
+export function bumpAndInsertCtes(
+  tables: { namespaces: string; gaps: string; log: string },
+  keysParams: { keys: string; starts: string; counts: string },
+  bumpedWhere = "",
+): string {
   return `bumped AS (
          UPDATE ${tables.namespaces}
          SET head = CASE WHEN incarnation = pg_postmaster_start_time() THEN head ELSE GREATEST(head, ${JUMP_FLOOR_SQL}) END + $2,
@@ -68,9 +75,10 @@ export function bumpAndInsertCtes(tables: { namespaces: string; gaps: string; lo
          SELECT $1, jumped_from, head - $2 FROM bumped WHERE jumped_from IS NOT NULL AND head - $2 > jumped_from
          ON CONFLICT DO NOTHING
        ), inserted AS (
-         INSERT INTO ${tables.log} (namespace_id, "offset", payload)
-         SELECT $1, bumped.head - $2 + entry.ord, entry.payload
-         FROM bumped, unnest($3::bytea[]) WITH ORDINALITY AS entry(payload, ord)
+         INSERT INTO ${tables.log} (namespace_id, "offset", payload, room_keys)
+         SELECT $1, bumped.head - $2 + entry.ord, entry.payload,
+                CASE WHEN entry.key_count > 0 THEN (${keysParams.keys}::bigint[])[entry.key_start : entry.key_start + entry.key_count - 1] END
+         FROM bumped, unnest($3::bytea[], ${keysParams.starts}::int[], ${keysParams.counts}::int[]) WITH ORDINALITY AS entry(payload, key_start, key_count, ord)
        )`;
 }
 
@@ -215,8 +223,14 @@ export class LogQueries {
     payloads: Buffer[],
     channel: string,
     inline: string,
+    /**
+     * Per payload, its room keys (`entryRoomKeys`): null for an entry to every
+     * socket. Left out, every row gets NULL (read by every restore: correct, not narrowed).
+     */
+    roomKeys: ReadonlyArray<readonly string[] | null> | null = null,
   ): Promise<AppendResult> {
-    const args = [namespaceId, payloads.length, payloads, channel, inline, writerId, batch];
+    const flat = roomKeys === null ? null : flattenRoomKeys(roomKeys);
+    const args = [namespaceId, payloads.length, payloads, channel, inline, writerId, batch, flat?.keys ?? null, flat?.starts ?? null, flat?.counts ?? null];
     let result = await this.runAppend(args);
     if (result === "unregistered") {
       // Registering waits for a registration still running elsewhere; then the row can be locked.
@@ -256,7 +270,7 @@ export class LogQueries {
   private appendText(): string {
     return `WITH writer AS (
          SELECT last_batch, last_from FROM ${this.writers} WHERE writer_id = $6 FOR UPDATE
-       ), ${bumpAndInsertCtes({ namespaces: this.namespaces, gaps: this.gaps, log: this.log }, " AND (SELECT last_batch FROM writer) < $7")}, recorded AS (
+       ), ${bumpAndInsertCtes({ namespaces: this.namespaces, gaps: this.gaps, log: this.log }, { keys: "$8", starts: "$9", counts: "$10" }, " AND (SELECT last_batch FROM writer) < $7")}, recorded AS (
          UPDATE ${this.writers} SET last_batch = $7, last_from = bumped.head - $2 + 1,
                 updated_at = CASE WHEN updated_at < now() - interval '1 minute' THEN now() ELSE updated_at END
          FROM bumped WHERE writer_id = $6
@@ -392,6 +406,78 @@ export class LogQueries {
           );
     return { entries: rows.map((row) => decodePacket(Number(row.offset_text), row.payload)) };
   }
+
+  /**
+   * A restore's read of (after, upTo], in one statement (one snapshot):
+   * 1. the candidates: entries whose `room_keys` is NULL (to every socket,
+   *    or written without keys) or shares a key with `roomKeys` (the keys of
+   *    the socket's rooms). A superset of what the socket gets; the replay
+   *    filter (replay.ts) still runs on each. Bounded like `range` by `limit`
+   *    and `maxBytes` (the row that crosses `maxBytes` comes back too);
+   * 2. how many entries each interval (after, through] of `needed` holds,
+   *    counted on the primary key without fetching payloads: the replay's
+   *    density proof (a pruned entry of a needed interval refuses the restore)
+   *    costs no transfer of the entries that are not the socket's.
+   * Both come from the same snapshot, so a prune between them cannot hide a
+   * missing candidate.
+   */
+  async replayRead(
+    namespaceId: number,
+    after: number,
+    upTo: number,
+    limit: number,
+    maxBytes: number,
+    roomKeys: readonly string[],
+    needed: ReadonlyArray<readonly [after: number, through: number]>,
+  ): Promise<ReplayRead> {
+    const { rows } = await this.pool.query<{ part: number; offset_text: string | null; payload: Buffer | null; present: string[] | null }>(
+      `/* socket.io-postgres-recovery: replay read */
+       WITH counted AS (
+         SELECT coalesce(array_agg(k.present ORDER BY n.ord), '{}')::text[] AS present
+         FROM unnest($6::bigint[], $7::bigint[]) WITH ORDINALITY AS n(after_offset, through_offset, ord)
+         CROSS JOIN LATERAL (
+           SELECT count(*) AS present FROM ${this.log} AS c
+           WHERE c.namespace_id = $1 AND c."offset" > n.after_offset AND c."offset" <= n.through_offset
+         ) AS k
+       ), candidates AS (
+         SELECT "offset", sum(octet_length(payload)) OVER (ORDER BY "offset") - octet_length(payload) AS bytes_before
+         FROM ${this.log}
+         WHERE namespace_id = $1 AND "offset" > $2 AND "offset" <= $3
+           AND (room_keys IS NULL OR room_keys && $8::bigint[])
+         ORDER BY "offset" LIMIT $4
+       )
+       SELECT 0 AS part, NULL::bigint AS sort_offset, NULL::text AS offset_text, NULL::bytea AS payload, present FROM counted
+       UNION ALL
+       SELECT 1, r."offset", r."offset"::text, l.payload, NULL
+       FROM candidates AS r
+       JOIN ${this.log} AS l ON l.namespace_id = $1 AND l."offset" = r."offset"
+       WHERE r.bytes_before <= $5
+       ORDER BY part, sort_offset`,
+      [namespaceId, after, upTo, limit, maxBytes, needed.map((n) => n[0]), needed.map((n) => n[1]), roomKeys],
+    );
+    const present = (rows[0]?.present ?? []).map(Number);
+    const entries = rows.slice(1).map((row) => decodePacket(Number(row.offset_text), row.payload!));
+    return { entries, present };
+  }
+
+  /** The first offset of (after, through] that holds no entry, or undefined (for a refusal's message). */
+  async firstAbsent(namespaceId: number, after: number, through: number): Promise<number | undefined> {
+    const { rows } = await this.pool.query<{ absent: string | null }>(
+      `SELECT min(n)::text AS absent FROM generate_series($2::bigint + 1, $3::bigint) AS n
+       WHERE NOT EXISTS (SELECT 1 FROM ${this.log} WHERE namespace_id = $1 AND "offset" = n)`,
+      [namespaceId, after, through],
+    );
+    const absent = rows[0]?.absent;
+    return absent == null ? undefined : Number(absent);
+  }
+}
+
+/** What a restore's table read returns (`LogQueries.replayRead`). */
+export interface ReplayRead {
+  /** The candidates: entries of the range that may be addressed to the socket, oldest first. */
+  entries: LogEntry[];
+  /** Per interval of `needed`, in order: how many offsets in it hold an entry. */
+  present: number[];
 }
 
 /** Who reads a range of the log: the sequencer (gap fills, catch-up) or a restore's replay. */

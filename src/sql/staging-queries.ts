@@ -13,6 +13,7 @@
 import type { PoolClient, QueryConfig, QueryResult, QueryResultRow } from "pg";
 import type { Queryable } from "./bounded-queries.js";
 import { qualifiedName } from "./identifiers.js";
+import { flattenRoomKeys } from "../room-keys.js";
 import { bumpAndInsertCtes } from "./log-queries.js";
 
 /** A staged row as the move takes it: exactly one of `payload` and `packet` is set. */
@@ -107,15 +108,24 @@ export class StagingQueries {
    * nodes as every append does (`namespaceId|from|count|inline`). Runs under
    * the lock of `lockNamespace`; returns the first offset.
    */
-  async append(db: Queryable, namespaceId: number, payloads: Buffer[], logChannel: string, inline: string): Promise<number> {
+  async append(
+    db: Queryable,
+    namespaceId: number,
+    payloads: Buffer[],
+    logChannel: string,
+    inline: string,
+    /** Per payload, its room keys, as `LogQueries.append` takes them. */
+    roomKeys: ReadonlyArray<readonly string[] | null> | null = null,
+  ): Promise<number> {
+    const flat = roomKeys === null ? null : flattenRoomKeys(roomKeys);
     const { rows } = await db.query<{ from_offset: string }>(
       // The head jumps like the append's on the first write into another database incarnation (see
       // LogQueries.append and log-gaps.ts): a failover that lost commits never has their offsets reused.
-      `WITH ${bumpAndInsertCtes({ namespaces: this.namespaces, gaps: this.gaps, log: this.log })}
+      `WITH ${bumpAndInsertCtes({ namespaces: this.namespaces, gaps: this.gaps, log: this.log }, { keys: "$6", starts: "$7", counts: "$8" })}
        SELECT (bumped.head - $2 + 1)::text AS from_offset,
               pg_notify($4, concat_ws('|', $1::text, (bumped.head - $2 + 1)::text, $2::text, $5::text, bumped.jumped_from::text))
        FROM bumped`,
-      [namespaceId, payloads.length, payloads, logChannel, inline],
+      [namespaceId, payloads.length, payloads, logChannel, inline, flat?.keys ?? null, flat?.starts ?? null, flat?.counts ?? null],
     );
     const row = rows[0];
     if (!row) throw new Error(`socket.io-postgres-recovery: namespace ${namespaceId} has no row; cannot append moved events`);
