@@ -66,6 +66,9 @@ export const STATUS_TABLES = [
   "log_gaps",
   "sessions",
   "nodes",
+  // Emits staged by transactions (createEmitter), waiting for a node to move them into the log: grows while no node runs.
+  "staged_events",
+  "expired_sessions",
   "socket_io_attachments",
   "maintenance",
 ] as const;
