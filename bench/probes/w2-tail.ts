@@ -1,7 +1,9 @@
 /**
- * W2's time per step with its tail (issue 14): like w2-steps.ts, from the
- * same probe files, but every step's p50/p90/p99, and for the slowest 10 %
- * and 1 % of events (by emit → first client) which step holds them.
+ * W2's time per step with its tail (issue 14), from the timestamps the W2
+ * probe writes (apply bench/probes/w2-steps.patch, then run W2 with
+ * W2_PROBE=<empty dir>; each process writes `step epoch seq time emittedAt`
+ * lines): joined per event, every step's p50/p90/p99, and for the slowest
+ * 10 % and 1 % of events (by emit → first client) which step holds them.
  *
  *   npx tsx bench/probes/w2-tail.ts <dir written by W2_PROBE>
  */
