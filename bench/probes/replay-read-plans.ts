@@ -80,7 +80,7 @@ try {
     const after = Math.max(0, size - RANGE);
     const needed: Array<[number, number]> = [[after, size]];
     const replay = await statementOf((l) => l.replayRead(id, after, size, 50_000, 64 * 2 ** 20, keys, needed));
-    const whole = await statementOf((l) => l.range(id, after, size, 50_000, 64 * 2 ** 20, "replay"));
+    const whole = await statementOf((l) => l.range(id, after, size, 50_000, 64 * 2 ** 20));
     for (const phase of ["after ANALYZE (visibility map empty)", "after VACUUM"]) {
       await pool.query(phase.startsWith("after VACUUM") ? "VACUUM ANALYZE socket_io.log_entries" : "ANALYZE socket_io.log_entries");
       const { rows: size_ } = await pool.query<{ mb: string }>(`SELECT (pg_total_relation_size('socket_io.log_entries') / 1048576)::text AS mb`);

@@ -378,10 +378,9 @@ export class LogQueries {
     upTo: number | undefined,
     limit: number,
     maxBytes?: number,
-    purpose: ReadPurpose = "delivery",
   ): Promise<{ entries: LogEntry[] }> {
-    // Named in the statement, so that pg_stat_activity tells a restore's replay read from delivery's reads.
-    const label = `/* socket.io-postgres-recovery: ${purpose} read */ `;
+    // Named in the statement, so that pg_stat_activity tells delivery's reads from a restore's (replayRead).
+    const label = "/* socket.io-postgres-recovery: delivery read */ ";
     // The text alias must not be named "offset": ORDER BY would then sort the text, not the number.
     const { rows } =
       maxBytes === undefined
@@ -479,9 +478,6 @@ export interface ReplayRead {
   /** Per interval of `needed`, in order: how many offsets in it hold an entry. */
   present: number[];
 }
-
-/** Who reads a range of the log: the sequencer (gap fills, catch-up) or a restore's replay. */
-export type ReadPurpose = "delivery" | "replay";
 
 /**
  * pg prepares a named statement once per client connection; behind a pooler
