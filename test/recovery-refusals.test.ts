@@ -201,6 +201,29 @@ describe("recovery refusals", () => {
     });
   }
 
+  // maxReplayBytes bounds what may be addressed to the socket (a table read's candidates): other rooms' big
+  // entries in the range do not refuse a restore whose own entries fit. (A ring holds at most maxReplayBytes,
+  // so such a range is read from the table on every node.)
+  for (const where of ["the same node", "another node", "a node without a ring"] as const) {
+    it(`does not refuse for other rooms' entries past maxReplayBytes (recovering on ${where})`, async () => {
+      const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, adapter: { maxReplayBytes: 4096 } });
+      const tableNode = await cluster.addNode({ adapter: { maxReplayBytes: 4096, recentEntries: 0 } });
+      const old = await prepare(cluster);
+      const head = await logHead(cluster.node(0).pool);
+      for (let i = 0; i < 4; i++) cluster.node(1).io.to("other-room").emit("ev", { n: i, pad: "x".repeat(2000) });
+      cluster.node(1).io.to("secret-room").emit("ev", { n: 4 });
+      await waitFor(async () => (await logHead(cluster.node(0).pool)) === head + 5);
+      const target = where === "the same node" ? cluster.node(0) : where === "another node" ? cluster.node(1) : tableNode;
+      // Each node has delivered the range (a node's ring and cursor are past it) before the client comes back.
+      await waitFor(() => (target.io.of("/").adapter as unknown as { sequencer?: { cursor?: number } }).sequencer?.cursor === head + 5);
+      const got = recordEvents(old.socket);
+      expect(await comeBack(old.socket, target)).toBe(true);
+      await waitFor(() => got.length >= 1);
+      expect(got.map((r) => r.args[0])).toEqual([{ n: 4 }]);
+      await expectHealthy(cluster);
+    });
+  }
+
   it("after a refused recovery, the new session's offset replaces the stale one", async () => {
     const cluster = await Cluster.start({ databaseUrl: db.url, nodes: 2, maxDisconnectionDuration: 1000 });
     const old = await prepare(cluster);
