@@ -34,6 +34,7 @@ import type { NamespaceMember, NodeContext } from "./node-context.js";
 import { encodeOptions, isOrderedOperation, orderedOperation, type OperationMessage } from "./operation-messages.js";
 import { normalizeEventData, prepareLoggedPacket } from "./payload.js";
 import { orderDisconnect, ProgramOrder } from "./program-order.js";
+import { ClosingSessions } from "./closing-sessions.js";
 import { FailoverGuard } from "./failover-guard.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
@@ -41,7 +42,7 @@ import { moveStaged } from "./staged-events.js";
 import { StagedMover } from "./staged-mover.js";
 import { SessionDurability, type DurabilityHost } from "./session-durability.js";
 import { hashPid } from "./session-store.js";
-import { SocketLedger, UNSTARTED } from "./socket-ledger.js";
+import { SocketLedger, UNSTARTED, type SessionSnapshot } from "./socket-ledger.js";
 
 export type { OutageEndedEvent, OutageStartedEvent } from "./log-writer.js";
 export type { RefusedEvent, RestoredEvent } from "./restorer.js";
@@ -79,6 +80,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly order: ProgramOrder | undefined;
   private namespaceId: number | undefined;
   private readonly ledger = new SocketLedger();
+  /** Sessions waiting for the operations queued before their socket's transport closed (closing-sessions.ts). */
+  private readonly closingSessions = new ClosingSessions();
   private readonly ready: Promise<void>;
   /** `ready` has settled (see started()). */
   private readySettled = false;
@@ -376,6 +379,10 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         const socket = this.namespace.sockets.get(id);
         const cursor = this.sequencer?.cursor;
         const namespaceId = this.namespaceId;
+        const closing = socket ? undefined : this.closingSessions.get(id);
+        if (closing && namespaceId !== undefined) {
+          return { namespaceId, rooms: [...closing.rooms], left: closing.left, floor: closing.floor, data: closing.data };
+        }
         if (!socket || cursor === undefined || namespaceId === undefined) return undefined;
         const snapshot = this.ledger.snapshot(id, [...socket.rooms], cursor);
         if (!snapshot) return undefined;
@@ -506,8 +513,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const order = this.order;
     if (order && isOrderedOperation(message) && message.nsp === this.nspName) {
       // Issued after events of its node up to that offset: applies once they are delivered here.
-      void order.remote(message.data.afterOffset, () => {
+      void order.remote(message.data.afterOffset, (cursor) => {
         this.onMessage(message);
+        this.changeClosing(message, cursor);
       });
       return;
     }
@@ -562,8 +570,17 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const local = opts.flags?.local === true;
     return order.local((afterOffset) => {
       applyLocally();
+      this.changeClosing(message, afterOffset);
       return local ? undefined : this.publishAndReturnOffset(orderedOperation(message, afterOffset));
     }, !local);
+  }
+
+  /** An operation applied here at `cursor` reaches the sessions of sockets closed since it was queued too. */
+  private changeClosing(message: OperationMessage, cursor: number | undefined): void {
+    for (const session of this.closingSessions.applyOperation(message, cursor ?? UNSTARTED)) {
+      // As a socket's room change: the events after it wait for its skeleton (crash safety).
+      this.durability?.changed(session.sid, undefined, true);
+    }
   }
 
   /**
@@ -595,7 +612,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.ledger.join(id, rooms, cursor);
     super.addAll(id, rooms);
     const socket = this.namespace.sockets.get(id);
-    if (socket && this.order) orderDisconnect(socket, this.order);
+    if (socket && this.order) orderDisconnect(socket, this.order, (sid) => this.closingSessions.drop(sid));
     // Joining its own room is how every socket connects, not a room change.
     if (socket) this.durability?.changed(id, pidOf(socket), !(rooms.size === 1 && rooms.has(id)));
     if (!this.ledger.has(id)) {
@@ -617,14 +634,21 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   private leaveNow(id: SocketId, room: Room): void {
-    this.ledger.leave(id, room, this.sequencer?.cursor ?? UNSTARTED);
+    const cursor = this.sequencer?.cursor ?? UNSTARTED;
+    if (this.closingSessions.leave(id, room, cursor)) {
+      // The transport closed while the leave waited: it changes the session to write (closing-sessions.ts).
+      this.durability?.changed(id, undefined, true);
+      return;
+    }
+    this.ledger.leave(id, room, cursor);
     super.del(id, room);
     // Leaving its own room is part of leaving the namespace (delAll follows).
     if (room !== id && this.namespace.sockets.has(id)) this.durability?.changed(id, undefined, true);
   }
 
   override delAll(id: SocketId): void {
-    this.durability?.left(id);
+    // A closing session keeps its skeleton until its session is written.
+    if (!this.closingSessions.has(id)) this.durability?.left(id);
     this.ledger.forget(id);
     this.restorer?.onLeave(id);
     super.delAll(id);
@@ -662,26 +686,57 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     }
     // Entries held back for a room change that never became durable were not written to the socket.
     const firstHeld = this.durability?.firstHeld(session.sid);
-    const fence = this.durability?.disconnected(session.sid);
+    const cursorOffset = firstHeld === undefined ? cursor : Math.max(snapshot.lastDelivered, firstHeld - 1);
+    const order = this.order;
+    if (order?.operationsQueued) {
+      // An operation queued before this close may still change the session (a leave that waits for
+      // program order, say): it is written once they have applied, after them in the queue.
+      this.closingSessions.open(session.sid, session.pid, snapshot, cursorOffset, session.data);
+      this.durability?.closed(session.sid);
+      void order.local(() => this.writeClosing(session.sid), false);
+      return;
+    }
+    this.storeSession(session.sid, session.pid, { ...snapshot, cursorOffset, data: session.data });
+  }
+
+  /** The operations queued before the socket's transport closed have applied: its session goes out now. */
+  private writeClosing(sid: SocketId): void {
+    const closing = this.closingSessions.take(sid);
+    if (!closing) return;
+    if (closing.dropped) {
+      // Disconnected by the application before the close: no session, as with Socket.IO's own order.
+      this.durability?.left(sid);
+      return;
+    }
+    this.storeSession(sid, closing.pid, { ...closing, rooms: [...closing.rooms] });
+  }
+
+  /** Writes a socket's session at its disconnect; from then on it is no longer tracked as connected. */
+  private storeSession(
+    sid: SocketId,
+    pid: PrivateSessionId,
+    session: SessionSnapshot & { readonly cursorOffset: number; readonly data: unknown },
+  ): void {
+    const fence = this.durability?.disconnected(sid);
     let payload: Buffer;
     try {
-      payload = encodeSession({ rooms: snapshot.rooms, left: snapshot.left, data: session.data });
+      payload = encodeSession({ rooms: session.rooms, left: session.left, data: session.data });
     } catch (err) {
-      this.ctx.reportError(new Error(`socket.io-postgres-recovery: socket.data of ${session.sid} does not serialize; its session is not stored`, { cause: err }));
+      this.ctx.reportError(new Error(`socket.io-postgres-recovery: socket.data of ${sid} does not serialize; its session is not stored`, { cause: err }));
       fence?.written(Promise.resolve());
       return;
     }
     const written = this.ctx.sessions.persist({
-      pidHash: hashPid(session.pid),
-      namespaceId: this.namespaceId,
-      sid: session.sid,
-      floorOffset: snapshot.floor,
-      lastOffset: snapshot.lastDelivered,
-      cursorOffset: firstHeld === undefined ? cursor : Math.max(snapshot.lastDelivered, firstHeld - 1),
+      pidHash: hashPid(pid),
+      namespaceId: this.namespaceId!,
+      sid,
+      floorOffset: session.floor,
+      lastOffset: session.lastDelivered,
+      cursorOffset: session.cursorOffset,
       nodeId: this.ctx.sessions.nodeId,
       generation: fence?.generation ?? 0,
       payload,
-      ttlMs: this.recovery.maxDisconnectionDuration,
+      ttlMs: this.recovery!.maxDisconnectionDuration,
     });
     fence?.written(written);
   }
