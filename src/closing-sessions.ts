@@ -46,7 +46,7 @@ export interface ClosingSession {
 }
 
 /** An operation as it travels the cluster bus (encoded options: arrays). */
-interface OperationLike {
+export interface OperationLike {
   readonly type: number;
   readonly data: {
     readonly opts: { readonly rooms: readonly Room[]; readonly except?: readonly Room[] };
