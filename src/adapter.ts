@@ -25,7 +25,7 @@ import {
   type SocketId,
 } from "socket.io-adapter";
 import { atMost, installConnectGate, type ConnectGated } from "./connect-gate.js";
-import { decodeBatchFromNotify, decodePacket, encodeSession, formatOffset, type LogEntry, type LoggedPacket } from "./codec.js";
+import { decodeBatchFromNotify, decodePacket, formatOffset, type LogEntry, type LoggedPacket } from "./codec.js";
 import { debug } from "./debug.js";
 import { asError, isMissingSchemaError } from "./errors.js";
 import { LogWriter, type LogWriterHost } from "./log-writer.js";
@@ -34,13 +34,13 @@ import type { NamespaceMember, NodeContext } from "./node-context.js";
 import { encodeOptions, isOrderedOperation, orderedOperation, type OperationMessage } from "./operation-messages.js";
 import { normalizeEventData, prepareLoggedPacket } from "./payload.js";
 import { orderDisconnect, ProgramOrder } from "./program-order.js";
+import { DisconnectSessions } from "./disconnect-sessions.js";
 import { FailoverGuard } from "./failover-guard.js";
 import { Restorer, type RestorerHost } from "./restorer.js";
 import { Sequencer } from "./sequencer.js";
 import { moveStaged } from "./staged-events.js";
 import { StagedMover } from "./staged-mover.js";
 import { SessionDurability, type DurabilityHost } from "./session-durability.js";
-import { hashPid } from "./session-store.js";
 import { SocketLedger, UNSTARTED } from "./socket-ledger.js";
 
 export type { OutageEndedEvent, OutageStartedEvent } from "./log-writer.js";
@@ -79,6 +79,8 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   private readonly order: ProgramOrder | undefined;
   private namespaceId: number | undefined;
   private readonly ledger = new SocketLedger();
+  /** Sessions written at the disconnect, after the operations queued before it (disconnect-sessions.ts). */
+  private readonly disconnects: DisconnectSessions | undefined;
   private readonly ready: Promise<void>;
   /** `ready` has settled (see started()). */
   private readySettled = false;
@@ -171,6 +173,14 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         resumeDelivery: () => this.sequencer?.offer([]),
         onError: (err) => this.ctx.reportError(err),
       });
+      this.disconnects = new DisconnectSessions(
+        { cursor: () => this.sequencer?.cursor, namespaceId: () => this.namespaceId, reportError: (err) => this.ctx.reportError(err) },
+        this.ledger,
+        ctx.sessions,
+        this.durability,
+        this.order,
+        this.recovery.maxDisconnectionDuration,
+      );
       installConnectGate(nsp);
       const { sequencer, writer } = this;
       this.unwatchMetrics = ctx.metrics.watch(nsp.name, {
@@ -376,6 +386,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
         const socket = this.namespace.sockets.get(id);
         const cursor = this.sequencer?.cursor;
         const namespaceId = this.namespaceId;
+        // A socket whose transport closed while operations waited: its state at the close, as they changed it.
+        const closing = socket ? undefined : this.disconnects?.skeletonOf(id);
+        if (closing && namespaceId !== undefined) return { namespaceId, ...closing };
         if (!socket || cursor === undefined || namespaceId === undefined) return undefined;
         const snapshot = this.ledger.snapshot(id, [...socket.rooms], cursor);
         if (!snapshot) return undefined;
@@ -506,8 +519,9 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const order = this.order;
     if (order && isOrderedOperation(message) && message.nsp === this.nspName) {
       // Issued after events of its node up to that offset: applies once they are delivered here.
-      void order.remote(message.data.afterOffset, () => {
+      void order.remote(message.data.afterOffset, (cursor) => {
         this.onMessage(message);
+        this.disconnects?.applied(message, cursor);
       });
       return;
     }
@@ -562,6 +576,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     const local = opts.flags?.local === true;
     return order.local((afterOffset) => {
       applyLocally();
+      this.disconnects?.applied(message, afterOffset);
       return local ? undefined : this.publishAndReturnOffset(orderedOperation(message, afterOffset));
     }, !local);
   }
@@ -595,7 +610,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
     this.ledger.join(id, rooms, cursor);
     super.addAll(id, rooms);
     const socket = this.namespace.sockets.get(id);
-    if (socket && this.order) orderDisconnect(socket, this.order);
+    if (socket && this.order) orderDisconnect(socket, this.order, (sid) => this.disconnects?.dropped(sid));
     // Joining its own room is how every socket connects, not a room change.
     if (socket) this.durability?.changed(id, pidOf(socket), !(rooms.size === 1 && rooms.has(id)));
     if (!this.ledger.has(id)) {
@@ -617,14 +632,18 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   }
 
   private leaveNow(id: SocketId, room: Room): void {
-    this.ledger.leave(id, room, this.sequencer?.cursor ?? UNSTARTED);
+    const cursor = this.sequencer?.cursor ?? UNSTARTED;
+    // The transport closed while the leave waited: it changes the session to write.
+    if (this.disconnects?.leave(id, room, cursor)) return;
+    this.ledger.leave(id, room, cursor);
     super.del(id, room);
     // Leaving its own room is part of leaving the namespace (delAll follows).
     if (room !== id && this.namespace.sockets.has(id)) this.durability?.changed(id, undefined, true);
   }
 
   override delAll(id: SocketId): void {
-    this.durability?.left(id);
+    // A closing session keeps its skeleton until its session is written.
+    if (!this.disconnects?.isClosing(id)) this.durability?.left(id);
     this.ledger.forget(id);
     this.restorer?.onLeave(id);
     super.delAll(id);
@@ -654,36 +673,7 @@ export class PostgresRecoveryAdapter extends ClusterAdapterWithHeartbeat impleme
   // ---- sessions ------------------------------------------------------------
 
   override persistSession(session: { sid: SocketId; pid: PrivateSessionId; rooms: Room[]; data: unknown }): void {
-    const cursor = this.sequencer?.cursor;
-    const snapshot = cursor === undefined ? undefined : this.ledger.snapshot(session.sid, session.rooms, cursor);
-    if (!this.recovery || !snapshot || cursor === undefined || this.namespaceId === undefined) {
-      debug("not persisting session of %s: namespace not started or socket unknown", session.sid);
-      return;
-    }
-    // Entries held back for a room change that never became durable were not written to the socket.
-    const firstHeld = this.durability?.firstHeld(session.sid);
-    const fence = this.durability?.disconnected(session.sid);
-    let payload: Buffer;
-    try {
-      payload = encodeSession({ rooms: snapshot.rooms, left: snapshot.left, data: session.data });
-    } catch (err) {
-      this.ctx.reportError(new Error(`socket.io-postgres-recovery: socket.data of ${session.sid} does not serialize; its session is not stored`, { cause: err }));
-      fence?.written(Promise.resolve());
-      return;
-    }
-    const written = this.ctx.sessions.persist({
-      pidHash: hashPid(session.pid),
-      namespaceId: this.namespaceId,
-      sid: session.sid,
-      floorOffset: snapshot.floor,
-      lastOffset: snapshot.lastDelivered,
-      cursorOffset: firstHeld === undefined ? cursor : Math.max(snapshot.lastDelivered, firstHeld - 1),
-      nodeId: this.ctx.sessions.nodeId,
-      generation: fence?.generation ?? 0,
-      payload,
-      ttlMs: this.recovery.maxDisconnectionDuration,
-    });
-    fence?.written(written);
+    if (!this.disconnects?.persist(session)) debug("not persisting session of %s: namespace not started or socket unknown", session.sid);
   }
 
   /** Called by the node's heartbeat ticker (heartbeat-ticker.ts). */

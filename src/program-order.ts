@@ -109,6 +109,11 @@ export class ProgramOrder {
     return offset === NOTHING || (this.opts.cursor() ?? NOTHING) >= offset;
   }
 
+  /** Whether an operation (this node's or another's) waits in the queue: a socket closing now may still be its target. */
+  get operationsQueued(): boolean {
+    return this.queue.some((item) => item.kind === "operation");
+  }
+
   /**
    * Whether the sequencer must not deliver now: an operation waits for events
    * of this node whose offsets are not known yet, and any entry could be one
@@ -320,16 +325,18 @@ const orderedSockets = new WeakSet<Socket>();
  * connected socket's `disconnect` goes through `order`: when something is
  * pending, it takes effect (and `socket.connected` turns false) once those
  * events are delivered. Otherwise, and inside an operation
- * (`disconnectSockets`), it is Socket.IO's own, at once.
+ * (`disconnectSockets`), it is Socket.IO's own, at once. `closedBefore`: the
+ * transport closed while it waited (see closing-sessions.ts).
  */
-export function orderDisconnect(socket: Socket, order: ProgramOrder): void {
+export function orderDisconnect(socket: Socket, order: ProgramOrder, closedBefore: (id: string) => void): void {
   if (orderedSockets.has(socket)) return;
   orderedSockets.add(socket);
   const disconnect = socket.disconnect.bind(socket);
   socket.disconnect = (close?: boolean) => {
     if (!socket.connected || order.applying || order.idle) return disconnect(close);
     void order.local(() => {
-      disconnect(close);
+      if (socket.connected) disconnect(close);
+      else closedBefore(socket.id);
     }, false);
     return socket;
   };

@@ -362,6 +362,19 @@ export class SessionDurability {
     };
   }
 
+  /**
+   * The socket's transport closed and its session waits for the operations
+   * queued before the close (closing-sessions.ts): entries held back for it
+   * are dropped (the session's replay sends them). It stays tracked, its
+   * skeleton written from the closing state, until `disconnected()` or `left()`.
+   */
+  closed(id: SocketId): void {
+    const socket = this.sockets.get(id);
+    if (!socket) return;
+    this.pendingSockets.delete(socket);
+    socket.held.length = 0;
+  }
+
   /** The socket left the namespace for good (no session): its skeleton is deleted. */
   left(id: SocketId): void {
     const socket = this.sockets.get(id);

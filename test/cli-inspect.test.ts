@@ -19,7 +19,7 @@ import {
   sql,
   urlWithPort,
 } from "./helpers/cli.js";
-import { Cluster, goOffline, join, recoveryFields, waitForHead, waitForSession } from "./helpers/cluster.js";
+import { Cluster, goOffline, join, recoveryFields, waitFor, waitForHead, waitForSession } from "./helpers/cluster.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
 const db = useClusterSuite("cli_inspect");
@@ -47,6 +47,9 @@ async function storedSession(): Promise<Stored> {
   await waitForHead(pool, 3, "/", schema);
   await join(client, "late");
   await client.timeout(3000).emitWithAck("set-data", DATA);
+  // The session's last offset is what was written to the socket: the 3 entries may still be held
+  // back for its room changes (crash safety) until their skeleton commits, slow under load.
+  await waitFor(() => recoveryFields(client)._lastOffset === "o3", { message: () => `the 3 entries (last offset ${recoveryFields(client)._lastOffset})` });
   const sid = client.id!;
   const pid = recoveryFields(client)._pid!;
   expect(pid).toBeTruthy();

@@ -292,7 +292,11 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
   });
 
   it("SIGTERM under load: every accepted packet and every session of its sockets is written within closeTimeoutMs", async () => {
-    const r = await setUp("graceful_shutdown");
+    // The victim's 3000-entry burst holds the namespace's head lock while each of its batches commits;
+    // under CI load another node's append once waited past the 2 s default of unloggedDeliveryAfterMs,
+    // and that node rightly went into outage mode (one event delivered unlogged, to its sockets only).
+    // Outage mode has scenarios of its own ("unreachable"): here it is kept out of the way.
+    const r = await setUp("graceful_shutdown", { unloggedDeliveryAfterMs: 10_000 });
     const victim = r.nodes[2]!;
     r.startTraffic();
     await sleep(1000);

@@ -24,7 +24,7 @@ const CLIENTS = 4;
 
 type Step =
   | { kind: "emit"; node: number; rooms: string[]; except: string[] }
-  | { kind: "join" | "leave"; client: number; room: string; thenDrop: number | undefined }
+  | { kind: "join" | "leave"; client: number; room: string; thenDrop: number | undefined; emitFirst: boolean }
   | { kind: "drop"; client: number; node: number }
   | { kind: "pause"; ms: number };
 
@@ -47,6 +47,9 @@ const step: fc.Arbitrary<Step> = fc.oneof(
       client: fc.nat(CLIENTS - 1),
       room,
       thenDrop: fc.option(fc.nat(1), { nil: undefined }),
+      // The client's node emits to the room just before the change: a leave then waits for that
+      // event (program order), and with thenDrop the connection drops before it applied.
+      emitFirst: fc.boolean(),
     }),
   },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant("drop" as const), client: fc.nat(CLIENTS - 1), node: fc.nat(1) }) },
@@ -60,14 +63,24 @@ const step: fc.Arbitrary<Step> = fc.oneof(
  * behind its offset). The membership change is bounded by two entries of
  * the client's node: a witness there received `before` (so the node's
  * cursor was past it when it changed the rooms), and `after` was emitted
- * once the change was acknowledged (to a room nobody is in).
+ * once the change was acknowledged (to a room nobody is in). `emitFirst`:
+ * the node emits to the room between the two, just before the change.
  */
-async function changeRoom(history: History, cluster: Cluster, witnesses: Map<string, ClientHandle>, client: ClientHandle, kind: "join" | "leave", room: string): Promise<void> {
+async function changeRoom(
+  history: History,
+  cluster: Cluster,
+  witnesses: Map<string, ClientHandle>,
+  client: ClientHandle,
+  kind: "join" | "leave",
+  room: string,
+  emitFirst: boolean,
+): Promise<void> {
   const uri = (client.socket.io as unknown as { uri: string }).uri;
   const node = cluster.nodes.find((n) => uri.startsWith(n.url))!;
   const witness = witnesses.get(node.url)!;
   const before = history.emit(node.io, { rooms: ["witness"] }, `${client.label}-before`);
   await waitFor(() => witness.track.received.some((r) => r.id === before.id), { message: "the witness marker" });
+  if (emitFirst) history.emit(node.io, { rooms: [room] }, node.name);
   await client.socket.timeout(3000).emitWithAck(kind, room);
   const after = history.emit(node.io, { rooms: ["nobody"] }, `${client.label}-after`);
   const track = client.track;
@@ -124,7 +137,7 @@ describe("exactness under random schedules", () => {
               if (s.kind === "join" && c.rooms.has(s.room)) continue;
               if (s.kind === "leave" && !c.rooms.has(s.room)) continue;
               await waitFor(() => c.handle.socket.connected, { timeout: 8000, message: `${c.handle.label} connected` });
-              await changeRoom(history, cluster, witnesses, c.handle, s.kind, s.room);
+              await changeRoom(history, cluster, witnesses, c.handle, s.kind, s.room, s.emitFirst);
               if (s.kind === "join") c.rooms.add(s.room);
               else c.rooms.delete(s.room);
               if (s.thenDrop !== undefined) {
