@@ -143,6 +143,15 @@ export class Sequencer {
     return this.knownHeadValue - this.skippedBetween(cursor, this.knownHeadValue + 1);
   }
 
+  /**
+   * Started, and no read of the table under way or scheduled, nor a slice of
+   * delivery: the cursor moves again only for what reaches the node (its own
+   * writes, NOTIFYs), a restore's wait, or a catch-up. For tests and debugging.
+   */
+  get idle(): boolean {
+    return this._cursor !== undefined && this.reading === undefined && this.gapTimer === undefined && !this.sliceScheduled;
+  }
+
   /** The offset of the last delivered entry; undefined until `start()`. */
   get cursor(): number | undefined {
     return this._cursor;

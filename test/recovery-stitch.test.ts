@@ -22,6 +22,7 @@ import {
   type Received,
   type TestNode,
 } from "./helpers/cluster.js";
+import type { Sequencer } from "../src/sequencer.js";
 import { startPostgresProxy } from "./helpers/postgres-proxy.js";
 import { useClusterSuite } from "./fixtures/suite.js";
 
@@ -29,6 +30,11 @@ const db = useClusterSuite("recovery_stitch");
 
 function ns(received: Received[]): unknown[] {
   return received.filter((r) => r.event === "ev").map((r) => (r.args[0] as { n: unknown }).n);
+}
+
+/** The sequencer of a node's "/" namespace: its delivery cursor, and whether a read is pending. */
+function delivery(node: TestNode): Sequencer {
+  return (node.io.of("/").adapter as unknown as { sequencer: Sequencer }).sequencer;
 }
 
 const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
@@ -178,13 +184,20 @@ describe("stitching a restore to live delivery", () => {
       cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1 });
       const lagging = await cluster.addNode({ databaseUrl: proxy.through(db.url), adapter: { listenerCheckIntervalMs: 600_000 } });
       await cluster.waitForServerCount();
-      // node1 must know its cursor before its listener freezes: a CONNECT waits for it (connect
-      // gate). Otherwise, under load, node1 read its start after 6 and 7 were emitted but before
-      // they committed, and then rightly heard of them only when its listener came back.
-      (await cluster.connect(1)).disconnect();
+      // node1 knows its cursor before its listener freezes (it reads its start after its LISTEN,
+      // which a frozen listener would hold). Otherwise, under load, node1 read its start after 6
+      // and 7 were emitted but before they committed, and then rightly heard of them only when its
+      // listener came back. (A CONNECT to node1 waits for the cursor at most unloggedDeliveryAfterMs.)
+      await waitFor(() => delivery(lagging).cursor !== undefined, { message: "node1's cursor" });
       const client = await cluster.connect(0, { rooms: ["lag"] });
       const got = recordEvents(client);
       expect(proxy.freeze((c) => c.applicationName === LISTENER_APPLICATION_NAME)).toBe(1);
+      // From here on node1 learns of entries only by reading the table. The catch-up read of its
+      // start may still be under way (its pool is slow under load): landing after 5 committed and
+      // before 6 did, it put node1's cursor at the client's offset, unaware of 6 and 7 (as above),
+      // and the restore had nothing to wait for: [1..5] until the listener came back. No read of
+      // node1's is left when 1 commits.
+      await waitFor(() => delivery(lagging).idle, { message: "node1's catch-up read of its start" });
       for (const n of range(1, 5)) cluster.node(0).io.to("lag").emit("ev", { n });
       await waitFor(() => got.length === 5);
       const sid = client.id!;
@@ -194,6 +207,7 @@ describe("stitching a restore to live delivery", () => {
       for (const n of range(6, 7)) cluster.node(0).io.to("lag").emit("ev", { n });
       await waitForHead(cluster.node(0).pool, head + 2);
       // node1 has heard of none of the 7 entries: its cursor is behind the client's offset o5.
+      expect(delivery(lagging).cursor).toBeLessThan(head);
       expect(await comeBack(client, lagging)).toBe(true);
       await waitFor(() => got.length >= 7, { message: () => `7 packets, got ${JSON.stringify(ns(got))}` });
       // node1 hears of new entries again (its listener reconnects and catches up).

@@ -153,4 +153,41 @@ describe("sequencer catch-up", () => {
     // One entry may go over (a read returns the row that crosses the bound).
     expect(peak).toBeLessThanOrEqual(100_000 + 2000);
   });
+
+  it("is idle only once its catch-up delivered everything committed (no read under way or scheduled between batches, bounds and slices)", async () => {
+    const count = 12_000;
+    const id = await backlog("/idle", count);
+    let reads = 0;
+    let readsDone = 0;
+    // Bounded ahead (each read stops at 3,000 and delivery resumes it) and cut into slices (busyDeliver).
+    const h = harness(id, {
+      readBatchSize: 2000,
+      maxBufferedEntries: 3000,
+      read: async (after, upTo, limit, maxBytes) => {
+        reads++;
+        try {
+          return (await log.range(id, after, upTo, limit, maxBytes)).entries;
+        } finally {
+          readsDone++;
+        }
+      },
+    });
+    expect(h.sequencer.idle).toBe(false); // not started
+    h.sequencer.start(0);
+    h.sequencer.catchUp();
+    expect(h.sequencer.idle).toBe(false); // its read is scheduled
+    // Looked at on every turn of the event loop: idle must not show while a read is pending or the cursor short.
+    const seenIdle: Array<{ cursor: number | undefined; pending: number }> = [];
+    const deadline = Date.now() + 60_000;
+    while (!(h.sequencer.idle && h.sequencer.cursor === count) && Date.now() < deadline) {
+      if (h.sequencer.idle) seenIdle.push({ cursor: h.sequencer.cursor, pending: reads - readsDone });
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    h.sequencer.close();
+    expect(seenIdle).toEqual([]);
+    expect(h.sequencer.cursor).toBe(count);
+    expect(reads - readsDone).toBe(0);
+    expect(reads).toBeGreaterThan(3); // the path went through several reads
+    expectDense(h.delivered, 1, count);
+  });
 });
