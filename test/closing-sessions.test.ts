@@ -267,3 +267,48 @@ for (const where of ["same", "other"] as const) {
     });
   });
 }
+
+/**
+ * A closing session's operations apply after the close, at the cursor of the
+ * node that held it: a node coming back behind that cursor must not restore
+ * before it delivered up to there. Its live rooms are the session's final
+ * ones; an entry in between to a room left would be delivered live by them
+ * (lost), one to a room joined later would reach the socket (extra).
+ *
+ * node1's listener is stalled, so it hears nothing of node0's entries and
+ * operations; its pool still answers (the take, the replay's read).
+ */
+it("a restore on a node behind the session's room changes waits for them: the event before the leave is replayed, the one before the join is not", async () => {
+  const proxy = await startPostgresProxy(Number(new URL(db.url).port || 5432));
+  let cluster: Cluster | undefined;
+  try {
+    cluster = await Cluster.start({ databaseUrl: db.url, nodes: 1 });
+    const issuer = cluster.node(0);
+    // No listener health check while the test stalls it (it would reconnect and catch up).
+    const behind = await cluster.addNode({ databaseUrl: proxy.through(db.url), adapter: { listenerCheckIntervalMs: 600_000 } });
+    const client = await cluster.connect(issuer, { rooms: ["b"], reconnectionDelay: 0 });
+    const received = recordEvents(client);
+    const socket = serverSocket(issuer, client);
+    expect(proxy.stall((c) => c.applicationName === LISTENER_APPLICATION_NAME)).toBe(1);
+    issuer.io.to("b").emit("before-leave", { n: 1 });
+    issuer.io.to("c").emit("before-join", { n: 2 });
+    issuer.io.in("b").socketsLeave("b");
+    issuer.io.in(client.id!).socketsJoin("c");
+    expect(await closeAndComeBack(socket, client, behind)).toBe(true);
+    proxy.unstall();
+    for (const node of [issuer, behind]) {
+      node.io.to("b").emit("to-b", {});
+      node.io.to("c").emit("to-c", {});
+      node.io.emit("marker", {});
+    }
+    await waitFor(() => names(received).filter((n) => n === "marker").length === 2, {
+      message: () => `the markers (got ${names(received).join(", ")})`,
+    });
+    expect(names(received)[0]).toBe("before-leave");
+    expect([...names(received)].sort()).toEqual(["before-leave", "marker", "marker", "to-c", "to-c"]);
+  } finally {
+    proxy.unstall();
+    await cluster?.close();
+    await proxy.close();
+  }
+});
