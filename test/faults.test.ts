@@ -104,13 +104,15 @@ describe.skipIf(!RUN)("fault injection (seeded)", { timeout: 150_000 }, () => {
   async function finish(r: FaultRig, scenario: string, options: { unlogged: boolean; extra?: string }) {
     await r.stopTraffic();
     const { violations, summary } = await r.check({ unlogged: options.unlogged });
-    const refusals = (await Promise.all(r.nodes.filter((n) => n.process.exitCode === null).map((n) => r.adapterEvents(n))))
-      .flat()
-      .filter((e) => e.event === "restore-refused")
-      .map((e) => (e.payload as { reason: string }).reason);
+    const running = r.nodes.filter((n) => n.process.exitCode === null);
+    const events = (await Promise.all(running.map(async (n) => (await r.adapterEvents(n)).map((e) => ({ node: n.name, ...e }))))).flat();
+    const refusals = events.filter((e) => e.event === "restore-refused").map((e) => (e.payload as { reason: string }).reason);
+    // Where events went unlogged, which a scenario without outages must not see: it explains losses below.
+    const outages = events.filter((e) => e.event === "outage-started").map((e) => `${e.node} after ${(e.payload as { failingForMs: number }).failingForMs} ms`);
     const slowest = Math.max(0, ...r.reconnectTimes);
     const churnNote = `reconnect ≤ ${slowest} ms, ${r.connectErrors} failed handshakes`;
-    console.log(formatSummary(scenario, summary, `${options.extra ? `${options.extra}; ` : ""}${churnNote}; all refusals: ${summarize(refusals)}`));
+    const outageNote = options.unlogged ? "" : `; outage mode: ${outages.length === 0 ? "none" : outages.join(", ")}`;
+    console.log(formatSummary(scenario, summary, `${options.extra ? `${options.extra}; ` : ""}${churnNote}; all refusals: ${summarize(refusals)}${outageNote}`));
     expect(violations.slice(0, 30)).toEqual([]);
     expect(r.emitFailures).toEqual([]);
     // The cluster resumed without a restart: a last packet from every node is logged and delivered.
