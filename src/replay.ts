@@ -71,6 +71,17 @@ export interface SessionEnd {
    */
   readonly cursor: number;
 }
+/**
+ * The cursor of the socket's last room change (join or leave, its own room
+ * included): a node whose cursor is there delivers live to the session's
+ * rooms what the membership says reaches the socket (see Restorer).
+ */
+export function lastRoomChange(member: Membership): number {
+  let last = Number.NEGATIVE_INFINITY;
+  for (const at of member.joinedAt.values()) last = Math.max(last, at);
+  for (const [, , leftAt] of member.left ?? []) last = Math.max(last, leftAt);
+  return last;
+}
 
 /**
  * The entries to replay, out of `entries` = the log's (offset, upTo] as still

@@ -22,7 +22,7 @@ import { asError } from "./errors.js";
 import type { NodeContext } from "./node-context.js";
 import type { FailoverGuard } from "./failover-guard.js";
 import type { Hole } from "./log-gaps.js";
-import { neededIntervals, planReplay, refuseRange, type Membership, type SessionEnd } from "./replay.js";
+import { lastRoomChange, neededIntervals, planReplay, refuseRange, type Membership, type SessionEnd } from "./replay.js";
 import { memberRoomKeys } from "./room-keys.js";
 import type { Sequencer } from "./sequencer.js";
 import { hashPid } from "./session-store.js";
@@ -282,7 +282,11 @@ export class Restorer {
       const lostOffset = this.guard.gaps.refusal(offset, offset, true);
       if (lostOffset) return { refused: lostOffset };
       // The client may be ahead of this node: replay starts after its offset, so wait until we are there.
-      await this.sequencer.waitFor(offset, Math.max(deadline - Date.now(), 1));
+      // So may the session's room changes (the node that wrote it was ahead; a closing session's
+      // operations applied after the close, closing-sessions.ts): until this node delivered up to
+      // the last of them, live delivery by the restored rooms would differ from the session's
+      // membership (an entry to a room left since, lost; one to a room joined later, extra).
+      await this.sequencer.waitFor(Math.max(offset, lastRoomChange(membership)), Math.max(deadline - Date.now(), 1));
       let settled = true;
       if (this.guard.gaps.overlapping(offset, this.sequencer.cursor ?? offset).length > 0) {
         // Rare (the client was away while the database changed): another node may have marked the gap
