@@ -14,6 +14,7 @@ import type { Socket as ServerSocket } from "socket.io";
 import { describe, expect, it } from "vitest";
 import { LISTENER_APPLICATION_NAME } from "../src/index.js";
 import type { ProgramOrder } from "../src/program-order.js";
+import type { Sequencer } from "../src/sequencer.js";
 import { Cluster, moveTo, once, recordEvents, waitFor, type ClientSocket, type Received, type TestNode } from "./helpers/cluster.js";
 import { startPostgresProxy, type PostgresProxy } from "./helpers/postgres-proxy.js";
 import { useClusterSuite } from "./fixtures/suite.js";
@@ -286,10 +287,16 @@ it("a restore on a node behind the session's room changes waits for them: the ev
     const issuer = cluster.node(0);
     // No listener health check while the test stalls it (it would reconnect and catch up).
     const behind = await cluster.addNode({ databaseUrl: proxy.through(db.url), adapter: { listenerCheckIntervalMs: 600_000 } });
+    // node1's namespace reads its start after its LISTEN, which a stalled listener would hold: it
+    // starts first (else, under load, it never started and the restore timed out), and its
+    // catch-up read of that start is over, so that it hears of node0's entries only by a restore.
+    const sequencer = (node: TestNode) => (node.io.of("/").adapter as unknown as { sequencer: Sequencer }).sequencer;
+    await waitFor(() => sequencer(behind).cursor !== undefined, { message: "node1's cursor" });
     const client = await cluster.connect(issuer, { rooms: ["b"], reconnectionDelay: 0 });
     const received = recordEvents(client);
     const socket = serverSocket(issuer, client);
     expect(proxy.stall((c) => c.applicationName === LISTENER_APPLICATION_NAME)).toBe(1);
+    await waitFor(() => sequencer(behind).idle, { message: "node1's catch-up read of its start" });
     issuer.io.to("b").emit("before-leave", { n: 1 });
     issuer.io.to("c").emit("before-join", { n: 2 });
     issuer.io.in("b").socketsLeave("b");
