@@ -71,6 +71,7 @@ export interface SessionEnd {
    */
   readonly cursor: number;
 }
+
 /**
  * The cursor of the socket's last room change (join or leave, its own room
  * included): a node whose cursor is there delivers live to the session's
